@@ -1,0 +1,3 @@
+"""smtrnn: Supervised Memory Training (SMT) and DAgger Memory Training (DMT) for recurrent networks."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,152 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else, written atomically.
+
+A run directory holds ``config.json``, ``metrics.jsonl`` and ``checkpoints/<name>/`` folders, each
+complete (model.safetensors, state.safetensors, state.json) before it is renamed into place; the
+file ``checkpoints/latest`` names the newest one and is itself replaced atomically. A kill at any
+moment therefore leaves the previous good checkpoint readable. Nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from smtrnn.tasks.base import UserError
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a synced temporary file and a rename."""
+    path = Path(path)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_json(path: Path, value) -> None:
+    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"missing file {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"corrupt JSON in {path}: {error}") from None
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state_dict into tensors (for safetensors) and plain JSON."""
+    tensors, plain = {}, {"param_groups": state["param_groups"], "state": {}}
+    for index, values in state["state"].items():
+        plain["state"][str(index)] = {}
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{name}"] = value.detach().clone().contiguous()
+                plain["state"][str(index)][name] = "tensor"
+            else:
+                plain["state"][str(index)][name] = value
+    return tensors, plain
+
+
+def _unflatten_optimizer(tensors: dict, plain: dict) -> dict:
+    state = {}
+    for index, values in plain["state"].items():
+        state[int(index)] = {name: tensors[f"optimizer.{index}.{name}"] if value == "tensor" else value
+                             for name, value in values.items()}
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    rng: dict[str, torch.Tensor], meta: dict, keep: int = 1) -> Path:
+    """Write a complete checkpoint folder, point ``latest`` at it, prune older ones."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
+    try:
+        weights = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
+        save_file(weights, staging / "model.safetensors")
+        state_tensors, plain = {}, {}
+        if optimizer is not None:
+            state_tensors, plain = _flatten_optimizer(optimizer.state_dict())
+        state_tensors.update({f"rng.{key}": value.cpu() for key, value in rng.items()})
+        save_file({k: v.cpu() for k, v in state_tensors.items()}, staging / "state.safetensors")
+        (staging / "state.json").write_text(json.dumps({"meta": meta, "optimizer": plain}, indent=1))
+        for file in staging.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        final = root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    write_atomic(root / "latest", name.encode())
+    checkpoints = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=os.path.getmtime)
+    for old in checkpoints[:-keep]:
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    folder = pointer.parent / pointer.read_text().strip()
+    if not (folder / "model.safetensors").exists():
+        raise UserError(f"checkpoint {folder} named by {pointer} is missing")
+    return folder
+
+
+def load_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Load model.safetensors into ``model``, refusing mismatched names or shapes."""
+    try:
+        weights = load_file(Path(folder) / "model.safetensors")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"corrupt checkpoint {folder}/model.safetensors: {error}") from None
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise UserError(f"checkpoint {folder} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for key, value in weights.items():
+        if value.shape != expected[key].shape:
+            raise UserError(f"checkpoint {folder}: {key} has shape {tuple(value.shape)}, the model wants {tuple(expected[key].shape)}")
+    model.load_state_dict(weights)
+
+
+def load_state(folder: Path, optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore the optimizer (if given); return (meta, rng tensors)."""
+    try:
+        tensors = load_file(Path(folder) / "state.safetensors")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"corrupt checkpoint {folder}/state.safetensors: {error}") from None
+    saved = read_json(Path(folder) / "state.json")
+    if optimizer is not None and saved["optimizer"]:
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, saved["optimizer"]))
+    rng = {key[len("rng."):]: value for key, value in tensors.items() if key.startswith("rng.")}
+    return saved["meta"], rng

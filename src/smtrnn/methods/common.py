@@ -1,0 +1,45 @@
+"""Loss pieces shared by the methods."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from smtrnn.tasks.base import IGNORE
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None):
+    """Mean cross-entropy over labelled positions (targets != -1), and the accuracy there.
+
+    Returns zeros (with a gradient path) when nothing is labelled."""
+    labelled = targets != IGNORE
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    flat_targets = targets.reshape(-1)
+    losses = F.cross_entropy(flat_logits, flat_targets.clamp(min=0), reduction="none").reshape(targets.shape)
+    mask = labelled.float() if weights is None else labelled.float() * weights
+    total = mask.sum()
+    loss = (losses * mask).sum() / total.clamp(min=1e-9)
+    correct = (logits.argmax(-1) == targets) & labelled
+    accuracy = correct.sum().float() / labelled.sum().clamp(min=1)
+    return loss, accuracy.detach()
+
+
+def uniformity(memories: torch.Tensor, tokens: int, samples: int = 512) -> torch.Tensor:
+    """log mean_{a != b} exp(-2 ||u_a - u_b||^2) over unit-normalised memory tokens (Wang & Isola).
+
+    ``memories`` [..., M] are split into ``tokens`` tokens each; at most ``samples`` tokens are used."""
+    units = F.normalize(memories.reshape(-1, memories.shape[-1] // tokens), dim=-1)
+    if units.shape[0] > samples:
+        units = units[torch.randperm(units.shape[0], device=units.device)[:samples]]
+    count = units.shape[0]
+    if count < 2:
+        return units.sum() * 0
+    squared_distance = (2 - 2 * units @ units.T).clamp(min=0)
+    off_diagonal = ~torch.eye(count, dtype=torch.bool, device=units.device)
+    return torch.logsumexp(-2 * squared_distance[off_diagonal], 0) - math.log(count * (count - 1))
+
+
+def memory_mse(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per memory element."""
+    return (predicted - target).pow(2).mean()

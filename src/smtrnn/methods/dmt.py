@@ -1,0 +1,61 @@
+"""DAgger Memory Training: fine-tune the RNN on its own rolled-out memories (SMT.md section 4).
+
+The RNN runs on its own from m*_0 (or from a teacher memory m*_s), producing on-policy memories
+m^_t; every k-th one is pulled towards the frozen teacher's m*_t. By default the memory is detached
+before each supervised update, so each gradient still crosses one cell application: on-policy
+states, expert labels, no BPTT. The readout learns on the detached rollout memories.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from smtrnn.methods.common import masked_cross_entropy, memory_mse
+
+
+@dataclass
+class DMTConfig:
+    c_dyn: float = 1.0  # pull of the rollout memory towards the teacher's
+    c_readout: float = 1.0  # the readout on detached rollout memories
+    every: int = 1  # k: supervise every k-th memory of the rollout
+    rollout: int = 0  # Td: rollout length; 0 = the whole sequence
+    start: str = "initial"  # "initial": from the RNN's m_0; "teacher": from m*_s at a random s
+    truncate: int = 1  # gradient crosses at most this many cell applications
+
+
+def dmt_loss(models, batch, config: DMTConfig):
+    teacher, cell = models.teacher, models.rnn.cell
+    x, y = batch["x"], batch["y"]
+    batch_size, length = x.shape
+    with torch.no_grad():
+        expert = teacher.encode(x)  # [B, T+1, M], frozen labels
+    steps = min(config.rollout or length, length)
+    if config.start == "teacher":
+        begin = int(torch.randint(0, length - steps + 1, ()).item())
+        memory = expert[:, begin]
+        start_loss = x.new_zeros((), dtype=torch.float32)
+    else:
+        begin, memory = 0, cell.initial_memory(batch_size)
+        start_loss = memory_mse(cell.initial, expert[0, 0])
+
+    dyn, supervised, memories = 0.0, 0, []
+    for offset in range(steps):
+        t = begin + offset
+        if offset % config.truncate == 0:
+            memory = memory.detach()
+        supervise = (offset + 1) % config.every == 0
+        needs_grad = supervise or config.truncate > 1
+        with nullcontext() if needs_grad else torch.no_grad():
+            memory = cell.step(memory, x[:, t])
+        if supervise:
+            dyn = dyn + memory_mse(memory, expert[:, t + 1])
+            supervised += 1
+        memories.append(memory.detach())
+    dyn = (dyn + start_loss) / (supervised + 1)
+    rollout = torch.stack(memories, 1)
+    readout, accuracy = masked_cross_entropy(models.rnn.logits(rollout), y[:, begin:begin + steps])
+    drift = (rollout - expert[:, begin + 1:begin + steps + 1]).pow(2).sum(-1).sqrt().mean()
+    loss = config.c_dyn * dyn + config.c_readout * readout
+    return loss, {"dyn": dyn.detach(), "readout": readout.detach(), "rollout_acc": accuracy, "drift": drift}

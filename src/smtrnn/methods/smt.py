@@ -1,0 +1,81 @@
+"""Supervised Memory Training: a time-parallel loss with an O(1) gradient path (SMT.md section 3).
+
+One call applies the cell ONCE, to all (m*_t, x_{t+1}) pairs of the batch together: no loop over
+time, and no gradient path through more than one cell application.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from smtrnn.methods.common import masked_cross_entropy, memory_mse, uniformity
+from smtrnn.tasks.base import IGNORE
+
+
+@dataclass
+class SMTConfig:
+    c_pred: float = 1.0  # predictive-state loss of the teacher decoder
+    c_dyn: float = 1.0  # one-step memory transition loss
+    c_unif: float = 0.001  # uniformity (anti-collapse) loss
+    c_readout: float = 1.0  # the RNN's readout on detached memories
+    gamma: float = 1.0  # weight gamma^k of the k-th future prediction
+    decoder_positions: int = 0  # memories per sequence sent to the decoder; 0 = all
+    detach_target: bool = False  # stop the dynamics gradient reaching the label m*_{t+1}
+    uniformity_samples: int = 512
+
+
+def future_windows(x: torch.Tensor, y: torch.Tensor, future: int):
+    """For every memory index t = 0..T: inputs x_{t+1}..x_{t+F} [B, T+1, F] and targets
+    y_t..y_{t+F} [B, T+1, F+1] (F = future - 1), padded with -1 targets past the end."""
+    steps = future - 1
+    inputs = F.pad(x, (0, steps), value=0).unfold(1, steps, 1) if steps else x.new_zeros(x.shape[0], x.shape[1] + 1, 0)
+    targets = F.pad(y, (1, steps), value=IGNORE).unfold(1, steps + 1, 1)
+    return inputs[:, : x.shape[1] + 1], targets
+
+
+def choose_positions(targets: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` memory indices per sequence, drawn among those with a label in their window."""
+    useful = (targets != IGNORE).any(-1).float()
+    useful = torch.where(useful.sum(-1, keepdim=True) > 0, useful, torch.ones_like(useful))
+    return torch.multinomial(useful, count, replacement=useful.shape[1] < count)
+
+
+def predictive_loss(teacher, memories, x, y, config: SMTConfig):
+    """Cross-entropy of the decoder's predictions of y_t..y_{t+Tf-1} from m*_t alone."""
+    inputs, targets = future_windows(x, y, teacher.config.future)
+    if config.decoder_positions and config.decoder_positions < memories.shape[1]:
+        index = choose_positions(targets, config.decoder_positions)
+        pick = lambda tensor: tensor.gather(1, index.view(*index.shape, *[1] * (tensor.dim() - 2)).expand(-1, -1, *tensor.shape[2:]))
+        memories, inputs, targets = pick(memories), pick(inputs), pick(targets)
+    logits = teacher.decode(memories.reshape(-1, memories.shape[-1]), inputs.reshape(-1, inputs.shape[-1]))
+    targets = targets.reshape(-1, targets.shape[-1])
+    weights = config.gamma ** torch.arange(targets.shape[-1], device=x.device, dtype=torch.float32)
+    loss, _ = masked_cross_entropy(logits, targets, weights.expand_as(targets))
+    _, first_accuracy = masked_cross_entropy(logits[:, 0], targets[:, 0])
+    return loss, first_accuracy
+
+
+def smt_loss(models, batch, config: SMTConfig):
+    teacher, rnn = models.teacher, models.rnn
+    x, y = batch["x"], batch["y"]
+    memories = teacher.encode(x)  # [B, T+1, M]: every prefix, the empty one first
+    pred, teacher_accuracy = predictive_loss(teacher, memories, x, y, config)
+
+    target = memories[:, 1:].detach() if config.detach_target else memories[:, 1:]
+    predicted = rnn.cell.step(memories[:, :-1], x)  # the only cell application: all B*T pairs
+    # the RNN starts from its own learned m_0, which must equal the teacher's empty memory m*_0
+    start = memory_mse(rnn.cell.initial, memories[0, 0].detach())
+    steps = x.shape[1]
+    dyn = (memory_mse(predicted, target) * steps + start) / (steps + 1)
+
+    unif = uniformity(memories[:, 1:], rnn.cell.memory_tokens, config.uniformity_samples)
+    read_teacher, readout_accuracy = masked_cross_entropy(rnn.logits(memories[:, 1:].detach()), y)
+    read_step, one_step_accuracy = masked_cross_entropy(rnn.logits(predicted.detach()), y)
+    readout = 0.5 * (read_teacher + read_step)
+
+    loss = config.c_pred * pred + config.c_dyn * dyn + config.c_unif * unif + config.c_readout * readout
+    metrics = {"pred": pred, "dyn": dyn, "unif": unif, "readout": readout, "teacher_acc": teacher_accuracy,
+               "readout_acc": readout_accuracy, "one_step_acc": one_step_accuracy}
+    return loss, {name: value.detach() for name, value in metrics.items()}

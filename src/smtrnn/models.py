@@ -1,0 +1,54 @@
+"""The networks of one run: the RNN that is the product, and the teacher that SMT trains with it."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from smtrnn.rnn import RNN
+from smtrnn.tasks.base import UserError
+from smtrnn.teacher import Teacher, TeacherConfig
+
+
+@dataclass
+class ModelConfig:
+    cell: str = "tanh"  # tanh | mlp | gru | lstm | transformer
+    memory_size: int = 64  # M
+    embed_dim: int = 32  # token embedding width of the cell (transformer: M / memory_tokens)
+    memory_tokens: int = 4  # transformer cell: K memory tokens of M/K each
+    cell_layers: int = 2  # transformer cell: layers
+    cell_heads: int = 2  # transformer cell: attention heads
+    readout_hidden: int = 128
+    teacher_width: int = 64
+    teacher_layers: int = 2
+    teacher_decoder_layers: int = 1
+    teacher_heads: int = 4
+    future: int = 4  # Tf
+
+    def validate(self):
+        for name in ("memory_size", "embed_dim", "readout_hidden", "teacher_width", "teacher_layers", "future"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.teacher_width % self.teacher_heads:
+            raise UserError(f"teacher width {self.teacher_width} is not divisible by teacher heads {self.teacher_heads}")
+
+
+class Models(nn.Module):
+    """``rnn`` (cell + readout) and ``teacher``; methods read what they need from here."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int, num_classes: int):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.rnn = RNN(config.cell, vocab_size, num_classes, config.memory_size, config.readout_hidden,
+                       embed_dim=config.embed_dim, memory_tokens=config.memory_tokens,
+                       layers=config.cell_layers, heads=config.cell_heads)
+        cell = self.rnn.cell
+        teacher_config = TeacherConfig(config.teacher_width, config.teacher_layers, config.teacher_decoder_layers,
+                                       config.teacher_heads, config.future)
+        self.teacher = Teacher(vocab_size, num_classes, config.memory_size, cell.memory_space,
+                               cell.memory_tokens, teacher_config)
+
+    def describe(self) -> dict:
+        count = lambda module: sum(p.numel() for p in module.parameters())
+        return {"rnn_parameters": count(self.rnn), "teacher_parameters": count(self.teacher), **asdict(self.config)}

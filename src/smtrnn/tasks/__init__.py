@@ -1,0 +1,59 @@
+"""Task registry: built-in tasks by name, or a user's class from ``path/to/file.py:ClassName``."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from smtrnn.tasks import synthetic
+from smtrnn.tasks.base import IGNORE, Task, UserError
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register(name: str, cls: type[Task]) -> None:
+    """Make ``cls`` available as ``--task name``."""
+    TASKS[name] = cls
+
+
+for _name, _cls in synthetic.REGISTRY.items():
+    register(_name, _cls)
+
+
+def load_task_class(spec: str) -> type[Task]:
+    """A registered name, or ``FILE.py:ClassName`` loaded from the user's file."""
+    if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
+        path, class_name = spec.rsplit(":", 1)
+        file = Path(path)
+        if not file.is_file():
+            raise UserError(f"task file not found: {path}")
+        module_spec = importlib.util.spec_from_file_location(f"smtrnn_user_task_{file.stem}", file)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as error:  # the user's code: report, do not crash with a traceback
+            raise UserError(f"task file {path} failed to import: {type(error).__name__}: {error}") from error
+        cls = getattr(module, class_name, None)
+        if not isinstance(cls, type):
+            raise UserError(f"task file {path} has no class {class_name}")
+        return cls
+    if spec not in TASKS:
+        raise UserError(f"unknown task {spec!r}; choose one of {', '.join(sorted(TASKS))} or FILE.py:ClassName")
+    return TASKS[spec]
+
+
+def make_task(spec: str, **params) -> Task:
+    """Instantiate a task from its name (or file spec) and keyword parameters."""
+    cls = load_task_class(spec)
+    try:
+        task = cls(**params)
+    except TypeError as error:
+        raise UserError(f"task {spec}: bad parameters {params}: {error}") from error
+    for attribute in ("vocab_size", "sample"):
+        if not hasattr(task, attribute):
+            raise UserError(f"task {spec} has no {attribute}")
+    if not hasattr(task, "num_classes"):
+        task.num_classes = task.vocab_size
+    return task
+
+
+__all__ = ["IGNORE", "TASKS", "Task", "UserError", "load_task_class", "make_task", "register"]

@@ -1,0 +1,37 @@
+"""The task interface: a seeded generator of token sequences with sparse labels."""
+from __future__ import annotations
+
+import torch
+
+IGNORE = -1  # target value of an unlabelled position
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for: shown as one line, exit code 2."""
+
+
+class Task:
+    """A sequence task.
+
+    Subclasses set ``vocab_size`` (number of input token ids, 0..vocab_size-1), ``num_classes``
+    (number of target ids; defaults to ``vocab_size``) and implement ``sample``.
+    Targets are -1 where a position carries no label.
+    """
+
+    name: str = "task"
+    vocab_size: int
+    num_classes: int
+
+    def sample(self, batch_size: int, length: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Return ``{"x": LongTensor[B, T], "y": LongTensor[B, T]}``; y = -1 where unlabelled."""
+        raise NotImplementedError
+
+    def check_length(self, length: int) -> None:
+        """Raise UserError when ``length`` cannot hold this task; override for stricter rules."""
+        if length < 2:
+            raise UserError(f"task {self.name}: length must be at least 2, got {length}")
+
+    @property
+    def chance_accuracy(self) -> float:
+        """Accuracy of uniform guessing over the classes that labels can take."""
+        return 1.0 / self.num_classes

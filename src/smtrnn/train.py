@@ -1,0 +1,146 @@
+"""One readable training loop: AdamW, warm-up + cosine schedule, clipping, JSONL metrics,
+atomic checkpoints, exact resume. It does not know which method it runs: it minimises whatever
+``objective(batch) -> (loss, metrics)`` returns over the parameters it is given.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from smtrnn import checkpoint
+from smtrnn.tasks.base import UserError
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup: int = 100
+    weight_decay: float = 0.0
+    clip: float = 1.0  # max gradient norm; 0 disables
+    log_every: int = 25
+    checkpoint_every: int = 500
+    eval_every: int = 0  # run the evaluation callback every N steps; 0 = only at the end
+
+    def validate(self):
+        if self.steps < 0:
+            raise UserError(f"steps must be non-negative, got {self.steps}")
+        if self.batch_size < 1:
+            raise UserError(f"batch size must be positive, got {self.batch_size}")
+        if not self.lr > 0:
+            raise UserError(f"learning rate must be positive, got {self.lr}")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise UserError("checkpoint-every and log-every must be positive")
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at the last step."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    floor = config.lr * config.min_lr_ratio
+    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    return {"torch": torch.get_rng_state(), "data": generator.get_state()}
+
+
+def _log(run_dir: Path | None, record: dict) -> None:
+    if run_dir is not None and is_main_process():
+        with open(Path(run_dir) / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(run_dir: Path, phase: str, step: int, earlier_phases: list[str]) -> None:
+    """Drop log lines written after the checkpoint we resume from (they will be written again)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists() or not is_main_process():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if record.get("phase") in earlier_phases or (record.get("phase") == phase and record.get("step", 0) <= step):
+            kept.append(line)
+    checkpoint.write_atomic(path, ("\n".join(kept) + "\n").encode() if kept else b"")
+
+
+def train(objective: nn.Module, parameters: list[nn.Parameter], sample: Callable[[torch.Generator], dict],
+          config: TrainConfig, *, model: nn.Module, phase: str = "train", earlier_phases: tuple = (),
+          run_dir: Path | None = None, generator: torch.Generator, evaluate: Callable[[], dict] | None = None,
+          progress: bool = True) -> dict:
+    """Minimise ``objective`` for ``config.steps`` steps; resume from ``run_dir`` when it holds a
+    checkpoint of this phase. ``model`` is what checkpoints save; returns the last logged metrics."""
+    config.validate()
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    step, elapsed = 0, 0.0
+    if run_dir is not None and (folder := checkpoint.latest_checkpoint(run_dir)) is not None:
+        meta, _ = checkpoint.load_state(folder, None)
+        if meta["phase"] == phase:
+            checkpoint.load_weights(model, folder)
+            meta, rng = checkpoint.load_state(folder, optimizer)
+            torch.set_rng_state(rng["torch"])
+            generator.set_state(rng["data"])
+            step, elapsed = meta["step"], meta["seconds"]
+            _truncate_log(run_dir, phase, step, list(earlier_phases))
+
+    def save(at_step: int, seconds: float) -> None:
+        if run_dir is not None and is_main_process():
+            meta = {"phase": phase, "step": at_step, "steps": config.steps, "seconds": seconds}
+            checkpoint.save_checkpoint(run_dir, f"{phase}-{at_step:08d}", model, optimizer, _rng_state(generator), meta)
+
+    last: dict = {}
+    bar = tqdm(total=config.steps, initial=step, desc=phase, disable=not (progress and is_main_process()),
+               dynamic_ncols=True, leave=False)
+    started = time.perf_counter() - elapsed
+    objective.train()
+    while step < config.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        batch = sample(generator)
+        loss, metrics = objective(batch)
+        if not torch.isfinite(loss):
+            bar.close()
+            raise Diverged(f"{phase}: loss became {loss.item()} at step {step + 1}; the last good checkpoint is kept")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip:
+            torch.nn.utils.clip_grad_norm_(parameters, config.clip)
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        if step % config.log_every == 0 or step == config.steps:
+            last = {"phase": phase, "step": step, "lr": optimizer.param_groups[0]["lr"], "loss": loss.item(),
+                    **{name: float(value) for name, value in metrics.items()},
+                    "seconds": round(time.perf_counter() - started, 3)}
+            if evaluate is not None and config.eval_every and step % config.eval_every == 0:
+                last.update(evaluate())
+                objective.train()
+            _log(run_dir, last)
+            bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            save(step, time.perf_counter() - started)
+    bar.close()
+    return last
