@@ -10,7 +10,6 @@ import math
 import torch
 
 from smtrnn.methods.common import masked_cross_entropy
-from smtrnn.methods.smt import future_windows
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation streams never share a seed with training streams
 
@@ -50,8 +49,8 @@ def evaluate_teacher(models, task, length: int, batches: int = 4, batch_size: in
         x, y = batch["x"].to(device), batch["y"].to(device)
         memories = teacher.encode(x)
         # 1. teacher: first decoder prediction from m*_t alone
-        inputs, targets = future_windows(x, y, 1)
-        first = teacher.decode(memories[:, 1:].reshape(-1, memories.shape[-1]), inputs[:, 1:].reshape(-1, 0))
+        flat = memories[:, 1:].reshape(-1, memories.shape[-1])
+        first = teacher.decode(flat, x.new_zeros(flat.shape[0], 0))
         _, teacher_accuracy = masked_cross_entropy(first[:, 0], y.reshape(-1))
         # 2. RNN readout on teacher memories; 3. on one cell step from teacher memories
         _, readout_accuracy = masked_cross_entropy(rnn.logits(memories[:, 1:]), y)

@@ -56,6 +56,9 @@ class Teacher(nn.Module):
         width = config.width
         self.start = vocab_size  # id of the start token whose encoding is m*_0
         self.embed = nn.Embedding(vocab_size + 1, width)
+        # token shift: each position also sees the previous token's embedding (still causal), so a
+        # single attention layer can find "the token after X", which retrieval-type tasks need
+        self.previous_embed = nn.Embedding(vocab_size + 1, width)
         self.encoder = _stack(width, config.heads, config.layers)
         self.encoder_norm = nn.LayerNorm(width)
         self.memory_head = nn.Linear(width, memory_size)
@@ -70,7 +73,8 @@ class Teacher(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Memories of every prefix of x[B, T], the empty one first: [B, T+1, M]."""
         tokens = F.pad(x, (1, 0), value=self.start)
-        hidden = self.embed(tokens) + sinusoid(tokens.shape[1], self.config.width, x.device)
+        previous = F.pad(tokens[:, :-1], (1, 0), value=self.start)
+        hidden = self.embed(tokens) + self.previous_embed(previous) + sinusoid(tokens.shape[1], self.config.width, x.device)
         hidden = self.encoder(hidden, mask=_causal(tokens.shape[1], x.device), is_causal=True)
         return project_memory(self.memory_head(self.encoder_norm(hidden)), self.memory_space, self.memory_tokens)
 

@@ -120,6 +120,7 @@ def train(objective: nn.Module, parameters: list[nn.Parameter], sample: Callable
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         batch = sample(generator)
+        batch["step"] = step  # for methods with schedules of their own (SMT's dynamics warm-up)
         loss, metrics = objective(batch)
         if not torch.isfinite(loss):
             bar.close()

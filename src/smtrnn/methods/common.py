@@ -40,6 +40,10 @@ def uniformity(memories: torch.Tensor, tokens: int, samples: int = 512) -> torch
     return torch.logsumexp(-2 * squared_distance[off_diagonal], 0) - math.log(count * (count - 1))
 
 
-def memory_mse(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error per memory element."""
-    return (predicted - target).pow(2).mean()
+def relative_memory_error(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per memory element, relative to the mean square of the target.
+
+    Relative, so that the teacher cannot shrink the dynamics loss by shrinking its memories (an
+    unnormalised MSE rewards memories of ever smaller norm in a tanh space, where the relative
+    one-step error, which is what compounds along a rollout, stays as large as before)."""
+    return (predicted - target).pow(2).mean() / target.pow(2).mean().clamp(min=1e-8)

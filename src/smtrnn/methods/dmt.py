@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from smtrnn.methods.common import masked_cross_entropy, memory_mse
+from smtrnn.methods.common import masked_cross_entropy, relative_memory_error
 
 
 @dataclass
@@ -38,7 +38,7 @@ def dmt_loss(models, batch, config: DMTConfig):
         start_loss = x.new_zeros((), dtype=torch.float32)
     else:
         begin, memory = 0, cell.initial_memory(batch_size)
-        start_loss = memory_mse(cell.initial, expert[0, 0])
+        start_loss = relative_memory_error(cell.initial, expert[0, 0])
 
     dyn, supervised, memories = 0.0, 0, []
     for offset in range(steps):
@@ -50,7 +50,7 @@ def dmt_loss(models, batch, config: DMTConfig):
         with nullcontext() if needs_grad else torch.no_grad():
             memory = cell.step(memory, x[:, t])
         if supervise:
-            dyn = dyn + memory_mse(memory, expert[:, t + 1])
+            dyn = dyn + relative_memory_error(memory, expert[:, t + 1])
             supervised += 1
         memories.append(memory.detach())
     dyn = (dyn + start_loss) / (supervised + 1)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from smtrnn.methods.common import masked_cross_entropy, memory_mse, uniformity
+from smtrnn.methods.common import masked_cross_entropy, relative_memory_error, uniformity
 from smtrnn.tasks.base import IGNORE
 
 
@@ -23,6 +23,7 @@ class SMTConfig:
     gamma: float = 1.0  # weight gamma^k of the k-th future prediction
     decoder_positions: int = 0  # memories per sequence sent to the decoder; 0 = all
     detach_target: bool = False  # stop the dynamics gradient reaching the label m*_{t+1}
+    dyn_warmup: int = 0  # ramp c_dyn linearly from 0 over this many steps: the teacher learns first
     uniformity_samples: int = 512
 
 
@@ -66,16 +67,17 @@ def smt_loss(models, batch, config: SMTConfig):
     target = memories[:, 1:].detach() if config.detach_target else memories[:, 1:]
     predicted = rnn.cell.step(memories[:, :-1], x)  # the only cell application: all B*T pairs
     # the RNN starts from its own learned m_0, which must equal the teacher's empty memory m*_0
-    start = memory_mse(rnn.cell.initial, memories[0, 0].detach())
+    start = relative_memory_error(rnn.cell.initial, memories[0, 0].detach())
     steps = x.shape[1]
-    dyn = (memory_mse(predicted, target) * steps + start) / (steps + 1)
+    dyn = (relative_memory_error(predicted, target) * steps + start) / (steps + 1)
 
     unif = uniformity(memories[:, 1:], rnn.cell.memory_tokens, config.uniformity_samples)
     read_teacher, readout_accuracy = masked_cross_entropy(rnn.logits(memories[:, 1:].detach()), y)
     read_step, one_step_accuracy = masked_cross_entropy(rnn.logits(predicted.detach()), y)
     readout = 0.5 * (read_teacher + read_step)
 
-    loss = config.c_pred * pred + config.c_dyn * dyn + config.c_unif * unif + config.c_readout * readout
+    ramp = min(1.0, (batch.get("step", 0) + 1) / config.dyn_warmup) if config.dyn_warmup else 1.0
+    loss = config.c_pred * pred + ramp * config.c_dyn * dyn + config.c_unif * unif + config.c_readout * readout
     metrics = {"pred": pred, "dyn": dyn, "unif": unif, "readout": readout, "teacher_acc": teacher_accuracy,
                "readout_acc": readout_accuracy, "one_step_acc": one_step_accuracy}
     return loss, {name: value.detach() for name, value in metrics.items()}

@@ -1,0 +1,199 @@
+"""Command line: a thin layer over the library. Options of ``train`` are generated from the config
+dataclasses, so every field of every config is settable and the names never drift apart."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from smtrnn.tasks.base import UserError
+
+# (section of RunConfig, option prefix): every field of that dataclass becomes --prefix-field-name
+SECTIONS = [("model", ""), ("train", ""), ("smt", "smt-"), ("dmt", "dmt-"), ("dmt_train", "dmt-"), ("bptt", "bptt-")]
+TOP_LEVEL = ["task", "length", "method", "seed", "device", "init", "eval_batches"]
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, no usage dump
+        raise UserError(message)
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _type_of(default):
+    if isinstance(default, bool):
+        return _bool
+    if default is None:
+        return str
+    return type(default)
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    from smtrnn.run import RunConfig
+
+    base = RunConfig()
+    top = {f.name: f for f in fields(RunConfig)}
+    for name in TOP_LEVEL:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_type_of(getattr(base, name)), default=None,
+                            help=f"(default: {getattr(base, name)})")
+    seen = set()
+    for section, prefix in SECTIONS:
+        group = parser.add_argument_group(section)
+        for item in fields(getattr(base, section)):
+            option = "--" + prefix + item.name.replace("_", "-")
+            if option in seen:
+                raise RuntimeError(f"duplicate option {option}")
+            seen.add(option)
+            default = getattr(getattr(base, section), item.name)
+            group.add_argument(option, dest=f"{section}.{item.name}", type=_type_of(default), default=None,
+                               help=f"(default: {default})")
+    parser.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a parameter of the task, e.g. values=4 (repeatable)")
+    assert "task" in top
+
+
+def _parse_task_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserError(f"--task-option wants KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def config_from_args(args: argparse.Namespace, base=None):
+    """A RunConfig from defaults (or ``base``) overridden by the options the user gave."""
+    from smtrnn.run import RunConfig
+
+    config = base or RunConfig()
+    for name in TOP_LEVEL:
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    for key, value in vars(args).items():
+        if "." in key and value is not None:
+            section, name = key.split(".")
+            setattr(getattr(config, section), name, value)
+    config.task_options.update(_parse_task_options(args.task_option))
+    return config
+
+
+def _write_json(path: str | None, value) -> None:
+    if path:
+        from smtrnn.checkpoint import write_json
+
+        target = Path(path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_json(target, value)
+        except OSError as error:
+            raise UserError(f"cannot write {path}: {error.strerror}") from None
+
+
+def _print_result(result: dict) -> None:
+    keys = ["task", "method", "cell", "length", "accuracy", "loss", "teacher_accuracy", "drift", "seconds", "steps",
+            "sequential_depth"]
+    for key in keys:
+        if key in result:
+            value = result[key]
+            print(f"{key:>18}: {value:.4f}" if isinstance(value, float) else f"{key:>18}: {value}")
+
+
+def cmd_train(args) -> None:
+    from smtrnn.run import run
+
+    if not args.out:
+        raise UserError("train needs --out DIR")
+    config = config_from_args(args)
+    result = run(config, args.out, progress=not args.quiet)
+    _print_result(result)
+    _write_json(args.json, result)
+
+
+def cmd_eval(args) -> None:
+    from smtrnn.evaluate import evaluate_rnn, evaluate_teacher
+    from smtrnn.run import load_run
+
+    if args.length is not None and args.length < 1:
+        raise UserError(f"length must be positive, got {args.length}")
+    if args.batches < 1:
+        raise UserError(f"batches must be positive, got {args.batches}")
+    config, task, models = load_run(args.run, args.device)
+    length = args.length or config.length
+    if hasattr(task, "check_length"):
+        task.check_length(length)
+    result = {"run": str(args.run), "task": config.task, "method": config.method, "cell": config.model.cell,
+              "trained_length": config.length, "length": length}
+    result.update(evaluate_rnn(models.rnn, task, length, args.batches, 64, config.seed, args.device))
+    if config.method not in ("bptt", "tbptt"):
+        teacher = evaluate_teacher(models, task, length, max(1, args.batches // 2), 64, config.seed, args.device)
+        teacher.pop("drift_curve")
+        result.update(teacher)
+    _print_result(result)
+    _write_json(args.json, result)
+
+
+def cmd_demo(args) -> None:
+    from smtrnn.demo import demo, format_table
+
+    result = demo(args.out, quick=args.quick, progress=not args.quiet)
+    print(format_table(result))
+    _write_json(args.json, result)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="smtrnn", description="Supervised Memory Training for recurrent networks")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    train = commands.add_parser("train", help="train an RNN with smt, dmt, smt+dmt, bptt or tbptt")
+    _add_config_options(train)
+    train.add_argument("--out", help="run directory (re-running the same command resumes it)")
+    train.add_argument("--json", help="also write the result here")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a run's RNN on its own (teacher-free)")
+    evaluate.add_argument("run", help="run directory")
+    evaluate.add_argument("--length", type=int, default=None, help="sequence length (default: the trained one)")
+    evaluate.add_argument("--batches", type=int, default=8)
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--json")
+    evaluate.set_defaults(handler=cmd_eval)
+
+    demo = commands.add_parser("demo", help="BPTT against SMT->DMT on long-range retrieval, same cell")
+    demo.add_argument("--out", default="runs/demo", help="where the two runs are kept (resumable)")
+    demo.add_argument("--quick", action="store_true", help="a much shorter smoke run (not the result)")
+    demo.add_argument("--json")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        args.handler(args)
+    except UserError as error:
+        message = " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"smtrnn: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("smtrnn: interrupted; the last checkpoint is kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
