@@ -11,10 +11,11 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from smtrnn.tasks.base import UserError
@@ -79,6 +80,14 @@ def _unflatten_optimizer(tensors: dict, plain: dict) -> dict:
     return {"state": state, "param_groups": plain["param_groups"]}
 
 
+MODEL_CONFIG_KEY = "smtrnn.model_config"  # safetensors metadata: the ModelConfig the weights belong to
+
+
+def _model_config(model: torch.nn.Module) -> dict | None:
+    config = getattr(model, "config", None)
+    return asdict(config) if is_dataclass(config) else None
+
+
 def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     rng: dict[str, torch.Tensor], meta: dict, keep: int = 1) -> Path:
     """Write a complete checkpoint folder, point ``latest`` at it, prune older ones."""
@@ -87,7 +96,9 @@ def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module, optimizer:
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
     try:
         weights = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
-        save_file(weights, staging / "model.safetensors")
+        config = _model_config(model)
+        metadata = {MODEL_CONFIG_KEY: json.dumps(config, sort_keys=True)} if config is not None else None
+        save_file(weights, staging / "model.safetensors", metadata=metadata)
         state_tensors, plain = {}, {}
         if optimizer is not None:
             state_tensors, plain = _flatten_optimizer(optimizer.state_dict())
@@ -110,6 +121,12 @@ def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module, optimizer:
     for old in checkpoints[:-keep]:
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
+    # leftovers of a writer killed mid-checkpoint (one writer per run directory: rank 0)
+    for stray in root.glob(".*"):
+        if stray.name.startswith(".staging-"):
+            shutil.rmtree(stray, ignore_errors=True)
+        elif stray.name.startswith(".latest."):
+            stray.unlink(missing_ok=True)
     return final
 
 
@@ -129,6 +146,7 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
         weights = load_file(Path(folder) / "model.safetensors")
     except (SafetensorError, OSError, ValueError) as error:
         raise UserError(f"corrupt checkpoint {folder}/model.safetensors: {error}") from None
+    _check_model_config(model, folder)
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:
@@ -139,14 +157,54 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
     model.load_state_dict(weights)
 
 
+def _check_model_config(model: torch.nn.Module, folder: Path) -> None:
+    """Refuse weights saved from a model built with another config (another cell, other sizes),
+    even where names and shapes happen to agree (e.g. a different number of attention heads)."""
+    mine = _model_config(model)
+    try:
+        with safe_open(Path(folder) / "model.safetensors", "pt") as handle:
+            stored = (handle.metadata() or {}).get(MODEL_CONFIG_KEY)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"corrupt checkpoint {folder}/model.safetensors: {error}") from None
+    if mine is None or stored is None:
+        return  # a plain module, or a checkpoint written before the config was recorded
+    try:
+        theirs = json.loads(stored)
+    except json.JSONDecodeError:
+        raise UserError(f"corrupt checkpoint {folder}/model.safetensors: unreadable model config") from None
+    if not isinstance(theirs, dict):
+        raise UserError(f"corrupt checkpoint {folder}/model.safetensors: unreadable model config")
+    differ = [f"{key}={theirs[key]!r} (checkpoint) vs {mine[key]!r} (config)"
+              for key in sorted(set(theirs) & set(mine)) if theirs[key] != mine[key]]
+    if differ:
+        raise UserError(f"checkpoint {folder} was saved from another model: {', '.join(differ)}")
+
+
 def load_state(folder: Path, optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict[str, torch.Tensor]]:
     """Restore the optimizer (if given); return (meta, rng tensors)."""
     try:
         tensors = load_file(Path(folder) / "state.safetensors")
     except (SafetensorError, OSError, ValueError) as error:
         raise UserError(f"corrupt checkpoint {folder}/state.safetensors: {error}") from None
-    saved = read_json(Path(folder) / "state.json")
+    path = Path(folder) / "state.json"
+    saved = read_json(path)
+    if not (isinstance(saved, dict) and isinstance(saved.get("meta"), dict) and isinstance(saved.get("optimizer"), dict)):
+        raise UserError(f"corrupt checkpoint {path}: expected an object with 'meta' and 'optimizer'")
+    meta = saved["meta"]
+    if "phase" in meta:  # written by the trainer: it resumes from these
+        good = (isinstance(meta["phase"], str) and isinstance(meta.get("step"), int) and meta["step"] >= 0
+                and isinstance(meta.get("seconds", 0.0), (int, float)))
+        if not good:
+            raise UserError(f"corrupt checkpoint {path}: bad meta {meta}")
     if optimizer is not None and saved["optimizer"]:
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, saved["optimizer"]))
+        try:
+            optimizer.load_state_dict(_unflatten_optimizer(tensors, saved["optimizer"]))
+            for parameter, values in optimizer.state.items():
+                for name, value in values.items():
+                    if torch.is_tensor(value) and value.dim() and value.shape != parameter.shape:
+                        raise ValueError(f"{name} has shape {tuple(value.shape)}, its parameter {tuple(parameter.shape)}")
+        except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as error:
+            raise UserError(f"checkpoint {folder}: optimizer state does not fit this run "
+                            f"({type(error).__name__}: {error})") from None
     rng = {key[len("rng."):]: value for key, value in tensors.items() if key.startswith("rng.")}
-    return saved["meta"], rng
+    return meta, rng

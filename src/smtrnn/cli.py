@@ -112,14 +112,18 @@ def _print_result(result: dict) -> None:
 
 
 def cmd_train(args) -> None:
+    from smtrnn import distributed
     from smtrnn.run import run
 
     if not args.out:
         raise UserError("train needs --out DIR")
     config = config_from_args(args)
-    result = run(config, args.out, progress=not args.quiet)
-    _print_result(result)
-    _write_json(args.json, result)
+    with distributed.session(config.device):  # several processes under torchrun, else a no-op
+        result = run(config, args.out, progress=not args.quiet)
+        main_process = distributed.rank() == 0
+    if main_process:
+        _print_result(result)
+        _write_json(args.json, result)
 
 
 def cmd_eval(args) -> None:

@@ -7,6 +7,8 @@ trainer (resuming where a checkpoint says), evaluate the RNN alone, write result
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -162,9 +164,9 @@ def _prepare(config: RunConfig, run_dir: Path) -> None:
     """Create or check the run directory: a resumed run must have the same config."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        handle, probe = tempfile.mkstemp(dir=run_dir, prefix=".write-test-")  # unique: ranks probe at once
+        os.close(handle)
+        os.unlink(probe)
     except OSError as error:
         raise UserError(f"cannot write to output directory {run_dir}: {error.strerror}") from None
     saved_path = run_dir / "config.json"
@@ -191,9 +193,11 @@ def run(config: RunConfig, run_dir: str | Path, progress: bool = True, sample_ho
         if asdict(init_config.model) != asdict(config.model):
             raise UserError(f"--init {config.init} has a different model config")
         models.load_state_dict(init_models.state_dict())
-    done_phase = checkpoint.load_state(latest, None)[0]["phase"] if latest is not None else None
+    done_phase = checkpoint.load_state(latest, None)[0].get("phase") if latest is not None else None
     plan = phases(config, models)
     names = [name for name, *_ in plan]
+    if latest is not None and done_phase not in names:
+        raise UserError(f"checkpoint {latest} is from phase {done_phase!r}, not one of this run's ({', '.join(names)})")
     generator = torch.Generator().manual_seed(config.seed)
 
     def sample(gen, batch_size):

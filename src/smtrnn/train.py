@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from smtrnn import checkpoint
+from smtrnn import checkpoint, distributed
 from smtrnn.tasks.base import UserError
 
 
@@ -62,7 +62,17 @@ def is_main_process() -> bool:
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
-    return {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # methods draw on the device of their tensors
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _log(run_dir: Path | None, record: dict) -> None:
@@ -84,7 +94,9 @@ def _truncate_log(run_dir: Path, phase: str, step: int, earlier_phases: list[str
             continue  # a line cut by a kill
         if record.get("phase") in earlier_phases or (record.get("phase") == phase and record.get("step", 0) <= step):
             kept.append(line)
-    checkpoint.write_atomic(path, ("\n".join(kept) + "\n").encode() if kept else b"")
+    text = ("\n".join(kept) + "\n") if kept else ""
+    if text != path.read_text():
+        checkpoint.write_atomic(path, text.encode())
 
 
 def train(objective: nn.Module, parameters: list[nn.Parameter], sample: Callable[[torch.Generator], dict],
@@ -94,37 +106,46 @@ def train(objective: nn.Module, parameters: list[nn.Parameter], sample: Callable
     """Minimise ``objective`` for ``config.steps`` steps; resume from ``run_dir`` when it holds a
     checkpoint of this phase. ``model`` is what checkpoints save; returns the last logged metrics."""
     config.validate()
+    distributed.check_batch_size(config.batch_size)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     step, elapsed = 0, 0.0
     if run_dir is not None and (folder := checkpoint.latest_checkpoint(run_dir)) is not None:
         meta, _ = checkpoint.load_state(folder, None)
-        if meta["phase"] == phase:
+        if meta.get("phase") == phase:
             checkpoint.load_weights(model, folder)
             meta, rng = checkpoint.load_state(folder, optimizer)
-            torch.set_rng_state(rng["torch"])
-            generator.set_state(rng["data"])
-            step, elapsed = meta["step"], meta["seconds"]
-            _truncate_log(run_dir, phase, step, list(earlier_phases))
+            _set_rng_state(distributed.select_rng(rng), generator)
+            step, elapsed = meta["step"], meta.get("seconds", 0.0)
+    if run_dir is not None:
+        # also when starting this phase afresh: drop lines of an attempt killed before its first checkpoint
+        _truncate_log(run_dir, phase, step, list(earlier_phases))
+        distributed.check_same_start(phase, step, run_dir)
 
     def save(at_step: int, seconds: float) -> None:
-        if run_dir is not None and is_main_process():
-            meta = {"phase": phase, "step": at_step, "steps": config.steps, "seconds": seconds}
-            checkpoint.save_checkpoint(run_dir, f"{phase}-{at_step:08d}", model, optimizer, _rng_state(generator), meta)
+        if run_dir is not None:
+            rng = distributed.gather_rng(_rng_state(generator))  # collective: every rank takes part
+            if is_main_process():
+                meta = {"phase": phase, "step": at_step, "steps": config.steps, "seconds": seconds,
+                        "world_size": distributed.world_size()}
+                checkpoint.save_checkpoint(run_dir, f"{phase}-{at_step:08d}", model, optimizer, rng, meta)
 
     last: dict = {}
     bar = tqdm(total=config.steps, initial=step, desc=phase, disable=not (progress and is_main_process()),
                dynamic_ncols=True, leave=False)
     started = time.perf_counter() - elapsed
-    objective.train()
+    step_fn = distributed.wrap(objective)  # DistributedDataParallel under torchrun, else objective
+    step_fn.train()
     while step < config.steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
-        batch = sample(generator)
+        # every rank draws the global batch and keeps its slice: see distributed.py
+        batch = distributed.shard(sample(generator))
         batch["step"] = step  # for methods with schedules of their own (SMT's dynamics warm-up)
-        loss, metrics = objective(batch)
-        if not torch.isfinite(loss):
+        loss, metrics = step_fn(batch)
+        global_loss = distributed.mean(loss)  # the loss itself for one process
+        if not torch.isfinite(global_loss):
             bar.close()
-            raise Diverged(f"{phase}: loss became {loss.item()} at step {step + 1}; the last good checkpoint is kept")
+            raise Diverged(f"{phase}: loss became {global_loss.item()} at step {step + 1}; the last good checkpoint is kept")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.clip:
@@ -133,12 +154,12 @@ def train(objective: nn.Module, parameters: list[nn.Parameter], sample: Callable
         step += 1
         bar.update(1)
         if step % config.log_every == 0 or step == config.steps:
-            last = {"phase": phase, "step": step, "lr": optimizer.param_groups[0]["lr"], "loss": loss.item(),
-                    **{name: float(value) for name, value in metrics.items()},
+            last = {"phase": phase, "step": step, "lr": optimizer.param_groups[0]["lr"], "loss": global_loss.item(),
+                    **distributed.mean_metrics(metrics),
                     "seconds": round(time.perf_counter() - started, 3)}
             if evaluate is not None and config.eval_every and step % config.eval_every == 0:
                 last.update(evaluate())
-                objective.train()
+                step_fn.train()
             _log(run_dir, last)
             bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
         if step % config.checkpoint_every == 0 or step == config.steps:

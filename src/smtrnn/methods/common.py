@@ -40,10 +40,17 @@ def uniformity(memories: torch.Tensor, tokens: int, samples: int = 512) -> torch
     return torch.logsumexp(-2 * squared_distance[off_diagonal], 0) - math.log(count * (count - 1))
 
 
-def relative_memory_error(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error per memory element, relative to the mean square of the target.
+def memory_spread(memories: torch.Tensor) -> torch.Tensor:
+    """Mean variance of memory elements across all memories (of all sequences and time steps)."""
+    flat = memories.reshape(-1, memories.shape[-1])
+    return (flat - flat.mean(0)).pow(2).mean()
 
-    Relative, so that the teacher cannot shrink the dynamics loss by shrinking its memories (an
-    unnormalised MSE rewards memories of ever smaller norm in a tanh space, where the relative
-    one-step error, which is what compounds along a rollout, stays as large as before)."""
-    return (predicted - target).pow(2).mean() / target.pow(2).mean().clamp(min=1e-8)
+
+def relative_memory_error(predicted: torch.Tensor, target: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per memory element divided by the spread of the teacher's memories: the
+    fraction of the memories' variation that the prediction misses (1 - R^2).
+
+    Normalised by the spread, not the raw scale, so the teacher cannot shrink the dynamics loss by
+    shrinking its memories or by collapsing them onto one point: an absolute MSE rewards both, while
+    the relative one-step error, which is what compounds along a rollout, stays as large as before."""
+    return (predicted - target).pow(2).mean() / spread.clamp(min=1e-8)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from smtrnn.methods.common import masked_cross_entropy, relative_memory_error
+from smtrnn.methods.common import masked_cross_entropy, memory_spread, relative_memory_error
 
 
 @dataclass
@@ -31,6 +31,7 @@ def dmt_loss(models, batch, config: DMTConfig):
     batch_size, length = x.shape
     with torch.no_grad():
         expert = teacher.encode(x)  # [B, T+1, M], frozen labels
+        spread = memory_spread(expert[:, 1:])
     steps = min(config.rollout or length, length)
     if config.start == "teacher":
         begin = int(torch.randint(0, length - steps + 1, ()).item())
@@ -38,7 +39,7 @@ def dmt_loss(models, batch, config: DMTConfig):
         start_loss = x.new_zeros((), dtype=torch.float32)
     else:
         begin, memory = 0, cell.initial_memory(batch_size)
-        start_loss = relative_memory_error(cell.initial, expert[0, 0])
+        start_loss = relative_memory_error(cell.initial, expert[0, 0], spread)
 
     dyn, supervised, memories = 0.0, 0, []
     for offset in range(steps):
@@ -50,7 +51,7 @@ def dmt_loss(models, batch, config: DMTConfig):
         with nullcontext() if needs_grad else torch.no_grad():
             memory = cell.step(memory, x[:, t])
         if supervise:
-            dyn = dyn + relative_memory_error(memory, expert[:, t + 1])
+            dyn = dyn + relative_memory_error(memory, expert[:, t + 1], spread)
             supervised += 1
         memories.append(memory.detach())
     dyn = (dyn + start_loss) / (supervised + 1)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from smtrnn.methods.common import masked_cross_entropy, relative_memory_error, uniformity
+from smtrnn.methods.common import masked_cross_entropy, memory_spread, relative_memory_error, uniformity
 from smtrnn.tasks.base import IGNORE
 
 
@@ -67,9 +67,10 @@ def smt_loss(models, batch, config: SMTConfig):
     target = memories[:, 1:].detach() if config.detach_target else memories[:, 1:]
     predicted = rnn.cell.step(memories[:, :-1], x)  # the only cell application: all B*T pairs
     # the RNN starts from its own learned m_0, which must equal the teacher's empty memory m*_0
-    start = relative_memory_error(rnn.cell.initial, memories[0, 0].detach())
+    spread = memory_spread(target)  # part of the label side: detached with it
+    start = relative_memory_error(rnn.cell.initial, memories[0, 0].detach(), spread.detach())
     steps = x.shape[1]
-    dyn = (relative_memory_error(predicted, target) * steps + start) / (steps + 1)
+    dyn = (relative_memory_error(predicted, target, spread) * steps + start) / (steps + 1)
 
     unif = uniformity(memories[:, 1:], rnn.cell.memory_tokens, config.uniformity_samples)
     read_teacher, readout_accuracy = masked_cross_entropy(rnn.logits(memories[:, 1:].detach()), y)
