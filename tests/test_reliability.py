@@ -104,19 +104,30 @@ def test_sigkill_twice_then_rerun_is_bit_identical(tmp_path):
     task_file = tmp_path / "slow_task.py"
     task_file.write_text(SLOW_TASK)
     whole_dir, killed_dir = tmp_path / "whole", tmp_path / "killed"
-    whole = launch(task_file, whole_dir)  # the uninterrupted run, alongside the killed one
+    started = []
 
-    # kill 1: in the SMT phase, once at least one checkpoint exists
-    kill_when(launch(task_file, killed_dir), lambda: latest_name(killed_dir).startswith("smt-"))
-    assert not (killed_dir / "result.json").exists()
-    # kill 2: in the DMT phase of the resumed run, once one of its checkpoints exists
-    kill_when(launch(task_file, killed_dir), lambda: latest_name(killed_dir).startswith("dmt-"))
-    assert not (killed_dir / "result.json").exists()
-    resumed = launch(task_file, killed_dir)
-    for process in (whole, resumed):
-        out, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err
-        assert err == ""
+    def start(out: Path) -> subprocess.Popen:
+        started.append(launch(task_file, out))
+        return started[-1]
+
+    try:
+        whole = start(whole_dir)  # the uninterrupted run, alongside the killed one
+        # kill 1: in the SMT phase, once at least one checkpoint exists
+        kill_when(start(killed_dir), lambda: latest_name(killed_dir).startswith("smt-"))
+        assert not (killed_dir / "result.json").exists()
+        # kill 2: in the DMT phase of the resumed run, once one of its checkpoints exists
+        kill_when(start(killed_dir), lambda: latest_name(killed_dir).startswith("dmt-"))
+        assert not (killed_dir / "result.json").exists()
+        resumed = start(killed_dir)
+        for process in (whole, resumed):
+            out, err = process.communicate(timeout=300)
+            assert process.returncode == 0, err
+            assert err == ""
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
 
     assert_identical(final_tensors(killed_dir), final_tensors(whole_dir))
     steps = [(r["phase"], r["step"]) for r in records(killed_dir)]

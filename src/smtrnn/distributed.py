@@ -13,11 +13,14 @@ here is then the identity. Under torchrun:
   checkpoint needs one data RNG state, resuming with another number of processes sees the same
   data, and the single-process batch is exactly the concatenation of the per-rank batches.
   Drawing is repeated on every rank; for the synthetic tasks that costs far less than a step.
-- Gradients: DDP averages the per-rank gradients. For a loss that is a mean over equal-sized
-  per-sequence terms (BPTT, the cross-entropies) this equals the single-process gradient up to
-  float reassociation. Terms that are statistics of the whole batch (SMT's relative memory error,
-  which divides by the batch's mean square memory, and the uniformity loss over pairs of memories)
-  are computed per rank, like an unsynchronised BatchNorm: close to, not equal to, one process.
+- Gradients: DDP averages the per-rank gradients, i.e. it minimises the mean of the per-rank
+  losses. For a loss that is a mean over labelled positions, with as many in every sequence (BPTT
+  and the cross-entropies on the synthetic tasks), that is the single-process gradient up to float
+  reassociation. Terms that are statistics of the whole batch (SMT's relative memory error, which
+  divides by the batch's mean square memory; the uniformity loss over pairs of memories, and its
+  subsample when ``uniformity_samples`` is smaller than the batch's memory tokens) are computed per
+  rank, like an unsynchronised BatchNorm: close to, not equal to, one process
+  (tests/test_distributed.py measures both).
 - Global torch RNG (methods draw random positions, permutations and DMT start points from it):
   each rank keeps its own; checkpoints store every rank's state so that resuming is exact.
 """

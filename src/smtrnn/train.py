@@ -1,6 +1,7 @@
 """One readable training loop: AdamW, warm-up + cosine schedule, clipping, JSONL metrics,
-atomic checkpoints, exact resume. It does not know which method it runs: it minimises whatever
-``objective(batch) -> (loss, metrics)`` returns over the parameters it is given.
+atomic checkpoints, exact resume, DistributedDataParallel under torchrun (see distributed.py). It
+does not know which method it runs: it minimises whatever ``objective(batch) -> (loss, metrics)``
+returns over the parameters it is given.
 """
 from __future__ import annotations
 
