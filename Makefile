@@ -17,5 +17,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+bench: $(STAMP)
+	$(BIN)/smtrnn bench --quick --json docs/benchmarks.json --out-md docs/benchmarks.md
+
 clean:
 	rm -rf $(VENV) runs

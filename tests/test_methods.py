@@ -67,7 +67,7 @@ def all_zero(gradients: dict) -> bool:
 
 def only(**coefficients) -> SMTConfig:
     """An SMT config with every loss term off except the ones given."""
-    values = {"c_pred": 0.0, "c_dyn": 0.0, "c_unif": 0.0, "c_readout": 0.0}
+    values = {"c_pred": 0.0, "c_dyn": 0.0, "c_unif": 0.0, "c_readout": 0.0, "dyn_warmup": 0, "decoder_positions": 0}
     values.update(coefficients)
     return SMTConfig(**values)
 

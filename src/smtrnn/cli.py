@@ -155,6 +155,41 @@ def cmd_demo(args) -> None:
     result = demo(args.out, quick=args.quick, progress=not args.quiet)
     print(format_table(result))
     _write_json(args.json, result)
+    if args.markdown:
+        from smtrnn.checkpoint import write_atomic
+        from smtrnn.demo import format_report
+
+        command = "smtrnn demo " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "smtrnn demo"
+        write_atomic(Path(args.markdown), format_report(result, command).encode())
+
+
+def cmd_bench(args) -> None:
+    import torch
+
+    from smtrnn.bench import BenchConfig, quick_config, run_bench
+    from smtrnn.bench_report import figures, markdown
+
+    if args.threads < 0:
+        raise UserError(f"threads must be non-negative, got {args.threads}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {args.device} asked for, but PyTorch sees no CUDA device")
+    options = {"device": args.device, "threads": args.threads, "compile": args.compile, "autocast": args.autocast}
+    config = quick_config(**options) if args.quick else BenchConfig(**options)
+    result = run_bench(config, log=lambda line: print(line, file=sys.stderr, flush=True))
+    for target in result["targets"]:
+        print(f"{'met ' if target['met'] else 'MISS'}  {target['cell']:>11}  {target['target']}: {target['measured']}")
+    _write_json(args.json, result)
+    if args.out_md:
+        from smtrnn.checkpoint import write_atomic
+
+        flags = [("--quick", args.quick), ("--compile", args.compile), ("--autocast", args.autocast)]
+        command = " ".join(["smtrnn bench"] + [flag for flag, given in flags if given]
+                           + [f"--device {args.device}"] * (args.device != "cpu") + [f"--threads {args.threads}"] * bool(args.threads)
+                           + [f"--json {args.json}"] * bool(args.json) + [f"--out-md {args.out_md}"])
+        target = Path(args.out_md)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        figures(result, target.parent / "figures")
+        write_atomic(target, markdown(result, command).encode())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,8 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="where the two runs are kept (resumable)")
     demo.add_argument("--quick", action="store_true", help="a much shorter smoke run (not the result)")
     demo.add_argument("--json")
+    demo.add_argument("--markdown", help="also write a markdown report (command, machine, date, table)")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(handler=cmd_demo)
+
+    bench = commands.add_parser("bench", help="time-parallel SMT against BPTT, RNN inference against the teacher")
+    bench.add_argument("--quick", action="store_true", help="lengths 64..1024 and contexts to 8k (minutes)")
+    bench.add_argument("--json", help="write every row here")
+    bench.add_argument("--out-md", help="write a markdown report here, and its figures to figures/ beside it")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--threads", type=int, default=0, help="PyTorch threads (default: PyTorch's choice)")
+    bench.add_argument("--compile", action="store_true", help="also time smt under torch.compile (slow warm-up)")
+    bench.add_argument("--autocast", action="store_true", help="also time smt under bf16 autocast (CUDA)")
+    bench.set_defaults(handler=cmd_bench)
     return parser
 
 

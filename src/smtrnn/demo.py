@@ -10,8 +10,8 @@ import torch
 from smtrnn.run import RunConfig, run
 from smtrnn.train import TrainConfig
 
-TASK, LENGTH, CELL = "retrieval", 128, "tanh"
-SMT_STEPS, DMT_STEPS = 800, 300
+TASK, LENGTH, CELL = "retrieval", 64, "tanh"
+SMT_STEPS, DMT_STEPS = 1200, 300
 
 
 def demo_configs(quick: bool = False) -> dict[str, RunConfig]:
@@ -21,7 +21,9 @@ def demo_configs(quick: bool = False) -> dict[str, RunConfig]:
     smt = RunConfig(task=TASK, length=length, method="smt+dmt", seed=0)
     smt.model.cell = CELL
     smt.train = TrainConfig(steps=smt_steps, batch_size=32, lr=2e-3, warmup=100, log_every=25)
-    smt.dmt_train = TrainConfig(steps=dmt_steps, batch_size=32, lr=3e-4, warmup=20, log_every=25)
+    smt.dmt_train = TrainConfig(steps=dmt_steps, batch_size=32, lr=1e-3, warmup=20, log_every=25)
+    if quick:
+        smt.smt.dyn_warmup = 10
     # BPTT gets the same cell, readout, data and total number of optimiser steps
     bptt = RunConfig(task=TASK, length=length, method="bptt", seed=0)
     bptt.model.cell = CELL

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
 from torch import nn
 
 from smtrnn.rnn import RNN
@@ -23,7 +24,7 @@ class ModelConfig:
     teacher_layers: int = 2
     teacher_decoder_layers: int = 1
     teacher_heads: int = 4
-    future: int = 4  # Tf
+    future: int = 16  # Tf
 
     def validate(self):
         for name in ("memory_size", "embed_dim", "readout_hidden", "teacher_width", "teacher_layers", "future"):
@@ -48,6 +49,17 @@ class Models(nn.Module):
                                        config.teacher_heads, config.future)
         self.teacher = Teacher(vocab_size, num_classes, config.memory_size, cell.memory_space,
                                cell.memory_tokens, teacher_config)
+
+    @torch.no_grad()
+    def hand_off_initial_memory(self) -> None:
+        """Set the RNN's initial memory to the teacher's memory of the empty prefix, m*_0.
+
+        SMT also regresses m_0 onto m*_0, but a single vector moved by AdamW travels at most about
+        one learning rate per step, too slow to follow a teacher that is still learning; copying it
+        when SMT ends makes the RNN start exactly where the teacher's memories begin."""
+        device = self.rnn.cell.initial.device
+        empty = torch.zeros(1, 0, dtype=torch.long, device=device)
+        self.rnn.cell.initial.copy_(self.teacher.encode(empty)[0, 0])
 
     def describe(self) -> dict:
         count = lambda module: sum(p.numel() for p in module.parameters())

@@ -38,7 +38,7 @@ class RunConfig:
     eval_batches: int = 8
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)  # the main phase (smt, bptt, tbptt; dmt alone)
-    dmt_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=500, lr=3e-4, warmup=20))
+    dmt_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, lr=1e-3, warmup=20))
     smt: SMTConfig = field(default_factory=SMTConfig)
     dmt: DMTConfig = field(default_factory=DMTConfig)
     bptt: BPTTConfig = field(default_factory=BPTTConfig)
@@ -209,6 +209,8 @@ def run(config: RunConfig, run_dir: str | Path, progress: bool = True, sample_ho
     for index, (name, loss_fn, method_config, train_config, parameters) in enumerate(plan):
         if done_phase in names and names.index(done_phase) > index:
             continue  # finished before the checkpoint we resumed from
+        if name == "dmt" and done_phase != "dmt":
+            models.hand_off_initial_memory()  # DMT rolls out from m*_0 (not resumed: still exact)
         for module, trains in ((models.teacher, name == "smt"), (models.rnn, True)):
             module.requires_grad_(trains)
         evaluate = lambda: {"eval_" + k: v for k, v in evaluate_rnn(models.rnn, task, config.length, 2, 64, config.seed, config.device).items()}

@@ -9,6 +9,7 @@ and the true inputs x_{t+1}..x_{t+k} (teacher forcing); nothing else reaches the
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -27,9 +28,10 @@ class TeacherConfig:
     future: int = 4  # Tf: the decoder predicts y_t .. y_{t+Tf-1} from m*_t
 
 
-def sinusoid(positions: int, width: int, device=None) -> torch.Tensor:
-    """Fixed sinusoidal position codes: defined for any length, so the teacher runs at 8T too."""
-    position = torch.arange(positions, device=device, dtype=torch.float32).unsqueeze(1)
+def sinusoid(positions: int, width: int, device=None, start: int = 0) -> torch.Tensor:
+    """Fixed sinusoidal position codes: defined for any length, so the teacher runs at 8T too.
+    ``start``: the codes of positions start..start+positions-1 (one row per token when streaming)."""
+    position = torch.arange(start, start + positions, device=device, dtype=torch.float32).unsqueeze(1)
     frequency = torch.exp(torch.arange(0, width, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / width))
     table = torch.zeros(positions, width, device=device)
     table[:, 0::2] = torch.sin(position * frequency)
@@ -44,6 +46,58 @@ def _stack(width: int, heads: int, layers: int) -> nn.TransformerEncoder:
 
 def _causal(length: int, device) -> torch.Tensor:
     return torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
+
+
+@contextmanager
+def _without_fused_inference_path():
+    """Under eval() + no_grad, nn.TransformerEncoderLayer takes a fused path that builds the whole
+    T x T attention matrix for a mask: on CPU, 9x slower than the ordinary path and 0.7 GB at 4k
+    tokens (quadratic memory), where the ordinary path runs SDPA's causal flash kernel."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+@dataclass
+class EncoderCache:
+    """What ``Teacher.encode_step`` keeps between tokens: per encoder layer the attention keys and
+    values of every position so far ([B, heads, capacity, head width], the first ``length`` used),
+    and the previous token (the token shift)."""
+
+    keys: list
+    values: list
+    previous: torch.Tensor
+    length: int = 0
+
+    def append(self, layer: int, key: torch.Tensor, value: torch.Tensor):
+        """Store one position's key and value; the used keys and values, capacity doubling when full."""
+        if self.length == self.keys[layer].shape[2]:
+            grow = lambda buffer: torch.cat([buffer, torch.empty_like(buffer)], 2)
+            self.keys[layer], self.values[layer] = grow(self.keys[layer]), grow(self.values[layer])
+        self.keys[layer][:, :, self.length] = key
+        self.values[layer][:, :, self.length] = value
+        return self.keys[layer][:, :, : self.length + 1], self.values[layer][:, :, : self.length + 1]
+
+    def nbytes(self) -> int:
+        """Bytes of the keys and values in use (what a context of ``length`` tokens costs to keep)."""
+        used = lambda buffer: buffer[:, :, : self.length].numel() * buffer.element_size()
+        return sum(used(k) + used(v) for k, v in zip(self.keys, self.values))
+
+
+def _layer_step(layer: nn.TransformerEncoderLayer, hidden: torch.Tensor, cache: EncoderCache, index: int):
+    """One norm-first encoder layer for the newest position only [B, 1, W], attending to the cache:
+    the same arithmetic as the layer's own forward under the causal mask."""
+    attention = layer.self_attn
+    batch, width, heads = hidden.shape[0], hidden.shape[-1], attention.num_heads
+    split = lambda t: t.reshape(batch, heads, width // heads)
+    query, key, value = F.linear(layer.norm1(hidden), attention.in_proj_weight, attention.in_proj_bias).chunk(3, -1)
+    keys, values = cache.append(index, split(key), split(value))
+    mixed = F.scaled_dot_product_attention(split(query).unsqueeze(2), keys, values)  # sees every position so far
+    hidden = hidden + attention.out_proj(mixed.reshape(batch, 1, width))
+    return hidden + layer.linear2(layer.activation(layer.linear1(layer.norm2(hidden))))
 
 
 class Teacher(nn.Module):
@@ -75,8 +129,30 @@ class Teacher(nn.Module):
         tokens = F.pad(x, (1, 0), value=self.start)
         previous = F.pad(tokens[:, :-1], (1, 0), value=self.start)
         hidden = self.embed(tokens) + self.previous_embed(previous) + sinusoid(tokens.shape[1], self.config.width, x.device)
-        hidden = self.encoder(hidden, mask=_causal(tokens.shape[1], x.device), is_causal=True)
+        with _without_fused_inference_path():
+            hidden = self.encoder(hidden, mask=_causal(tokens.shape[1], x.device), is_causal=True)
         return project_memory(self.memory_head(self.encoder_norm(hidden)), self.memory_space, self.memory_tokens)
+
+    def encode_step(self, token: torch.Tensor | None, cache: EncoderCache | None = None,
+                    batch: int = 1, capacity: int = 256):
+        """Incremental ``encode`` with a key-value cache: O(context) work per token instead of
+        re-encoding the prefix. ``encode_step(None, batch=B)`` -> (m*_0 [B, M], cache); then
+        ``encode_step(x_t, cache)`` -> (memories[:, t] of ``encode(x)`` [B, M], cache), the cache
+        updated in place."""
+        width = self.config.width
+        if cache is None:
+            device = self.embed.weight.device
+            heads = self.encoder.layers[0].self_attn.num_heads
+            empty = lambda: self.embed.weight.new_empty(batch, heads, capacity, width // heads)
+            token = torch.full((batch,), self.start, dtype=torch.long, device=device)
+            cache = EncoderCache([empty() for _ in self.encoder.layers], [empty() for _ in self.encoder.layers], token)
+        hidden = self.embed(token) + self.previous_embed(cache.previous) + sinusoid(1, width, token.device, cache.length)
+        hidden = hidden.unsqueeze(1)
+        for index, layer in enumerate(self.encoder.layers):
+            hidden = _layer_step(layer, hidden, cache, index)
+        cache.previous, cache.length = token, cache.length + 1
+        memory = project_memory(self.memory_head(self.encoder_norm(hidden[:, 0])), self.memory_space, self.memory_tokens)
+        return memory, cache
 
     def decode(self, memory: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
         """Logits [N, F+1, C] for y_t..y_{t+F} from memory[N, M] and inputs future[N, F]."""

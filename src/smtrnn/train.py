@@ -25,7 +25,7 @@ from smtrnn.tasks.base import UserError
 class TrainConfig:
     steps: int = 2000
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup: int = 100
     weight_decay: float = 0.0

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from smtrnn.methods.common import masked_cross_entropy, memory_spread, relative_memory_error
+from smtrnn.methods.common import masked_cross_entropy, memory_spread, relative_memory_error, whitening
 
 
 @dataclass
@@ -23,6 +23,7 @@ class DMTConfig:
     rollout: int = 0  # Td: rollout length; 0 = the whole sequence
     start: str = "initial"  # "initial": from the RNN's m_0; "teacher": from m*_s at a random s
     truncate: int = 1  # gradient crosses at most this many cell applications
+    whiten: bool = False  # measure memory error in the teacher memories' whitened coordinates
 
 
 def dmt_loss(models, batch, config: DMTConfig):
@@ -31,7 +32,13 @@ def dmt_loss(models, batch, config: DMTConfig):
     batch_size, length = x.shape
     with torch.no_grad():
         expert = teacher.encode(x)  # [B, T+1, M], frozen labels
-        spread = memory_spread(expert[:, 1:])
+        if config.whiten:
+            whiten = whitening(expert[:, 1:])
+            measure = lambda memory: memory @ whiten.T
+        else:
+            measure = lambda memory: memory
+        target = measure(expert)  # errors are measured in these coordinates
+        spread = memory_spread(target[:, 1:])
     steps = min(config.rollout or length, length)
     if config.start == "teacher":
         begin = int(torch.randint(0, length - steps + 1, ()).item())
@@ -39,7 +46,7 @@ def dmt_loss(models, batch, config: DMTConfig):
         start_loss = x.new_zeros((), dtype=torch.float32)
     else:
         begin, memory = 0, cell.initial_memory(batch_size)
-        start_loss = relative_memory_error(cell.initial, expert[0, 0], spread)
+        start_loss = relative_memory_error(measure(cell.initial), target[0, 0], spread)
 
     dyn, supervised, memories = 0.0, 0, []
     for offset in range(steps):
@@ -51,7 +58,7 @@ def dmt_loss(models, batch, config: DMTConfig):
         with nullcontext() if needs_grad else torch.no_grad():
             memory = cell.step(memory, x[:, t])
         if supervise:
-            dyn = dyn + relative_memory_error(memory, expert[:, t + 1], spread)
+            dyn = dyn + relative_memory_error(measure(memory), target[:, t + 1], spread)
             supervised += 1
         memories.append(memory.detach())
     dyn = (dyn + start_loss) / (supervised + 1)
