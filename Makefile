@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/smtrnn demo --json runs/demo/demo.json
+	$(BIN)/smtrnn demo --json docs/demo.json --markdown docs/demo.md
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
