@@ -87,8 +87,16 @@ def torchrun(args: list[str], out: Path, **env) -> subprocess.CompletedProcess:
 
 
 def single_process(args: list[str], out: Path) -> dict:
+    """The same training in this process, on one thread like each torchrun worker (OMP_NUM_THREADS=1):
+    thread count changes the order of float reductions, and AdamW turns a near-zero gradient's
+    rounding into a whole learning-rate step, so the comparison must not depend on it."""
     config = config_from_args(build_parser().parse_args(["train", *args, "--out", str(out)]))
-    return run(config, out, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run(config, out, progress=False)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:

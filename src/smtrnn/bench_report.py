@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MARKERS = {"smt": "o", "smt-sampled": "s", "smt-compiled": "D", "smt-bf16": "P", "bptt": "^", "bptt-fused": "v"}
+STYLE = {"smt": ("o", "C0"), "smt-sampled": ("s", "C1"), "smt-compiled": ("D", "C4"), "smt-bf16": ("P", "C5"),
+         "bptt": ("^", "C2"), "bptt-fused": ("v", "C3")}
 
 
 def _number(value, digits: int = 3) -> str:
@@ -12,8 +13,8 @@ def _number(value, digits: int = 3) -> str:
     if isinstance(value, bool):
         return "yes" if value else "**no**"
     if isinstance(value, int):
-        return f"{value:,}"
-    if value != 0 and (abs(value) >= 10**5 or abs(value) < 10**-3):
+        return str(value)
+    if value != 0 and abs(value) < 10**-3:
         return f"{value:.2e}"
     return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
 
@@ -25,10 +26,12 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def _training_section(result: dict) -> list[str]:
-    training = result["training"]
+    training, defaults = result["training"], result["model_defaults"]
     lines = ["## Training step: SMT against BPTT, side by side", "",
              f"Batch {training[0]['batch']}, memory size {result['config']['memory_size']}, byte-level data (vocabulary "
-             f"{result['config']['vocab']}, every position labelled), every other size at ModelConfig's defaults. "
+             f"{result['config']['vocab']}, every position labelled), every other size at ModelConfig's defaults "
+             f"(teacher width {defaults['teacher_width']}, {defaults['teacher_layers']} encoder and "
+             f"{defaults['teacher_decoder_layers']} decoder layers, future Tf={defaults['future']}). "
              "A step is loss, backward, clipping and an AdamW step. `smt`: all-prefix SMT (`smt_loss`, decoder on "
              f"every window); `smt-sampled`: the same with `decoder_positions={result['config']['decoder_positions']}`; "
              "`bptt`: our own step loop (`cell.rollout` + readout); `bptt-fused`: `bptt_loss`, i.e. nn.RNN / nn.GRU / "
@@ -49,15 +52,17 @@ def _training_section(result: dict) -> list[str]:
 
 
 def _inference_section(result: dict) -> list[str]:
-    inference = result["inference"]
+    inference, defaults = result["inference"], result["model_defaults"]
     latency = {(r["model"], r["context"]): r for r in inference}
     contexts = sorted({r["context"] for r in inference})
     models = list(dict.fromkeys(r["model"] for r in inference))
     lines = ["## Inference: one token at a time as the context grows", "",
-             "Batch 1, ModelConfig's default sizes (tanh cell, memory 64; teacher width 64, 2 layers). Each token: "
+             f"Batch 1, ModelConfig's default sizes ({defaults['cell']} cell, memory {defaults['memory_size']}; teacher "
+             f"width {defaults['teacher_width']}, {defaults['teacher_layers']} encoder layers). Each token: "
              "the RNN's `cell.step` and readout; the teacher's `encode_step` with a key-value cache and decoder; or, "
              "without a cache, `encode` of the whole prefix and decoder. State: what is kept between tokens (the "
-             "memory; the keys and values; the token prefix). Peak: the state plus the peak of one token's work.", ""]
+             "memory; the keys and values; the token prefix). Peak: the state plus the peak of one token's work (on "
+             "CPU, work that fits in pages already resident does not show).", ""]
     lines += _table(["context"] + [f"{m} ms/token" for m in models] + [f"{m} state MB" for m in models]
                     + [f"{m} peak MB" for m in models],
                     [[c] + [1e3 * latency[m, c]["seconds_per_token"] for m in models]
@@ -89,8 +94,8 @@ NOTES = """\
 - The CUDA paths (synchronised timing, torch.cuda.max_memory_allocated, `--autocast` bf16) are written
   but untested: no GPU was available.
 - `--compile` (torch.compile of `smt_loss`) is not part of the quick run. Measured once while developing
-  (tanh cell, T=256, batch 32, one thread, a busy machine): 131 s to compile, and the compiled step 1.1x
-  slower than eager, so it is off by default.
+  (tanh cell, T=256, batch 32, Tf=4 as the defaults then were, one thread, a busy machine): 131 s to
+  compile, and the compiled step 1.1x slower than eager, so it is off by default.
 - Reading the targets: on a CPU a step costs its FLOPs, not its sequential depth. All-prefix SMT runs a
   Transformer teacher (encoder over every prefix, decoder over every window) beside a small RNN, so it
   does many times the FLOPs of a BPTT step of that RNN; it wins on depth (1 against T), which pays on
@@ -99,10 +104,12 @@ NOTES = """\
 
 THREADS_NOTE = """\
 - One PyTorch thread on a machine with more cores: chosen with `--threads 1` because other jobs shared the
-  machine (see the load average). Two threads stalled on each other there: while developing, a
-  transformer-cell BPTT step at T=1024 took 30 s on two threads against 2.1 s on one, and a quick run on
-  two threads did not finish in fifteen minutes. Step times on one thread are slower but steady, and
-  every method ran under the same setting; the matmul peak above is one thread's too.
+  machine (see the load average), and PyTorch's default of two threads stalled whenever a third process
+  took a core: while developing, a transformer-cell BPTT step at T=1024 took 30 s on two threads against
+  2.1 s on one; one two-thread quick run did not finish in fifteen minutes, and another finished in five
+  but with its last rows (transformer cell, T=1024) slowed 4x when a job started beside it, which hits
+  the many small operations of a BPTT loop hardest and so flattered SMT. On one thread every method ran
+  under the same, steady setting; the matmul peak above is one thread's too.
 """
 
 
@@ -114,12 +121,13 @@ def _summary(result: dict) -> list[str]:
     for cell in dict.fromkeys(r["cell"] for r in training):
         smt, sampled, bptt = row["smt", cell], row["smt-sampled", cell], row["bptt", cell]
         fused = row.get(("bptt-fused", cell))
+        relative = lambda row: (f"{row['seconds_per_step'] / bptt['seconds_per_step']:.2f}x the bptt loop's time for "
+                                f"{row['gflop_per_step'] / bptt['gflop_per_step']:.1f}x its FLOPs")
         lines.append(f"- {cell} cell, T={last}: smt {smt['seconds_per_step']:.3g} s/step, smt-sampled "
                      f"{sampled['seconds_per_step']:.3g}, bptt loop {bptt['seconds_per_step']:.3g}"
                      + (f", fused bptt {fused['seconds_per_step']:.3g}" if fused else "")
-                     + f"; smt is {smt['seconds_per_step'] / bptt['seconds_per_step']:.2f}x the bptt loop's time "
-                     f"for {smt['gflop_per_step'] / bptt['gflop_per_step']:.1f}x its FLOPs and 1/{last} of its "
-                     f"sequential depth.")
+                     + f". smt takes {relative(smt)}, smt-sampled {relative(sampled)}, both at 1/{last} of its "
+                     "sequential depth.")
     latency = {(r["model"], r["context"]): r for r in inference}
     context = max(r["context"] for r in inference if r["context"] <= 8192)
     rnn = latency["rnn", context]
@@ -184,12 +192,14 @@ def figures(result: dict, folder: str | Path) -> list[Path]:
     for axis, cell in zip(axes[0], cells):
         for method in dict.fromkeys(r["method"] for r in training if r["cell"] == cell):
             rows = [r for r in training if r["cell"] == cell and r["method"] == method]
-            axis.plot([r["length"] for r in rows], [r["seconds_per_step"] for r in rows],
-                      marker=MARKERS.get(method, "x"), label=method)
+            marker, color = STYLE.get(method, ("x", "k"))
+            axis.plot([r["length"] for r in rows], [r["seconds_per_step"] for r in rows], marker=marker, color=color,
+                      label=method)
         axis.set(xscale="log", yscale="log", title=f"{cell} cell", xlabel="sequence length T")
         axis.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("seconds per training step")
-    axes[0][-1].legend(fontsize=8)
+    legend = {label: handle for axis in axes[0] for handle, label in zip(*axis.get_legend_handles_labels())}
+    axes[0][0].legend(legend.values(), legend.keys(), fontsize=8)
     figure.tight_layout()
     step_path = folder / "bench_step_time.png"
     figure.savefig(step_path, dpi=120)
