@@ -3,7 +3,6 @@ write cut short do not matter; a NaN stops the run with one line and keeps the l
 checkpoint; damaged or mismatched checkpoints are one-line user errors; nothing is unpickled."""
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re

@@ -216,7 +216,8 @@ def sequential_depth(method: str, length: int) -> int:
 class TrainingStep:
     """One optimiser step of a method, as training runs it: loss, backward, clip to norm 1, AdamW."""
 
-    def __init__(self, method: str, cell: str, config: BenchConfig, vocab: int | None = None, classes: int | None = None):
+    def __init__(self, method: str, cell: str, config: BenchConfig, vocab: int | None = None,
+                 classes: int | None = None):
         torch.manual_seed(config.seed)
         vocab = vocab or config.vocab
         model = ModelConfig(cell=cell, memory_size=config.memory_size)
@@ -261,7 +262,8 @@ def _set_peak(row: dict, call, device: str, base_mb: float = 0.0):
     return measure
 
 
-def training_rows(config: BenchConfig, peak_gflops: float | None = None, log=print, later: list | None = None) -> list[dict]:
+def training_rows(config: BenchConfig, peak_gflops: float | None = None, log=print,
+                  later: list | None = None) -> list[dict]:
     """One row per (cell, length, method): time, throughput, FLOPs, memory, sequential depth."""
     rows, memory = [], []
     for cell in config.cells:
@@ -271,12 +273,14 @@ def training_rows(config: BenchConfig, peak_gflops: float | None = None, log=pri
                                 config.device)
             calls = {method: partial(step, batch) for method, step in steps.items()}
             # the first warm-up step counts the FLOPs (the compiled step, which does the same, warms up plain)
-            flop_counts = {method: call() if method == "smt-compiled" else count_flops(call) for method, call in calls.items()}
+            flop_counts = {method: call() if method == "smt-compiled" else count_flops(call)
+                           for method, call in calls.items()}
             seconds = time_round_robin(calls, max(0, config.warmup - 1), config.repeats, config.device)
             for method, call in calls.items():
                 flops = flop_counts["smt" if method == "smt-compiled" else method]
                 row = {"method": method, "cell": cell, "length": length, "batch": config.batch,
-                       "seconds_per_step": seconds[method], "tokens_per_second": config.batch * length / seconds[method],
+                       "seconds_per_step": seconds[method],
+                       "tokens_per_second": config.batch * length / seconds[method],
                        "peak_mb": None, "sequential_depth": sequential_depth(method, length),
                        "gflop_per_step": flops / 1e9, "achieved_gflops": flops / 1e9 / seconds[method]}
                 if peak_gflops:
@@ -451,7 +455,8 @@ def optimisation_rows(config: BenchConfig, log=print, later: list | None = None)
     # the same with the decoder on sampled windows, which are drawn among labelled ones: the readout's share
     before_step, after_step = (TrainingStep("smt-sampled", "tanh", config, task.vocab_size, task.num_classes)
                                for _ in range(2))
-    rows.append(_before_after("smt-sampled: read out labelled positions only", "tanh", length, partial(before, before_step),
+    rows.append(_before_after("smt-sampled: read out labelled positions only", "tanh", length,
+                              partial(before, before_step),
                               partial(after_step, batch), config, config.repeats, True,
                               f"retrieval, decoder on {sampled_positions(config)} sampled windows; same loss and "
                               "gradients", later))
@@ -565,7 +570,8 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     log(f"memory pass ({len(later)} measurements)")
     for measure in later:
         measure()
-    result = {"date": started.isoformat(timespec="seconds"), "seconds": (datetime.now(timezone.utc) - started).total_seconds(),
+    result = {"date": started.isoformat(timespec="seconds"),
+              "seconds": (datetime.now(timezone.utc) - started).total_seconds(),
               "machine": {**machine(), "load_before": load_before, "load_after": os.getloadavg()},
               "config": {**asdict(config), "decoder_positions": sampled_positions(config)},
               "model_defaults": asdict(ModelConfig()), "matmul": peak, "training": training, "inference": inference,

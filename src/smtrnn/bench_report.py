@@ -21,7 +21,8 @@ def _number(value, digits: int = 3) -> str:
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell if isinstance(cell, str) else _number(cell) for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell if isinstance(cell, str) else _number(cell) for cell in row) + " |"
+              for row in rows]
     return lines + [""]
 
 
@@ -70,8 +71,9 @@ def _inference_section(result: dict) -> list[str]:
                      for c in contexts])
     lines += ["Per-token time relative to the RNN:", ""]
     others = [m for m in models if m != "rnn"]
-    lines += _table(["context"] + others, [[c] + [latency[m, c]["seconds_per_token"] / latency["rnn", c]["seconds_per_token"]
-                                                  for m in others] for c in contexts])
+    per_token = lambda model, context: latency[model, context]["seconds_per_token"]
+    relative = lambda model, context: per_token(model, context) / per_token("rnn", context)
+    lines += _table(["context"] + others, [[c] + [relative(m, c) for m in others] for c in contexts])
     return lines
 
 
@@ -142,7 +144,8 @@ def _summary(result: dict) -> list[str]:
 def markdown(result: dict, command: str | None = None, notes: str = NOTES) -> str:
     machine, matmul = result["machine"], result["matmul"]
     lines = ["# Benchmarks", "",
-             f"Produced on {result['date']} in {result['seconds'] / 60:.1f} minutes by" + (f"\n\n    {command}\n" if command else " `smtrnn bench`.\n"),
+             f"Produced on {result['date']} in {result['seconds'] / 60:.1f} minutes by"
+             + (f"\n\n    {command}\n" if command else " `smtrnn bench`.\n"),
              f"Machine: {machine.get('cpu')}, {machine.get('usable_cpus')} usable of {machine.get('logical_cpus')} logical "
              f"CPUs, {machine.get('memory_gb')} GB, PyTorch {machine.get('torch')} on {machine.get('torch_threads')} "
              f"thread{'s' if machine.get('torch_threads') != 1 else ''}{', ' + machine['gpu'] if machine.get('gpu') else ''}. "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 
 from smtrnn.tasks.base import UserError
@@ -41,7 +41,6 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     from smtrnn.run import RunConfig
 
     base = RunConfig()
-    top = {f.name: f for f in fields(RunConfig)}
     for name in TOP_LEVEL:
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_type_of(getattr(base, name)), default=None,
                             help=f"(default: {getattr(base, name)})")
@@ -58,7 +57,6 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                                help=f"(default: {default})")
     parser.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a parameter of the task, e.g. values=4 (repeatable)")
-    assert "task" in top
 
 
 def _parse_task_options(pairs: list[str]) -> dict:
@@ -184,7 +182,8 @@ def cmd_bench(args) -> None:
 
         flags = [("--quick", args.quick), ("--compile", args.compile), ("--autocast", args.autocast)]
         command = " ".join(["smtrnn bench"] + [flag for flag, given in flags if given]
-                           + [f"--device {args.device}"] * (args.device != "cpu") + [f"--threads {args.threads}"] * bool(args.threads)
+                           + [f"--device {args.device}"] * (args.device != "cpu")
+                           + [f"--threads {args.threads}"] * bool(args.threads)
                            + [f"--json {args.json}"] * bool(args.json) + [f"--out-md {args.out_md}"])
         target = Path(args.out_md)
         target.parent.mkdir(parents=True, exist_ok=True)

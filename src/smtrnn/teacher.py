@@ -146,13 +146,13 @@ class Teacher(nn.Module):
             empty = lambda: self.embed.weight.new_empty(batch, heads, capacity, width // heads)
             token = torch.full((batch,), self.start, dtype=torch.long, device=device)
             cache = EncoderCache([empty() for _ in self.encoder.layers], [empty() for _ in self.encoder.layers], token)
-        hidden = self.embed(token) + self.previous_embed(cache.previous) + sinusoid(1, width, token.device, cache.length)
-        hidden = hidden.unsqueeze(1)
+        position = sinusoid(1, width, token.device, cache.length)
+        hidden = (self.embed(token) + self.previous_embed(cache.previous) + position).unsqueeze(1)
         for index, layer in enumerate(self.encoder.layers):
             hidden = _layer_step(layer, hidden, cache, index)
         cache.previous, cache.length = token, cache.length + 1
-        memory = project_memory(self.memory_head(self.encoder_norm(hidden[:, 0])), self.memory_space, self.memory_tokens)
-        return memory, cache
+        raw = self.memory_head(self.encoder_norm(hidden[:, 0]))
+        return project_memory(raw, self.memory_space, self.memory_tokens), cache
 
     def decode(self, memory: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
         """Logits [N, F+1, C] for y_t..y_{t+F} from memory[N, M] and inputs future[N, F]."""
