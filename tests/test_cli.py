@@ -88,21 +88,16 @@ def test_user_task_file_without_that_class(user_task, tmp_path, capsys):
     assert_user_error(code, capsys, "NoSuchClass")
 
 
-def test_user_task_file_that_fails_to_import(tmp_path, capsys):
+@pytest.mark.parametrize("source, named", [
+    ("import torch\nvalue = 1 / 0\n", "ZeroDivisionError"),
+    ("def (:\n", "SyntaxError"),
+    ('raise RuntimeError("first line\\nsecond line")\n', "RuntimeError"),  # still one line
+])
+def test_user_task_file_that_fails_to_import(tmp_path, capsys, source, named):
     broken = tmp_path / "broken.py"
-    broken.write_text("import torch\nvalue = 1 / 0\n")
+    broken.write_text(source)
     code = main(["train", *TINY, "--task", f"{broken}:Echo", "--out", str(tmp_path / "run")])
-    assert_user_error(code, capsys, "ZeroDivisionError")
-    broken.write_text("def (:\n")
-    code = main(["train", *TINY, "--task", f"{broken}:Echo", "--out", str(tmp_path / "run2")])
-    assert_user_error(code, capsys, "SyntaxError")
-
-
-def test_user_task_error_with_a_newline_is_still_one_line(tmp_path, capsys):
-    broken = tmp_path / "multiline.py"
-    broken.write_text('raise RuntimeError("first line\\nsecond line")\n')
-    code = main(["train", *TINY, "--task", f"{broken}:Echo", "--out", str(tmp_path / "run")])
-    assert_user_error(code, capsys, "RuntimeError")
+    assert_user_error(code, capsys, named)
 
 
 def test_unwritable_out_directory(tmp_path, capsys):
