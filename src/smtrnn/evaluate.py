@@ -16,6 +16,7 @@ EVAL_SEED_OFFSET = 1_000_003  # evaluation streams never share a seed with train
 
 def _batches(task, length, batches, batch_size, seed):
     generator = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)
+    task = task.evaluation() if hasattr(task, "evaluation") else task  # a dataset's held-out split
     for _ in range(batches):
         yield task.sample(batch_size, length, generator)
 

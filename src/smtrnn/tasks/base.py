@@ -26,6 +26,11 @@ class Task:
         """Return ``{"x": LongTensor[B, T], "y": LongTensor[B, T]}``; y = -1 where unlabelled."""
         raise NotImplementedError
 
+    def evaluation(self) -> "Task":
+        """The task that evaluation samples from. Synthetic tasks draw held-out sequences from the same
+        generator (evaluation seeds them apart); a dataset returns a view of its held-out split."""
+        return self
+
     def check_length(self, length: int) -> None:
         """Raise UserError when ``length`` cannot hold this task; override for stricter rules."""
         if length < 2:
