@@ -43,12 +43,12 @@ def dmt_loss(models, batch, config: DMTConfig):
     if config.start == "teacher":
         begin = int(torch.randint(0, length - steps + 1, ()).item())
         memory = expert[:, begin]
-        start_loss = x.new_zeros((), dtype=torch.float32)
+        dyn, terms = x.new_zeros((), dtype=torch.float32), 0  # no m_0 to pull towards m*_0
     else:
         begin, memory = 0, cell.initial_memory(batch_size)
-        start_loss = relative_memory_error(measure(cell.initial), target[0, 0], spread)
+        dyn, terms = relative_memory_error(measure(cell.initial), target[0, 0], spread), 1
 
-    dyn, supervised, memories = 0.0, 0, []
+    memories = []
     for offset in range(steps):
         t = begin + offset
         if offset % config.truncate == 0:
@@ -59,9 +59,9 @@ def dmt_loss(models, batch, config: DMTConfig):
             memory = cell.step(memory, x[:, t])
         if supervise:
             dyn = dyn + relative_memory_error(measure(memory), target[:, t + 1], spread)
-            supervised += 1
+            terms += 1
         memories.append(memory.detach())
-    dyn = (dyn + start_loss) / (supervised + 1)
+    dyn = dyn / max(1, terms)  # the mean over the supervised memories (and m_0 when the rollout starts there)
     rollout = torch.stack(memories, 1)
     readout, accuracy = masked_cross_entropy(models.rnn.logits(rollout), y[:, begin:begin + steps])
     drift = (rollout - expert[:, begin + 1:begin + steps + 1]).pow(2).sum(-1).sqrt().mean()

@@ -2,6 +2,12 @@
 
 One call applies the cell ONCE, to all (m*_t, x_{t+1}) pairs of the batch together: no loop over
 time, and no gradient path through more than one cell application.
+
+Two modes (SMT.md 3): all-prefix (``context = 0``), every memory of every sequence; and windowed
+(``context = Tc``) for crops of a long stream. The encoder is causal, so one pass over the first Tc
+tokens of a crop gives the memory of each of their prefixes: the encoder, the dynamics and the readout
+see x_1..x_Tc only, while the decoder's true futures come from the rest of the crop (a crop of length
+Tc + Tf - 1 gives every memory m*_0..m*_Tc a full window of Tf targets).
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ class SMTConfig:
     dyn_warmup: int = 300  # ramp c_dyn linearly from 0 over this many steps: the teacher learns first
     input_noise: float = 0.0  # Gaussian noise on m*_t fed to the cell, in units of the memories' spread
     uniformity_samples: int = 512
+    context: int = 0  # Tc: windowed mode, the encoder sees the first Tc tokens of a crop; 0 = all-prefix
 
 
 def future_windows(x: torch.Tensor, y: torch.Tensor, future: int):
@@ -57,8 +64,9 @@ def labelled_rows(labelled: torch.Tensor, *tensors: torch.Tensor):
 
 
 def predictive_loss(teacher, memories, x, y, config: SMTConfig):
-    """Cross-entropy of the decoder's predictions of y_t..y_{t+Tf-1} from m*_t alone."""
-    inputs, targets = future_windows(x, y, teacher.config.future)
+    """Cross-entropy of the decoder's predictions of y_t..y_{t+Tf-1} from m*_t alone. ``memories``
+    may cover only the first prefixes of x (windowed mode): their futures still come from all of x."""
+    inputs, targets = (window[:, : memories.shape[1]] for window in future_windows(x, y, teacher.config.future))
     if config.decoder_positions and config.decoder_positions < memories.shape[1]:
         index = choose_positions(targets, config.decoder_positions)
         pick = lambda tensor: tensor.gather(1, index.view(*index.shape, *[1] * (tensor.dim() - 2)).expand(-1, -1, *tensor.shape[2:]))
@@ -75,9 +83,11 @@ def predictive_loss(teacher, memories, x, y, config: SMTConfig):
 
 def smt_loss(models, batch, config: SMTConfig):
     teacher, rnn = models.teacher, models.rnn
-    x, y = batch["x"], batch["y"]
+    crop_x, crop_y = batch["x"], batch["y"]
+    # windowed: everything but the decoder's futures stays within the first Tc tokens of the crop
+    x, y = (crop_x[:, : config.context], crop_y[:, : config.context]) if config.context else (crop_x, crop_y)
     memories = teacher.encode(x)  # [B, T+1, M]: every prefix, the empty one first
-    pred, teacher_accuracy = predictive_loss(teacher, memories, x, y, config)
+    pred, teacher_accuracy = predictive_loss(teacher, memories, crop_x, crop_y, config)
 
     target = memories[:, 1:].detach() if config.detach_target else memories[:, 1:]
     source = memories[:, :-1]
