@@ -12,7 +12,7 @@ from smtrnn.tasks.base import UserError
 
 # (section of RunConfig, option prefix): every field of that dataclass becomes --prefix-field-name
 SECTIONS = [("model", ""), ("train", ""), ("smt", "smt-"), ("dmt", "dmt-"), ("dmt_train", "dmt-"), ("bptt", "bptt-")]
-TOP_LEVEL = ["task", "length", "method", "seed", "device", "init", "eval_batches"]
+TOP_LEVEL = ["task", "length", "method", "seed", "device", "init", "eval_batches", "length_generalisation"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -147,6 +147,29 @@ def cmd_eval(args) -> None:
     _write_json(args.json, result)
 
 
+def cmd_generate(args) -> None:
+    from smtrnn.generate import generate, save_png
+    from smtrnn.run import load_run
+
+    config, task, models = load_run(args.run, args.device)
+    generated = generate(config, task, models, mode=args.mode, prompt=args.prompt, steps=args.steps,
+                         count=args.count, temperature=args.temperature, seed=args.seed, prime_rows=args.prime_rows)
+    if generated.grid is not None:
+        out = args.out or str(Path(args.run) / f"samples-{args.mode}.png")
+        save_png(generated.grid, out)
+        print(f"wrote {out}")
+        return
+    print(generated.text)
+    if args.out:
+        from smtrnn.checkpoint import write_atomic
+
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(Path(args.out), (generated.text + "\n").encode())
+        except OSError as error:
+            raise UserError(f"cannot write {args.out}: {error.strerror}") from None
+
+
 def cmd_demo(args) -> None:
     from smtrnn.demo import demo, format_table
 
@@ -191,6 +214,46 @@ def cmd_bench(args) -> None:
         write_atomic(target, markdown(result, command).encode())
 
 
+def _comma_list(text: str | None, kind, option: str) -> list | None:
+    if text is None:
+        return None
+    items = [item.strip() for item in text.split(",")]
+    try:
+        if not all(items):
+            raise ValueError
+        return [kind(item) for item in items]
+    except ValueError:
+        raise UserError(f"{option} wants a comma-separated list of {kind.__name__} values, got {text!r}") from None
+
+
+def cmd_compare(args) -> None:
+    import os
+    import shlex
+
+    from smtrnn.checkpoint import write_atomic
+    from smtrnn.compare import compare, customise, preset
+    from smtrnn.demo import machine
+    from smtrnn.report import figures, markdown
+
+    grid = customise(preset(args.preset), tasks=_comma_list(args.tasks, str, "--tasks"),
+                     cells=_comma_list(args.cells, str, "--cells"), methods=_comma_list(args.methods, str, "--methods"),
+                     lengths=_comma_list(args.lengths, int, "--lengths"), seeds=_comma_list(args.seeds, int, "--seeds"),
+                     steps=args.steps, dmt_steps=args.dmt_steps,
+                     generalisation=False if args.no_generalisation else None)
+    result = compare(grid, args.out, jobs=args.jobs, threads_per_job=args.threads_per_job, progress=not args.quiet)
+    print(f"{len(result['rows'])} runs ({result['trained']} trained, {result['reused']} reused) in "
+          f"{result['wall_seconds']:.0f} s; rows in {Path(args.out) / 'results.json'}")
+    _write_json(args.json, result["rows"])
+    if args.figures:
+        figures(result["rows"], args.figures)
+    if args.markdown:
+        target = Path(args.markdown)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        link = os.path.relpath(args.figures, target.parent) if args.figures else None
+        page = markdown(result, shlex.join(["smtrnn", *args.argv]), machine(), link)
+        write_atomic(target, page.encode())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="smtrnn", description="Supervised Memory Training for recurrent networks")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -210,6 +273,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json")
     evaluate.set_defaults(handler=cmd_eval)
 
+    generate = commands.add_parser("generate", help="sample text, images (PNG grid) or token ids from a run's RNN")
+    generate.add_argument("run", help="run directory")
+    generate.add_argument("--mode", choices=("rnn", "teacher"), default="rnn",
+                          help="rnn: the RNN alone reads the prompt and continues; teacher: the teacher encodes the "
+                               "prompt and the RNN continues from its memory (not for bptt runs)")
+    generate.add_argument("--prompt", help="text to continue (text tasks), or token ids separated by spaces")
+    generate.add_argument("--steps", type=int, default=None, help="tokens to generate after the prompt (default: 200)")
+    generate.add_argument("--count", type=int, default=1, help="samples (images: a grid of this many)")
+    generate.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--prime-rows", type=int, default=None,
+                          help="images: given top rows of held-out images, shown beside the completion (default: "
+                               "none in rnn mode, starting from a black first pixel; half the rows in teacher mode)")
+    generate.add_argument("--out", help="write the text here, or the PNG (default for images: RUN/samples-MODE.png)")
+    generate.add_argument("--device", default="cpu")
+    generate.set_defaults(handler=cmd_generate)
+
     demo = commands.add_parser("demo", help="BPTT against SMT->DMT on long-range retrieval, same cell")
     demo.add_argument("--out", default="runs/demo", help="where the two runs are kept (resumable)")
     demo.add_argument("--quick", action="store_true", help="a much shorter smoke run (not the result)")
@@ -227,12 +307,30 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compile", action="store_true", help="also time smt under torch.compile (slow warm-up)")
     bench.add_argument("--autocast", action="store_true", help="also time smt under bf16 autocast (CUDA)")
     bench.set_defaults(handler=cmd_bench)
+
+    grid = commands.add_parser("compare", help="a grid of runs: tasks x cells x methods x lengths x seeds (resumable)")
+    grid.add_argument("--preset", default="cpu", help="cpu (the committed grid) or smoke (seconds; default: cpu)")
+    for option, example in (("tasks", "retrieval,copy"), ("cells", "tanh,gru"), ("methods", "bptt,smt+dmt"),
+                            ("lengths", "32,128"), ("seeds", "0,1")):
+        grid.add_argument("--" + option, help=f"comma list replacing the preset's, e.g. {example}")
+    grid.add_argument("--steps", type=int, help="total optimiser steps of every run (default: the preset's by length)")
+    grid.add_argument("--dmt-steps", type=int, help="of which smt+dmt spends this many in DMT")
+    grid.add_argument("--jobs", type=int, default=1, help="grid points at once, each in its own process")
+    grid.add_argument("--threads-per-job", type=int, default=1, help="PyTorch threads of each job")
+    grid.add_argument("--out", default="runs/compare", help="run directories and results.json (re-running resumes)")
+    grid.add_argument("--json", help="also write the rows here")
+    grid.add_argument("--markdown", help="write a markdown report here")
+    grid.add_argument("--figures", help="write <task>.png figures into this folder")
+    grid.add_argument("--no-generalisation", action="store_true", help="skip the 2T, 4T, 8T evaluations")
+    grid.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
+    grid.set_defaults(handler=cmd_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed, for reports
         args.handler(args)
     except UserError as error:
         message = " | ".join(line.strip() for line in str(error).splitlines() if line.strip())

@@ -1,5 +1,6 @@
 """Evaluation: the RNN on its own (the headline), the teacher (the ceiling), and the rungs between
-them (SMT.md sections 9 and 10): readout on teacher memories, one-step accuracy, rollout drift.
+them (SMT.md sections 9 and 10): readout on teacher memories, one-step accuracy, rollout drift; length
+generalisation; memory collapse (effective rank, pairwise distance).
 
 Evaluation data come from a generator seeded apart from training (a held-out stream).
 """
@@ -10,6 +11,7 @@ import math
 import torch
 
 from smtrnn.methods.common import masked_cross_entropy
+from smtrnn.tasks.base import IGNORE, UserError
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation streams never share a seed with training streams
 
@@ -40,6 +42,17 @@ def evaluate_rnn(rnn, task, length: int, batches: int = 8, batch_size: int = 64,
     return result
 
 
+def first_prediction_accuracy(teacher, memories: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Accuracy of the teacher's first decoder prediction, y_t from m*_t alone (memories [B, T+1, M]).
+    Only labelled positions are decoded: the same number, and far less work on sparse-label tasks."""
+    labelled = y != IGNORE
+    chosen = memories[:, 1:][labelled]
+    if chosen.shape[0] == 0:
+        return memories.new_zeros(())
+    first = teacher.decode(chosen, y.new_zeros(chosen.shape[0], 0))[:, 0]
+    return (first.argmax(-1) == y[labelled]).float().mean()
+
+
 @torch.no_grad()
 def evaluate_teacher(models, task, length: int, batches: int = 4, batch_size: int = 64, seed: int = 0, device="cpu") -> dict:
     """The rungs of SMT.md section 10, each as one number (drift also as a curve over t)."""
@@ -49,10 +62,7 @@ def evaluate_teacher(models, task, length: int, batches: int = 4, batch_size: in
     for batch in _batches(task, length, batches, batch_size, seed):
         x, y = batch["x"].to(device), batch["y"].to(device)
         memories = teacher.encode(x)
-        # 1. teacher: first decoder prediction from m*_t alone
-        flat = memories[:, 1:].reshape(-1, memories.shape[-1])
-        first = teacher.decode(flat, x.new_zeros(flat.shape[0], 0))
-        _, teacher_accuracy = masked_cross_entropy(first[:, 0], y.reshape(-1))
+        teacher_accuracy = first_prediction_accuracy(teacher, memories, y)  # 1. the teacher
         # 2. RNN readout on teacher memories; 3. on one cell step from teacher memories
         _, readout_accuracy = masked_cross_entropy(rnn.logits(memories[:, 1:]), y)
         _, one_step_accuracy = masked_cross_entropy(rnn.logits(rnn.cell.step(memories[:, :-1], x)), y)
@@ -66,4 +76,93 @@ def evaluate_teacher(models, task, length: int, batches: int = 4, batch_size: in
                         "drift_final": drift[-1].item(), "memory_norm": scale.item()})
     result = _mean(records)
     result["drift_curve"] = (drift_curve / batches).tolist()
+    return result
+
+
+def _networks(models_or_rnn):
+    """(rnn, teacher or None): Models carry a trained teacher; an RNN alone (a BPTT run) has none."""
+    teacher = getattr(models_or_rnn, "teacher", None)
+    return (models_or_rnn.rnn if teacher is not None else models_or_rnn), teacher
+
+
+@torch.no_grad()
+def length_generalisation(models_or_rnn, task, length: int, factors=(2, 4, 8), batches: int = 2,
+                          batch_size: int = 8, seed: int = 0, device="cpu") -> dict:
+    """Trained at ``length``, tested at factor * length (SMT.md section 9): per factor
+    ``{"length", "rnn": teacher-free accuracy, "teacher": first-prediction accuracy or None}``, or None
+    where the task refuses that length. Pass Models to include the teacher, an RNN alone for BPTT runs.
+    Small batches by default: at 8T the teacher's attention costs O((8T)^2) per sequence."""
+    rnn, teacher = _networks(models_or_rnn)
+    rnn.eval()
+    results = {}
+    for factor in factors:
+        longer = factor * length
+        try:
+            getattr(task, "check_length", lambda _: None)(longer)
+        except UserError:
+            results[factor] = None
+            continue
+        rnn_accuracy = evaluate_rnn(rnn, task, longer, batches, batch_size, seed, device)["accuracy"]
+        entry = {"length": longer, "rnn": rnn_accuracy, "teacher": None}
+        if teacher is not None:
+            teacher.eval()
+            accuracies = []
+            for batch in _batches(task, longer, batches, batch_size, seed):  # the sequences the RNN saw
+                x, y = batch["x"].to(device), batch["y"].to(device)
+                accuracies.append(first_prediction_accuracy(teacher, teacher.encode(x), y))
+            entry["teacher"] = torch.stack(accuracies).mean().item()
+        results[factor] = entry
+    return results
+
+
+def effective_rank(matrix: torch.Tensor) -> float:
+    """exp(entropy of the normalised singular values) of the centred [N, M] matrix (Roy & Vetterli):
+    about M for rows spread over all M directions, 1 for rows on a line, 0 when all rows coincide."""
+    matrix = matrix.detach().double()
+    singular = torch.linalg.svdvals(matrix - matrix.mean(0, keepdim=True))
+    total = singular.sum()
+    if total <= 1e-6 * matrix.norm():  # rows equal up to rounding: what centring leaves is noise, not spread
+        return 0.0
+    share = singular[singular > 0] / total
+    return math.exp(-(share * share.log()).sum().item())
+
+
+def mean_pairwise_distance(matrix: torch.Tensor, samples: int = 512, seed: int = 0) -> float:
+    """Mean Euclidean distance between two different rows of [N, M], over at most ``samples`` random
+    rows: it falls towards 0 as memories collapse onto one point."""
+    if matrix.shape[0] > samples:
+        matrix = matrix[torch.randperm(matrix.shape[0], generator=torch.Generator().manual_seed(seed))[:samples]]
+    count = matrix.shape[0]
+    if count < 2:
+        return 0.0
+    distances = torch.cdist(matrix.double(), matrix.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    return (distances.sum() / (count * (count - 1))).item()  # the diagonal is zero
+
+
+@torch.no_grad()
+def memory_diagnostics(models_or_rnn, task, length: int, batches: int = 2, batch_size: int = 32, seed: int = 0,
+                       device="cpu") -> dict:
+    """Memory collapse and drift (SMT.md sections 8 and 10): effective rank and mean pairwise distance
+    of the RNN's own rollout memories m^_t and, given Models, of the teacher's m*_t, plus the rollout
+    drift mean ||m^_t - m*_t||, also relative to the mean teacher memory norm. An RNN alone (BPTT)
+    reports its own side only."""
+    rnn, teacher = _networks(models_or_rnn)
+    rnn.eval()
+    rollouts, expert = [], []
+    for batch in _batches(task, length, batches, batch_size, seed):
+        x = batch["x"].to(device)
+        rollouts.append(rnn.cell.rollout(x).flatten(0, 1).cpu())
+        if teacher is not None:
+            teacher.eval()
+            expert.append(teacher.encode(x)[:, 1:].flatten(0, 1).cpu())
+    rollout = torch.cat(rollouts)
+    result = {"rnn_effective_rank": effective_rank(rollout),
+              "rnn_pairwise_distance": mean_pairwise_distance(rollout, seed=seed)}
+    if teacher is None:
+        return result
+    expert = torch.cat(expert)
+    drift = (rollout - expert).norm(dim=-1).mean().item()
+    result.update(teacher_effective_rank=effective_rank(expert),
+                  teacher_pairwise_distance=mean_pairwise_distance(expert, seed=seed),
+                  drift=drift, relative_drift=drift / max(expert.norm(dim=-1).mean().item(), 1e-12))
     return result

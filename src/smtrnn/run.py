@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from smtrnn import checkpoint
-from smtrnn.evaluate import evaluate_rnn, evaluate_teacher
+from smtrnn.evaluate import evaluate_rnn, evaluate_teacher, length_generalisation, memory_diagnostics
 from smtrnn.methods import BPTTConfig, DMTConfig, SMTConfig, bptt_loss, dmt_loss, smt_loss
 from smtrnn.models import ModelConfig, Models
 from smtrnn.tasks import make_task
@@ -36,6 +36,7 @@ class RunConfig:
     init: str | None = None  # a run directory to start from (``dmt`` fine-tunes an SMT run)
     task_options: dict = field(default_factory=dict)
     eval_batches: int = 8
+    length_generalisation: bool = False  # also evaluate at 2T, 4T and 8T (into result.json)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)  # the main phase (smt, bptt, tbptt; dmt alone)
     dmt_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, lr=1e-3, warmup=20))
@@ -52,6 +53,11 @@ class RunConfig:
             raise UserError("method dmt fine-tunes an SMT run: give --init DIR")
         if self.model.future > self.length:
             raise UserError(f"future length {self.model.future} is longer than the sequence ({self.length})")
+        if self.smt.context < 0:
+            raise UserError(f"smt context must be 0 (all prefixes) or positive, got {self.smt.context}")
+        if self.smt.context and self.length < self.smt.context + self.model.future - 1:
+            raise UserError(f"smt context {self.smt.context} with future {self.model.future} needs crops of length >= "
+                            f"{self.smt.context + self.model.future - 1} (context + future - 1), got {self.length}")
         if self.dmt.every < 1 or self.dmt.truncate < 1:
             raise UserError("dmt every and truncate must be positive")
         if self.dmt.start not in ("initial", "teacher"):
@@ -111,10 +117,18 @@ def phases(config: RunConfig, models: Models) -> list[tuple]:
     return table[config.method]
 
 
+def phase_crop(config: RunConfig, phase: str) -> int:
+    """Tokens of each crop that a phase trains on (0 = all). A windowed SMT teacher (context Tc) never
+    encoded a prefix longer than Tc, so its memories further into a crop would be untrained labels:
+    DMT rolls out within the first Tc tokens of each crop."""
+    return config.smt.context if phase == "dmt" else 0
+
+
 def depths(config: RunConfig) -> dict:
     """Cell applications in series in one training step: on the gradient path and in the forward pass."""
     length = config.length
-    rollout = min(config.dmt.rollout or length, length)
+    dmt_length = phase_crop(config, "dmt") or length
+    rollout = min(config.dmt.rollout or dmt_length, dmt_length)
     per_phase = {"smt": (1, 1), "dmt": (config.dmt.truncate, rollout), "bptt": (length, length),
                  "tbptt": (min(config.bptt.truncate or 16, length), length)}
     names = config.method.split("+")
@@ -171,12 +185,21 @@ def _prepare(config: RunConfig, run_dir: Path) -> None:
         raise UserError(f"cannot write to output directory {run_dir}: {error.strerror}") from None
     saved_path = run_dir / "config.json"
     if saved_path.exists():
-        saved = checkpoint.read_json(saved_path)
-        mine = json.loads(json.dumps(config.to_dict()))
-        if {k: v for k, v in saved.items() if k != "device"} != {k: v for k, v in mine.items() if k != "device"}:
+        if not saved_config_matches(config, run_dir):
             raise UserError(f"{run_dir} holds a run with a different config; use another --out or the same arguments")
     elif is_main_process():
         checkpoint.write_json(saved_path, config.to_dict())
+
+
+def saved_config_matches(config: RunConfig, run_dir: Path) -> bool | None:
+    """Whether ``run_dir``'s config.json equals ``config`` (device aside); None when it has none yet.
+    Fields added to RunConfig after the run was saved count as their defaults."""
+    saved_path = Path(run_dir) / "config.json"
+    if not saved_path.exists():
+        return None
+    saved = RunConfig.from_dict(checkpoint.read_json(saved_path)).to_dict()
+    mine = RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))).to_dict()
+    return {k: v for k, v in saved.items() if k != "device"} == {k: v for k, v in mine.items() if k != "device"}
 
 
 def run(config: RunConfig, run_dir: str | Path, progress: bool = True, sample_hook=None) -> dict:
@@ -200,11 +223,12 @@ def run(config: RunConfig, run_dir: str | Path, progress: bool = True, sample_ho
         raise UserError(f"checkpoint {latest} is from phase {done_phase!r}, not one of this run's ({', '.join(names)})")
     generator = torch.Generator().manual_seed(config.seed)
 
-    def sample(gen, batch_size):
+    def sample(gen, batch_size, phase):
         batch = task.sample(batch_size, config.length, gen)
         if sample_hook is not None:
             batch = sample_hook(batch)
-        return {key: value.to(config.device) for key, value in batch.items()}
+        crop = phase_crop(config, phase)
+        return {key: (value[:, :crop] if crop else value).to(config.device) for key, value in batch.items()}
 
     for index, (name, loss_fn, method_config, train_config, parameters) in enumerate(plan):
         if done_phase in names and names.index(done_phase) > index:
@@ -215,7 +239,7 @@ def run(config: RunConfig, run_dir: str | Path, progress: bool = True, sample_ho
             module.requires_grad_(trains)
         evaluate = lambda: {"eval_" + k: v for k, v in evaluate_rnn(models.rnn, task, config.length, 2, 64, config.seed, config.device).items()}
         train(Objective(models, loss_fn, method_config), parameters,
-              lambda gen, size=train_config.batch_size: sample(gen, size), train_config,
+              lambda gen, size=train_config.batch_size, phase=name: sample(gen, size, phase), train_config,
               model=models, phase=name, earlier_phases=tuple(names[:index]), run_dir=run_dir,
               generator=generator, evaluate=evaluate, progress=progress)
     models.requires_grad_(True)
@@ -228,6 +252,13 @@ def run(config: RunConfig, run_dir: str | Path, progress: bool = True, sample_ho
         teacher_metrics = evaluate_teacher(models, task, config.length, max(1, config.eval_batches // 2), 64, config.seed, config.device)
         teacher_metrics.pop("drift_curve")
         result.update(teacher_metrics)
+    result["chance"] = getattr(task, "chance_accuracy", None)
+    trained = models.rnn if config.method in ("bptt", "tbptt") else models  # BPTT's teacher is never trained
+    result["diagnostics"] = memory_diagnostics(trained, task, config.length, seed=config.seed, device=config.device)
+    if config.length_generalisation:
+        result["generalisation"] = {str(factor): entry for factor, entry in
+                                    length_generalisation(trained, task, config.length, seed=config.seed,
+                                                          device=config.device).items()}
     seconds = _phase_seconds(run_dir)
     result["phase_seconds"] = {name: seconds.get(name, 0.0) for name in names}
     result["seconds"] = round(sum(result["phase_seconds"].values()), 3)

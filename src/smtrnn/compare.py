@@ -1,0 +1,312 @@
+"""``smtrnn compare``: a grid of runs, tasks x cells x methods x lengths x seeds (SMT.md sections 7-9).
+
+Each grid point is one RunConfig trained by ``smtrnn.run.run`` in its own directory
+OUT/<task>/<cell>/<method>/T<length>/seed<seed>, so the grid is resumable point by point: a point
+whose result.json exists (with the same config) is read back, not retrained, and an interrupted
+point resumes from its last checkpoint. A run that diverges is a row with accuracy null, recorded
+in its directory's diverged.json and not retried (delete that file to retry). Points run
+longest-first, ``jobs`` at a time in spawned worker processes.
+
+    grid = customise(preset("cpu"), cells=["tanh"])
+    result = compare(grid, "runs/compare", jobs=2)   # {"rows": [...], "wall_seconds": ..., ...}
+"""
+from __future__ import annotations
+
+import copy
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import closing
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from smtrnn import checkpoint
+from smtrnn.cells import CELLS
+from smtrnn.methods import DMTConfig, SMTConfig
+from smtrnn.models import ModelConfig
+from smtrnn.run import RunConfig, build, run, saved_config_matches
+from smtrnn.tasks import TASKS, make_task
+from smtrnn.tasks.base import UserError
+from smtrnn.train import Diverged, TrainConfig
+
+METHODS = ("bptt", "tbptt", "smt", "smt+dmt")
+RESULT_KEYS = ("accuracy", "seconds", "steps", "chance", "teacher_accuracy", "loss", "sequential_depth")
+DIAGNOSTICS = ("rnn_effective_rank", "teacher_effective_rank", "rnn_pairwise_distance", "teacher_pairwise_distance",
+               "drift", "relative_drift")
+DIVERGED_FILE = "diverged.json"  # marks a finished point whose training diverged (its row, accuracy null)
+
+
+@dataclass
+class Budget:
+    steps: int  # optimiser steps of every method at this length (smt+dmt: SMT and DMT together)
+    dmt_steps: int  # of which smt+dmt spends this many in DMT
+
+
+# The CPU grid's step budget by sequence length: the one place to tune it. A length between two
+# entries takes the next longer entry's budget; a longer one takes the last entry's. Measured on one
+# core at T=512 (batch 32): an SMT step ~0.9 s, DMT ~0.6 s, BPTT 0.1-0.4 s.
+CPU_BUDGETS = {32: Budget(steps=1500, dmt_steps=300), 128: Budget(steps=1500, dmt_steps=300),
+               512: Budget(steps=1500, dmt_steps=300)}
+
+
+def cpu_budget(length: int) -> Budget:
+    for limit in sorted(CPU_BUDGETS):
+        if length <= limit:
+            return CPU_BUDGETS[limit]
+    return CPU_BUDGETS[max(CPU_BUDGETS)]
+
+
+@dataclass(frozen=True)
+class Point:
+    task: str
+    cell: str
+    method: str
+    length: int
+    seed: int
+
+    def directory(self, out: str | Path) -> Path:
+        return Path(out) / self.task / self.cell / self.method / f"T{self.length}" / f"seed{self.seed}"
+
+
+@dataclass
+class Grid:
+    """What to run, and how every point is configured. Defaults are the CPU grid's settings."""
+
+    tasks: list[tuple[str, dict]]  # (registered task name, its options)
+    cells: list[str]
+    methods: list[str]
+    lengths: list[int]
+    seeds: list[int]
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(
+        memory_size=64, embed_dim=32, readout_hidden=128, teacher_width=64, teacher_layers=2, future=16))
+    budget: Callable[[int], Budget] = cpu_budget
+    steps: int | None = None  # replaces the budget's total at every length
+    dmt_steps: int | None = None  # replaces the budget's DMT share (default: the budget's fraction of steps)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=32, lr=2e-3, warmup=100))
+    dmt_train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=32, lr=1e-3, warmup=20))
+    smt: SMTConfig = field(default_factory=SMTConfig)
+    dmt: DMTConfig = field(default_factory=DMTConfig)
+    eval_batches: int = 8
+    generalisation: bool = True  # evaluate every run at 2T, 4T, 8T too
+
+    def points(self) -> list[Point]:
+        return [Point(task, cell, method, length, seed) for task, _ in self.tasks for cell in self.cells
+                for method in self.methods for length in self.lengths for seed in self.seeds]
+
+    def budget_at(self, length: int) -> Budget:
+        planned = self.budget(length)
+        steps = planned.steps if self.steps is None else self.steps
+        if self.dmt_steps is not None:
+            return Budget(steps, self.dmt_steps)
+        return Budget(steps, round(steps * planned.dmt_steps / planned.steps))
+
+    def run_config(self, point: Point) -> RunConfig:
+        """The point's RunConfig. Every method gets the same model and the same total number of
+        optimiser steps; smt+dmt splits them between its two phases."""
+        budget = self.budget_at(point.length)
+        config = RunConfig(task=point.task, length=point.length, method=point.method, seed=point.seed,
+                           task_options=copy.deepcopy(dict(self.tasks)[point.task]), eval_batches=self.eval_batches,
+                           length_generalisation=self.generalisation,
+                           # the decoder's future window cannot be longer than the sequence
+                           model=replace(self.model, cell=point.cell, future=min(self.model.future, point.length)),
+                           smt=replace(self.smt), dmt=replace(self.dmt))
+        smt_steps = budget.steps - budget.dmt_steps if point.method == "smt+dmt" else budget.steps
+        config.train = replace(self.train, steps=smt_steps)
+        config.dmt_train = replace(self.dmt_train, steps=budget.dmt_steps)
+        return config
+
+    def validate(self) -> None:
+        names = [name for name, _ in self.tasks]
+        for option, values in (("tasks", names), ("cells", self.cells), ("methods", self.methods),
+                               ("lengths", self.lengths), ("seeds", self.seeds)):
+            if not values:
+                raise UserError(f"compare: --{option} is empty")
+            if len(set(values)) != len(values):
+                raise UserError(f"compare: --{option} lists a value twice: {values}")
+        for name in names:
+            if name not in TASKS:
+                raise UserError(f"unknown task {name!r} for compare; choose from {', '.join(sorted(TASKS))}")
+        for method in self.methods:
+            if method not in METHODS:
+                raise UserError(f"unknown method {method!r} for compare; choose from {', '.join(METHODS)}")
+        for cell in self.cells:
+            if cell not in CELLS:
+                raise UserError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
+        for length in self.lengths:
+            if length < 1:
+                raise UserError(f"length must be positive, got {length}")
+        for seed in self.seeds:
+            if seed < 0:
+                raise UserError(f"seeds must be non-negative, got {seed}")
+        for length in self.lengths:
+            budget = self.budget_at(length)
+            if budget.steps < 1 or not 0 <= budget.dmt_steps < budget.steps:
+                raise UserError(f"compare at length {length}: need steps >= 1 and 0 <= dmt steps < steps, "
+                                f"got {budget.steps} steps and {budget.dmt_steps} dmt steps")
+
+
+def cpu_grid() -> Grid:
+    """The committed CPU grid: the five task families of SMT.md section 7, three cells, BPTT against
+    truncated BPTT and SMT->DMT, three lengths, three seeds."""
+    return Grid(tasks=[("retrieval", {"values": 8}),
+                       ("copy", {"values": 8, "reverse": False}),
+                       ("stack", {"symbols": 4, "capacity": 10}),
+                       ("kv", {"pairs": 4, "key_vocab": 16, "value_vocab": 16}),
+                       ("modular", {"modulus": 7})],
+                cells=["tanh", "mlp", "gru"], methods=["bptt", "tbptt", "smt+dmt"], lengths=[32, 128, 512],
+                seeds=[0, 1, 2])
+
+
+def smoke_grid() -> Grid:
+    """Seconds-long: a tiny model, a few steps, to check the machinery (not a result)."""
+    return Grid(tasks=[("retrieval", {"values": 4}), ("parity", {})], cells=["tanh"], methods=["bptt", "smt+dmt"],
+                lengths=[16], seeds=[0],
+                model=ModelConfig(memory_size=8, embed_dim=4, readout_hidden=8, teacher_width=8, teacher_layers=1,
+                                  teacher_heads=2, future=2),
+                budget=lambda length: Budget(steps=6, dmt_steps=2),
+                train=TrainConfig(batch_size=4, warmup=1, log_every=2),
+                dmt_train=TrainConfig(batch_size=4, lr=1e-3, warmup=1, log_every=2),
+                smt=SMTConfig(dyn_warmup=2), eval_batches=1)
+
+
+PRESETS = {"cpu": cpu_grid, "smoke": smoke_grid}
+
+
+def preset(name: str) -> Grid:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def customise(grid: Grid, tasks: list[str] | None = None, **overrides) -> Grid:
+    """``grid`` with the given fields replaced (None: keep). ``tasks`` are names; a task of the
+    preset keeps its options there, any other registered task runs with its defaults."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    if tasks is not None:
+        known = dict(grid.tasks)
+        given["tasks"] = [(name, copy.deepcopy(known.get(name, {}))) for name in tasks]
+    return replace(grid, **given)
+
+
+def planned_steps(config: RunConfig) -> int:
+    return config.train.steps + (config.dmt_train.steps if config.method == "smt+dmt" else 0)
+
+
+def estimated_work(config: RunConfig) -> int:
+    """A rough cost of a run (optimiser steps x sequence length) to order and time the grid by."""
+    return max(1, planned_steps(config) * config.length)
+
+
+def row_from_result(config: RunConfig, result: dict, note: str | None = None) -> dict:
+    """One results.json row from a run's result.json (a key the result lacks is null)."""
+    diagnostics = result.get("diagnostics") or {}
+    row = {"task": config.task, "cell": config.model.cell, "method": config.method, "length": config.length,
+           "seed": config.seed}
+    row.update({key: result.get(key) for key in RESULT_KEYS})
+    row.update({key: diagnostics.get(key) for key in DIAGNOSTICS})
+    row.update(generalisation=result.get("generalisation"), note=note)
+    return row
+
+
+def run_point(config: RunConfig, directory: str) -> dict:
+    """Train (or resume) one grid point and return its row. A diverged run is a row too, accuracy
+    null, kept as diverged.json so that re-running the grid does not train it again."""
+    try:
+        result = run(config, directory, progress=False)
+    except Diverged as error:
+        chance = getattr(make_task(config.task, **config.task_options), "chance_accuracy", None)
+        row = row_from_result(config, {"steps": planned_steps(config), "chance": chance}, note=f"diverged: {error}")
+        checkpoint.write_json(Path(directory) / DIVERGED_FILE, row)
+        return row
+    return row_from_result(config, result)
+
+
+def _start_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _execute(work: list[tuple[Point, RunConfig, Path]], jobs: int, threads: int):
+    """Yield (point, row) as points finish: in this process for one job, else in spawned workers."""
+    if jobs == 1:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for point, config, directory in work:
+                yield point, run_point(config, str(directory))
+        finally:
+            torch.set_num_threads(previous)
+        return
+    # spawn: workers must not inherit this process's torch threads or locks (fork is unsafe with them)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_start_worker,
+                               initargs=(threads,))
+    try:
+        futures = {pool.submit(run_point, config, str(directory)): point for point, config, directory in work}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+    finally:
+        # on an error: drop the points not started; those running finish (and are kept for a re-run)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _finished_row(config: RunConfig, directory: Path) -> dict | None:
+    if saved_config_matches(config, directory):
+        if (directory / "result.json").exists():
+            return row_from_result(config, checkpoint.read_json(directory / "result.json"))
+        if (directory / DIVERGED_FILE).exists():
+            return checkpoint.read_json(directory / DIVERGED_FILE)
+    return None
+
+
+def _check(grid: Grid, configs: dict[Point, RunConfig], out: Path) -> None:
+    """Every mistake before the first run starts, not hours into the grid."""
+    grid.validate()
+    built = set()
+    for point, config in configs.items():
+        config.validate()
+        if (point.task, point.cell, point.length) not in built:  # task options, lengths and cell sizes
+            build(config)
+            built.add((point.task, point.cell, point.length))
+        if saved_config_matches(config, point.directory(out)) is False:
+            raise UserError(f"{point.directory(out)} holds a run with a different config; use another --out")
+
+
+def compare(grid: Grid, out: str | Path = "runs/compare", jobs: int = 1, threads_per_job: int = 1,
+            progress: bool = True) -> dict:
+    """Run every point of ``grid`` not yet finished under ``out``; write and return its rows.
+
+    Returns {"rows", "task_options", "wall_seconds", "trained", "reused", "jobs", "threads_per_job"};
+    the rows, in grid order, are also written to OUT/results.json."""
+    if jobs < 1 or threads_per_job < 1:
+        raise UserError(f"jobs and threads per job must be positive, got {jobs} and {threads_per_job}")
+    out = Path(out)
+    started = time.perf_counter()
+    configs = {point: grid.run_config(point) for point in grid.points()}
+    _check(grid, configs, out)
+    rows = {point: row for point in configs if (row := _finished_row(configs[point], point.directory(out)))}
+    pending = sorted((point for point in configs if point not in rows), key=lambda p: -estimated_work(configs[p]))
+    work = {point: estimated_work(configs[point]) for point in pending}
+    # the bar counts estimated work, not runs, so that its ETA weighs a T=512 run above a T=32 one
+    bar = tqdm(total=sum(work.values()), disable=not (progress and pending), dynamic_ncols=True,
+               bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+    runs = lambda count: f"compare: {count}/{len(pending)} runs ({len(configs) - len(pending)} done before)"
+    bar.set_description_str(runs(0))
+    with bar, closing(_execute([(p, configs[p], p.directory(out)) for p in pending], jobs, threads_per_job)) as done:
+        for count, (point, row) in enumerate(done, 1):
+            rows[point] = row
+            bar.update(work[point])
+            bar.set_description_str(runs(count))
+            if progress:
+                accuracy = "diverged" if row["accuracy"] is None else f"accuracy {row['accuracy']:.3f}"
+                seconds = "" if row["seconds"] is None else f" in {row['seconds']:.0f} s"
+                bar.write(f"{point.task} {point.cell} {point.method} T={point.length} seed {point.seed}: "
+                          f"{accuracy}{seconds}")
+    ordered = [rows[point] for point in configs]
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_json(out / "results.json", ordered)
+    return {"rows": ordered, "task_options": dict(grid.tasks), "wall_seconds": round(time.perf_counter() - started, 3),
+            "trained": len(pending), "reused": len(configs) - len(pending), "jobs": jobs,
+            "threads_per_job": threads_per_job}
