@@ -122,13 +122,14 @@ def test_training_rows_are_well_formed(result):
     keys = {"method", "cell", "length", "batch", "seconds_per_step", "tokens_per_second", "peak_mb",
             "sequential_depth", "gflop_per_step", "achieved_gflops", "peak_fraction"}
     assert {(r["cell"], r["method"]) for r in rows} == {
-        ("tanh", "smt"), ("tanh", "smt-sampled"), ("tanh", "bptt"), ("tanh", "bptt-fused"),
-        ("transformer", "smt"), ("transformer", "smt-sampled"), ("transformer", "bptt")}
+        ("tanh", "smt"), ("tanh", "smt-sampled"), ("tanh", "smt-windowed"), ("tanh", "bptt"), ("tanh", "bptt-fused"),
+        ("transformer", "smt"), ("transformer", "smt-sampled"), ("transformer", "smt-windowed"), ("transformer", "bptt")}
     for row in rows:
         assert keys <= set(row), row
         assert row["batch"] == TINY.batch and row["length"] in TINY.lengths
         assert row["seconds_per_step"] > 0 and row["gflop_per_step"] > 0
-        assert math.isclose(row["tokens_per_second"], row["batch"] * row["length"] / row["seconds_per_step"])
+        tokens = row["context"] if row["method"] == "smt-windowed" else row["length"]
+        assert math.isclose(row["tokens_per_second"], row["batch"] * tokens / row["seconds_per_step"])
         assert row["sequential_depth"] == (1 if row["method"].startswith("smt") else row["length"])
         assert row["peak_mb"] is None or row["peak_mb"] >= 0
 

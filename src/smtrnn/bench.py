@@ -56,6 +56,7 @@ class BenchConfig:
     repeats: int = 5
     decoder_positions: int = 0  # smt-sampled: memories per sequence sent to the decoder; 0: SMTConfig's
     # default, or 8 where that default decodes every window
+    window: int = 256  # smt-windowed: the teacher's context Tc (SMT.md 3b); a crop is Tc + future - 1 tokens
     contexts: tuple = (64, 256, 1024, 4096, 8192, 16384)  # inference: context lengths
     inference_repeats: int = 3  # re-encodings timed per context for the teacher without a cache
     matmul_size: int = 4096
@@ -198,7 +199,7 @@ def loop_bptt_loss(models, batch, _config=None):
 
 
 def training_methods(cell: str, config: BenchConfig) -> list[str]:
-    names = ["smt", "smt-sampled"]
+    names = ["smt", "smt-sampled", "smt-windowed"]
     names += ["smt-compiled"] if config.compile else []
     names += ["smt-bf16"] if config.autocast and config.device.startswith("cuda") else []
     return names + ["bptt"] + (["bptt-fused"] if cell in FUSED else [])
@@ -206,6 +207,14 @@ def training_methods(cell: str, config: BenchConfig) -> list[str]:
 
 def sampled_positions(config: BenchConfig) -> int:
     return config.decoder_positions or SMTConfig().decoder_positions or 8
+
+
+def windowed(config: BenchConfig, length: int) -> tuple[int, int]:
+    """(context Tc, crop length) of windowed SMT on a stream of ``length`` tokens: the window is capped by
+    the stream, and a crop holds Tc tokens for the encoder plus future - 1 more for the decoder's targets."""
+    future = ModelConfig().future
+    crop = min(length, config.window + future - 1)
+    return max(1, crop - future + 1), crop  # a stream shorter than Tf: one memory, truncated targets
 
 
 def sequential_depth(method: str, length: int) -> int:
@@ -225,7 +234,8 @@ class TrainingStep:
         self.first_call_seconds = None  # includes torch.compile's warm-up
         smt = method.startswith("smt")
         self.loss_fn = smt_loss if smt else (bptt_loss if method == "bptt-fused" else loop_bptt_loss)
-        self.loss_config = SMTConfig(decoder_positions=sampled_positions(config) if method == "smt-sampled" else 0) \
+        sampled = method in ("smt-sampled", "smt-windowed")
+        self.loss_config = SMTConfig(decoder_positions=sampled_positions(config) if sampled else 0) \
             if smt else BPTTConfig(truncate=0)
         if method == "smt-compiled":
             self.loss_fn = torch.compile(smt_loss)
@@ -272,6 +282,10 @@ def training_rows(config: BenchConfig, peak_gflops: float | None = None, log=pri
             batch = dense_batch(config.batch, length, config.vocab, torch.Generator().manual_seed(config.seed + length),
                                 config.device)
             calls = {method: partial(step, batch) for method, step in steps.items()}
+            context, crop = windowed(config, length)
+            if "smt-windowed" in steps:  # a crop of the stream, the teacher seeing its first Tc tokens
+                steps["smt-windowed"].loss_config.context = context
+                calls["smt-windowed"] = partial(steps["smt-windowed"], {key: value[:, :crop] for key, value in batch.items()})
             # the first warm-up step counts the FLOPs (the compiled step, which does the same, warms up plain)
             flop_counts = {method: call() if method == "smt-compiled" else count_flops(call)
                            for method, call in calls.items()}
@@ -280,11 +294,14 @@ def training_rows(config: BenchConfig, peak_gflops: float | None = None, log=pri
                 flops = flop_counts["smt" if method == "smt-compiled" else method]
                 row = {"method": method, "cell": cell, "length": length, "batch": config.batch,
                        "seconds_per_step": seconds[method],
-                       "tokens_per_second": config.batch * length / seconds[method],
+                       # tokens whose memory transition the step trains (windowed: Tc per crop)
+                       "tokens_per_second": config.batch * (context if method == "smt-windowed" else length) / seconds[method],
                        "peak_mb": None, "sequential_depth": sequential_depth(method, length),
                        "gflop_per_step": flops / 1e9, "achieved_gflops": flops / 1e9 / seconds[method]}
                 if peak_gflops:
                     row["peak_fraction"] = row["achieved_gflops"] / peak_gflops
+                if method == "smt-windowed":
+                    row["context"] = context
                 if method == "smt-compiled":
                     row["first_call_seconds"] = steps[method].first_call_seconds
                 rows.append(row)
@@ -529,11 +546,11 @@ def targets(result: dict) -> list[dict]:
     rows = []
     for cell in dict.fromkeys(r["cell"] for r in training):
         bptt = seconds["bptt", cell, last] / seconds["bptt", cell, first]
-        for method in ("smt", "smt-sampled"):
+        for method in ("smt", "smt-sampled", "smt-windowed"):
             growth = seconds[method, cell, last] / seconds[method, cell, first]
             rows.append({"target": f"{method} step grows less than bptt's from T={first} to T={last}", "cell": cell,
                          "measured": f"{method} x{growth:.1f}, bptt x{bptt:.1f}", "met": growth < bptt})
-        for method in ("smt", "smt-sampled"):
+        for method in ("smt", "smt-sampled", "smt-windowed"):
             ratio = seconds[method, cell, last] / seconds["bptt", cell, last]
             rows.append({"target": f"{method} step no slower than the bptt loop at T={last}", "cell": cell,
                          "measured": f"{ratio:.2f}x the bptt loop's time", "met": ratio <= 1})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STYLE = {"smt": ("o", "C0"), "smt-sampled": ("s", "C1"), "smt-compiled": ("D", "C4"), "smt-bf16": ("P", "C5"),
+STYLE = {"smt": ("o", "C0"), "smt-sampled": ("s", "C1"), "smt-windowed": ("X", "C6"), "smt-compiled": ("D", "C4"), "smt-bf16": ("P", "C5"),
          "bptt": ("^", "C2"), "bptt-fused": ("v", "C3")}
 
 
@@ -35,6 +35,9 @@ def _training_section(result: dict) -> list[str]:
              f"{defaults['teacher_decoder_layers']} decoder layers, future Tf={defaults['future']}). "
              "A step is loss, backward, clipping and an AdamW step. `smt`: all-prefix SMT (`smt_loss`, decoder on "
              f"every window); `smt-sampled`: the same with `decoder_positions={result['config']['decoder_positions']}`; "
+             f"`smt-windowed`: windowed SMT (SMT.md 3b) on a crop of the stream, the encoder seeing its first "
+             f"Tc=min(T, {result['config'].get('window', 256)}) tokens, the decoder on the same sampled positions, so its "
+             "step stops growing with T (its tokens/s counts the Tc memory transitions it trains per sequence); "
              "`bptt`: our own step loop (`cell.rollout` + readout); `bptt-fused`: `bptt_loss`, i.e. nn.RNN / nn.GRU / "
              "nn.LSTM. Depth: cell applications in series. GFLOP: matmuls and attention, forward and backward.", ""]
     for cell in dict.fromkeys(r["cell"] for r in training):
@@ -90,9 +93,11 @@ def _optimisation_section(result: dict) -> list[str]:
 
 
 NOTES = """\
-- Windowed SMT (a teacher on a sliding window of Tc tokens, a few sampled positions per crop) is not in
-  the library yet, so it is not benchmarked. `smt-sampled` is all-prefix SMT with the decoder on a few
-  sampled positions per sequence: its encoder still attends over the whole sequence, quadratic in T.
+- `smt-sampled` is all-prefix SMT with the decoder on a few sampled positions per sequence: its encoder
+  still attends over the whole sequence, quadratic in T. `smt-windowed` trains on a crop of Tc + Tf - 1
+  tokens whatever the stream's length, which is what SMT does on long streams (pixels, text); it is not
+  the same learning problem as BPTT over the whole T (that is truncated BPTT's), so read its rows as the
+  cost of a windowed step, and the `smt` rows as the like-for-like comparison.
 - The CUDA paths (synchronised timing, torch.cuda.max_memory_allocated, `--autocast` bf16) are written
   but untested: no GPU was available.
 - `--compile` (torch.compile of `smt_loss`) is not part of the quick run. Measured once while developing
