@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # data/node_modules comes back on the next make
 DATA := data/node_modules/.package-lock.json
 
-.PHONY: demo test bench results clean
+.PHONY: demo test bench results realdata clean
 
 $(STAMP): pyproject.toml $(DATA)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ bench: $(STAMP)
 
 results: $(STAMP)
 	$(BIN)/smtrnn compare --preset cpu --jobs 2 --out runs/compare --json docs/results.json --markdown docs/results.md --figures docs/figures
+
+# BPTT against SMT->DMT on MNIST, Quick, Draw! and Brown: about 15-20 min on 2 cores, resumable in runs/realdata
+realdata: $(STAMP)
+	$(BIN)/smtrnn realdata --preset cpu --jobs 2 --out runs/realdata --json docs/realdata.json --markdown docs/realdata.md --figures docs/figures
 
 clean:
 	rm -rf $(VENV) runs

@@ -254,6 +254,22 @@ def cmd_compare(args) -> None:
         write_atomic(target, page.encode())
 
 
+def cmd_realdata(args) -> None:
+    import shlex
+
+    from smtrnn.demo import machine
+    from smtrnn.realdata import customise, preset, realdata, write_outputs
+
+    chosen = customise(preset(args.preset), datasets=_comma_list(args.datasets, str, "--datasets"),
+                       methods=_comma_list(args.methods, str, "--methods"), cells=_comma_list(args.cells, str, "--cells"))
+    result = realdata(chosen, args.out, jobs=args.jobs, progress=not args.quiet)
+    for row in result["rows"]:
+        bits = "diverged" if row["bits_per_byte"] is None else f"{row['bits_per_byte']:.3f} bits/byte"
+        print(f"{row['dataset']:>10} {row['cell']:>6} {row['method']:>8}: {bits}")
+    write_outputs(chosen, result, args.out, shlex.join(["smtrnn", *args.argv]), machine(), json_path=args.json,
+                  markdown_path=args.markdown, figures_dir=args.figures)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="smtrnn", description="Supervised Memory Training for recurrent networks")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -324,6 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--no-generalisation", action="store_true", help="skip the 2T, 4T, 8T evaluations")
     grid.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
     grid.set_defaults(handler=cmd_compare)
+
+    real = commands.add_parser("realdata", help="BPTT against SMT->DMT on MNIST, Quick, Draw! and Brown (resumable)")
+    real.add_argument("--preset", default="cpu", help="cpu (the committed experiment) or smoke (seconds; default: cpu)")
+    for option, example in (("datasets", "mnist,brown"), ("methods", "bptt,smt+dmt"), ("cells", "mlp,transformer")):
+        real.add_argument("--" + option, help=f"comma list replacing the preset's, e.g. {example}")
+    real.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process with one thread")
+    real.add_argument("--out", default="runs/realdata", help="run directories (re-running resumes)")
+    real.add_argument("--json", help="write the rows (and command, machine, preset) here")
+    real.add_argument("--markdown", help="write a markdown report here")
+    real.add_argument("--figures", help="write the realdata-*.png figures into this folder")
+    real.add_argument("--quiet", action="store_true", help="no per-run lines")
+    real.set_defaults(handler=cmd_realdata)
     return parser
 
 
