@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/smtrnn bench --quick --json docs/benchmarks.json --out-md docs/benchmarks.md
+	$(BIN)/smtrnn bench --quick --threads 1 --json docs/benchmarks.json --out-md docs/benchmarks.md
 
 results: $(STAMP)
 	$(BIN)/smtrnn compare --preset cpu --jobs 2 --out runs/compare --json docs/results.json --markdown docs/results.md --figures docs/figures

@@ -48,11 +48,11 @@ class Budget:
 
 # The CPU grid's step budget by sequence length: the one place to tune it. A length between two
 # entries takes the next longer entry's budget; a longer one takes the last entry's. Sized so that
-# the whole grid (135 runs) fits in about an hour on two cores: measured on one core, batch 16, an
-# SMT step takes ~0.06 s at T=32, ~0.12 s at T=128 and ~0.5 s at T=512; BPTT 0.004 / 0.03 / 0.15 s.
+# the whole grid (270 runs) fits in about 45 minutes on two idle cores: measured on one core, batch 16,
+# an SMT step takes ~0.06 s at T=32, ~0.12 s at T=128 and ~0.5 s at T=512; BPTT 0.004 / 0.03 / 0.15 s.
 # These are tiny budgets next to the paper's (thousands of steps on a GPU): see docs/results.md.
-CPU_BUDGETS = {32: Budget(steps=400, dmt_steps=100), 128: Budget(steps=300, dmt_steps=75),
-               512: Budget(steps=150, dmt_steps=40)}
+CPU_BUDGETS = {32: Budget(steps=400, dmt_steps=100), 128: Budget(steps=200, dmt_steps=50),
+               512: Budget(steps=100, dmt_steps=25)}
 
 
 def cpu_budget(length: int) -> Budget:
@@ -157,7 +157,7 @@ class Grid:
 def cpu_grid() -> Grid:
     """The committed CPU grid: the five task families of SMT.md section 7, three cells, BPTT against
     SMT->DMT, three lengths, three seeds. (Truncated BPTT is one --methods away; it is left out of the
-    committed grid to keep it within an hour on two cores.)"""
+    committed grid to keep it within 45 minutes on two cores.)"""
     return Grid(tasks=[("retrieval", {"values": 8}),
                        ("copy", {"values": 8, "reverse": False}),
                        ("stack", {"symbols": 4, "capacity": 10}),
