@@ -100,9 +100,8 @@ NOTES = """\
   cost of a windowed step, and the `smt` rows as the like-for-like comparison.
 - The CUDA paths (synchronised timing, torch.cuda.max_memory_allocated, `--autocast` bf16) are written
   but untested: no GPU was available.
-- `--compile` (torch.compile of `smt_loss`) is not part of the quick run. Measured once while developing
-  (tanh cell, T=256, batch 32, Tf=4 as the defaults then were, one thread, a busy machine): 131 s to
-  compile, and the compiled step 1.1x slower than eager, so it is off by default.
+- `--compile` (torch.compile of `smt_loss`) is not part of the quick run: on CPU its warm-up takes
+  minutes. `smtrnn bench --compile` adds `smt-compiled` rows beside eager, with the first call's time.
 - Reading the targets: on a CPU a step costs its FLOPs, not its sequential depth. All-prefix SMT runs a
   Transformer teacher (encoder over every prefix, decoder over every window) beside a small RNN, so it
   does many times the FLOPs of a BPTT step of that RNN; it wins on depth (1 against T), which pays on
