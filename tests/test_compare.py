@@ -11,6 +11,7 @@ import torch
 from test_cli import assert_user_error  # the one-line error contract, shared with the other commands
 
 import smtrnn.compare as compare_module
+import smtrnn.sweep as sweep_module
 import smtrnn.run as run_module
 from smtrnn.cli import main
 from smtrnn.compare import Point, compare, customise, preset
@@ -69,7 +70,7 @@ def test_rerun_trains_nothing(smoke, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished point was trained again")
 
-    monkeypatch.setattr(compare_module, "run", no_training)
+    monkeypatch.setattr(sweep_module, "run", no_training)
     again = compare(preset("smoke"), out, jobs=1, progress=False)
     assert (again["trained"], again["reused"]) == (0, 4) and again["rows"] == first["rows"]
     assert len(results) == 4 and [path.stat().st_mtime_ns for path in results] == stamps
@@ -105,7 +106,7 @@ def test_a_diverged_run_is_a_row_and_is_not_retried(tmp_path, monkeypatch):
     monkeypatch.setattr(run_module, "bptt_loss", nan_loss)  # the real run, diverging at its first step
     [row] = compare(grid, tmp_path, jobs=1, progress=False)["rows"]
     assert row["accuracy"] is None and row["note"].startswith("diverged") and row["chance"] == 0.5
-    monkeypatch.setattr(compare_module, "run", None)  # a second attempt would crash
+    monkeypatch.setattr(sweep_module, "run", None)  # a second attempt would crash
     assert compare(grid, tmp_path, jobs=1, progress=False)["rows"] == [row]
     assert "diverged (1)" in markdown({"rows": [row], "wall_seconds": 1.0, "trained": 1, "reused": 0, "jobs": 1,
                                        "threads_per_job": 1}, "smtrnn compare")

@@ -4,8 +4,8 @@ Each grid point is one RunConfig trained by ``smtrnn.run.run`` in its own direct
 OUT/<task>/<cell>/<method>/T<length>/seed<seed>, so the grid is resumable point by point: a point
 whose result.json exists (with the same config) is read back, not retrained, and an interrupted
 point resumes from its last checkpoint. A run that diverges is a row with accuracy null, recorded
-in its directory's diverged.json and not retried (delete that file to retry). Points run
-longest-first, ``jobs`` at a time in spawned worker processes.
+in its directory's diverged.json and not retried (delete that file to retry). The points run
+through sweep.py, longest first, ``jobs`` at a time in spawned worker processes.
 
     grid = customise(preset("cpu"), cells=["tanh"])
     result = compare(grid, "runs/compare", jobs=2)   # {"rows": [...], "wall_seconds": ..., ...}
@@ -13,31 +13,24 @@ longest-first, ``jobs`` at a time in spawned worker processes.
 from __future__ import annotations
 
 import copy
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import closing
 from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
-
-import torch
-from tqdm import tqdm
 
 from smtrnn import checkpoint
 from smtrnn.cells import CELLS
 from smtrnn.methods import DMTConfig, SMTConfig
 from smtrnn.models import ModelConfig
-from smtrnn.run import RunConfig, build, run, saved_config_matches
+from smtrnn.run import RunConfig
+from smtrnn.sweep import planned_steps, sweep
 from smtrnn.tasks import TASKS, make_task
 from smtrnn.tasks.base import UserError
-from smtrnn.train import Diverged, TrainConfig
+from smtrnn.train import TrainConfig
 
 METHODS = ("bptt", "tbptt", "smt", "smt+dmt")
 RESULT_KEYS = ("accuracy", "seconds", "steps", "chance", "teacher_accuracy", "loss", "sequential_depth")
 DIAGNOSTICS = ("rnn_effective_rank", "teacher_effective_rank", "rnn_pairwise_distance", "teacher_pairwise_distance",
                "drift", "relative_drift")
-DIVERGED_FILE = "diverged.json"  # marks a finished point whose training diverged (its row, accuracy null)
 
 
 @dataclass
@@ -198,86 +191,18 @@ def customise(grid: Grid, tasks: list[str] | None = None, **overrides) -> Grid:
     return replace(grid, **given)
 
 
-def planned_steps(config: RunConfig) -> int:
-    return config.train.steps + (config.dmt_train.steps if config.method == "smt+dmt" else 0)
-
-
-def estimated_work(config: RunConfig) -> int:
-    """A rough cost of a run (optimiser steps x sequence length) to order and time the grid by."""
-    return max(1, planned_steps(config) * config.length)
-
-
-def row_from_result(config: RunConfig, result: dict, note: str | None = None) -> dict:
-    """One results.json row from a run's result.json (a key the result lacks is null)."""
+def row_from_result(config: RunConfig, result: dict) -> dict:
+    """One results.json row from a run's outcome (see sweep.outcome; a key the result lacks is null)."""
     diagnostics = result.get("diagnostics") or {}
     row = {"task": config.task, "cell": config.model.cell, "method": config.method, "length": config.length,
            "seed": config.seed}
     row.update({key: result.get(key) for key in RESULT_KEYS})
     row.update({key: diagnostics.get(key) for key in DIAGNOSTICS})
-    row.update(generalisation=result.get("generalisation"), note=note)
+    row.update(generalisation=result.get("generalisation"), note=result.get("diverged"))
+    if "diverged" in result:
+        row.update(steps=planned_steps(config),
+                   chance=getattr(make_task(config.task, **config.task_options), "chance_accuracy", None))
     return row
-
-
-def run_point(config: RunConfig, directory: str) -> dict:
-    """Train (or resume) one grid point and return its row. A diverged run is a row too, accuracy
-    null, kept as diverged.json so that re-running the grid does not train it again."""
-    try:
-        result = run(config, directory, progress=False)
-    except Diverged as error:
-        chance = getattr(make_task(config.task, **config.task_options), "chance_accuracy", None)
-        row = row_from_result(config, {"steps": planned_steps(config), "chance": chance}, note=f"diverged: {error}")
-        checkpoint.write_json(Path(directory) / DIVERGED_FILE, row)
-        return row
-    return row_from_result(config, result)
-
-
-def _start_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-def _execute(work: list[tuple[Point, RunConfig, Path]], jobs: int, threads: int):
-    """Yield (point, row) as points finish: in this process for one job, else in spawned workers."""
-    if jobs == 1:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            for point, config, directory in work:
-                yield point, run_point(config, str(directory))
-        finally:
-            torch.set_num_threads(previous)
-        return
-    # spawn: workers must not inherit this process's torch threads or locks (fork is unsafe with them)
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_start_worker,
-                               initargs=(threads,))
-    try:
-        futures = {pool.submit(run_point, config, str(directory)): point for point, config, directory in work}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
-    finally:
-        # on an error: drop the points not started; those running finish (and are kept for a re-run)
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _finished_row(config: RunConfig, directory: Path) -> dict | None:
-    if saved_config_matches(config, directory):
-        if (directory / "result.json").exists():
-            return row_from_result(config, checkpoint.read_json(directory / "result.json"))
-        if (directory / DIVERGED_FILE).exists():
-            return checkpoint.read_json(directory / DIVERGED_FILE)
-    return None
-
-
-def _check(grid: Grid, configs: dict[Point, RunConfig], out: Path) -> None:
-    """Every mistake before the first run starts, not hours into the grid."""
-    grid.validate()
-    built = set()
-    for point, config in configs.items():
-        config.validate()
-        if (point.task, point.cell, point.length) not in built:  # task options, lengths and cell sizes
-            build(config)
-            built.add((point.task, point.cell, point.length))
-        if saved_config_matches(config, point.directory(out)) is False:
-            raise UserError(f"{point.directory(out)} holds a run with a different config; use another --out")
 
 
 def compare(grid: Grid, out: str | Path = "runs/compare", jobs: int = 1, threads_per_job: int = 1,
@@ -289,30 +214,19 @@ def compare(grid: Grid, out: str | Path = "runs/compare", jobs: int = 1, threads
     if jobs < 1 or threads_per_job < 1:
         raise UserError(f"jobs and threads per job must be positive, got {jobs} and {threads_per_job}")
     out = Path(out)
-    started = time.perf_counter()
+    grid.validate()
     configs = {point: grid.run_config(point) for point in grid.points()}
-    _check(grid, configs, out)
-    rows = {point: row for point in configs if (row := _finished_row(configs[point], point.directory(out)))}
-    pending = sorted((point for point in configs if point not in rows), key=lambda p: -estimated_work(configs[p]))
-    work = {point: estimated_work(configs[point]) for point in pending}
-    # the bar counts estimated work, not runs, so that its ETA weighs a T=512 run above a T=32 one
-    bar = tqdm(total=sum(work.values()), disable=not (progress and pending), dynamic_ncols=True,
-               bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
-    runs = lambda count: f"compare: {count}/{len(pending)} runs ({len(configs) - len(pending)} done before)"
-    bar.set_description_str(runs(0))
-    with bar, closing(_execute([(p, configs[p], p.directory(out)) for p in pending], jobs, threads_per_job)) as done:
-        for count, (point, row) in enumerate(done, 1):
-            rows[point] = row
-            bar.update(work[point])
-            bar.set_description_str(runs(count))
-            if progress:
-                accuracy = "diverged" if row["accuracy"] is None else f"accuracy {row['accuracy']:.3f}"
-                seconds = "" if row["seconds"] is None else f" in {row['seconds']:.0f} s"
-                bar.write(f"{point.task} {point.cell} {point.method} T={point.length} seed {point.seed}: "
-                          f"{accuracy}{seconds}")
-    ordered = [rows[point] for point in configs]
+
+    def describe(point: Point, result: dict) -> str:
+        row = row_from_result(configs[point], result)
+        accuracy = "diverged" if row["accuracy"] is None else f"accuracy {row['accuracy']:.3f}"
+        seconds = "" if row["seconds"] is None else f" in {row['seconds']:.0f} s"
+        return f"{point.task} {point.cell} {point.method} T={point.length} seed {point.seed}: {accuracy}{seconds}"
+
+    done = sweep([(point, config, point.directory(out)) for point, config in configs.items()], jobs, threads_per_job,
+                 progress, "compare", describe)
+    ordered = [row_from_result(configs[point], done["outcomes"][point]) for point in configs]
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.write_json(out / "results.json", ordered)
-    return {"rows": ordered, "task_options": dict(grid.tasks), "wall_seconds": round(time.perf_counter() - started, 3),
-            "trained": len(pending), "reused": len(configs) - len(pending), "jobs": jobs,
-            "threads_per_job": threads_per_job}
+    return {"rows": ordered, "task_options": dict(grid.tasks), "wall_seconds": done["wall_seconds"],
+            "trained": done["trained"], "reused": done["reused"], "jobs": jobs, "threads_per_job": threads_per_job}

@@ -25,11 +25,14 @@ class ModelConfig:
     teacher_decoder_layers: int = 1
     teacher_heads: int = 4
     future: int = 16  # Tf
+    teacher_positions: str = "sinusoid"  # sinusoid | none
 
     def validate(self):
         for name in ("memory_size", "embed_dim", "readout_hidden", "teacher_width", "teacher_layers", "future"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.teacher_positions not in ("sinusoid", "none"):
+            raise UserError(f"teacher positions must be sinusoid or none, got {self.teacher_positions!r}")
         if self.teacher_width % self.teacher_heads:
             raise UserError(f"teacher width {self.teacher_width} is not divisible by teacher heads {self.teacher_heads}")
 
@@ -46,7 +49,7 @@ class Models(nn.Module):
                        layers=config.cell_layers, heads=config.cell_heads)
         cell = self.rnn.cell
         teacher_config = TeacherConfig(config.teacher_width, config.teacher_layers, config.teacher_decoder_layers,
-                                       config.teacher_heads, config.future)
+                                       config.teacher_heads, config.future, config.teacher_positions)
         self.teacher = Teacher(vocab_size, num_classes, config.memory_size, cell.memory_space,
                                cell.memory_tokens, teacher_config)
 

@@ -30,14 +30,14 @@ import torch
 
 from smtrnn import checkpoint
 from smtrnn.cells import CELLS
-from smtrnn.compare import DIVERGED_FILE, _execute as run_points, estimated_work
 from smtrnn.evaluate import EVAL_SEED_OFFSET
 from smtrnn.generate import decode_text, image_grid, sample_images, sample_sequences, text_tokens
 from smtrnn.methods import DMTConfig, SMTConfig
 from smtrnn.methods.common import masked_cross_entropy
 from smtrnn.models import ModelConfig
 from smtrnn.report import _duration, _table
-from smtrnn.run import RunConfig, build, depths, load_run, phase_crop, saved_config_matches
+from smtrnn.run import RunConfig, depths, load_run, phase_crop
+from smtrnn.sweep import DIVERGED_FILE, sweep
 from smtrnn.tasks import make_task
 from smtrnn.tasks.base import UserError
 from smtrnn.train import TrainConfig
@@ -185,11 +185,6 @@ def grid(chosen: Preset, out: str | Path) -> list[tuple[tuple, RunConfig, Path]]
             for dataset in chosen.datasets for cell in chosen.cells for method in chosen.methods]
 
 
-def is_finished(config: RunConfig, directory: Path) -> bool:
-    return bool(saved_config_matches(config, directory)) and any(
-        (directory / name).exists() for name in ("result.json", DIVERGED_FILE))
-
-
 def realdata(chosen: Preset, out: str | Path = "runs/realdata", jobs: int = 1, progress: bool = True) -> dict:
     """Train every point not yet finished under ``out`` (``jobs`` at a time) and return
     {"rows", "preset", "wall_seconds", "trained", "reused", "jobs"}."""
@@ -198,16 +193,8 @@ def realdata(chosen: Preset, out: str | Path = "runs/realdata", jobs: int = 1, p
     check(chosen)
     started = time.perf_counter()
     points = grid(chosen, out)
-    for _, config, directory in points:  # every mistake before hours of training
-        config.validate()
-        build(config)
-        if saved_config_matches(config, directory) is False:
-            raise UserError(f"{directory} holds a run with a different config; use another --out")
-    pending = sorted((point for point in points if not is_finished(point[1], point[2])),
-                     key=lambda point: -estimated_work(point[1]))
-    for count, ((dataset, cell, method), _) in enumerate(run_points(pending, jobs, chosen.threads_per_job), 1):
-        if progress:
-            print(f"realdata: {count}/{len(pending)} trained: {dataset} {cell} {method}", flush=True)
+    describe = lambda key, _: "realdata: trained {} {} {}".format(*key)
+    done = sweep(points, jobs, chosen.threads_per_job, progress, "realdata", describe)
     previous = torch.get_num_threads()
     torch.set_num_threads(chosen.threads_per_job)
     try:
@@ -215,7 +202,7 @@ def realdata(chosen: Preset, out: str | Path = "runs/realdata", jobs: int = 1, p
     finally:
         torch.set_num_threads(previous)
     return {"rows": rows, "preset": asdict(chosen), "wall_seconds": round(time.perf_counter() - started, 3),
-            "trained": len(pending), "reused": len(points) - len(pending), "jobs": jobs}
+            "trained": done["trained"], "reused": done["reused"], "jobs": jobs}
 
 
 # ------------------------------------------------------------------------------------------------

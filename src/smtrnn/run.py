@@ -129,7 +129,10 @@ def depths(config: RunConfig) -> dict:
     length = config.length
     dmt_length = phase_crop(config, "dmt") or length
     rollout = min(config.dmt.rollout or dmt_length, dmt_length)
-    per_phase = {"smt": (1, 1), "dmt": (config.dmt.truncate, rollout), "bptt": (length, length),
+    smt_length = config.smt.context or length
+    horizon = min(max(1, config.smt.horizon), smt_length)
+    burnin = min(config.smt.horizon_burnin, smt_length - horizon)
+    per_phase = {"smt": (horizon, burnin + horizon), "dmt": (config.dmt.truncate, rollout), "bptt": (length, length),
                  "tbptt": (min(config.bptt.truncate or 16, length), length)}
     names = config.method.split("+")
     gradient = max(per_phase[name][0] for name in names)
@@ -238,10 +241,12 @@ def run(config: RunConfig, run_dir: str | Path, progress: bool = True, sample_ho
         for module, trains in ((models.teacher, name == "smt"), (models.rnn, True)):
             module.requires_grad_(trains)
         evaluate = lambda: {"eval_" + k: v for k, v in evaluate_rnn(models.rnn, task, config.length, 2, 64, config.seed, config.device).items()}
+        # the RNN leaves SMT starting exactly where the teacher's memories begin (in the final checkpoint)
+        finish = models.hand_off_initial_memory if name == "smt" else None
         train(Objective(models, loss_fn, method_config), parameters,
               lambda gen, size=train_config.batch_size, phase=name: sample(gen, size, phase), train_config,
               model=models, phase=name, earlier_phases=tuple(names[:index]), run_dir=run_dir,
-              generator=generator, evaluate=evaluate, progress=progress)
+              generator=generator, evaluate=evaluate, progress=progress, finish=finish)
     models.requires_grad_(True)
 
     result = {"task": config.task, "length": config.length, "method": config.method, "cell": config.model.cell,

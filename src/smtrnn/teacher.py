@@ -26,6 +26,7 @@ class TeacherConfig:
     decoder_layers: int = 1
     heads: int = 4
     future: int = 4  # Tf: the decoder predicts y_t .. y_{t+Tf-1} from m*_t
+    positions: str = "sinusoid"  # encoder position codes: sinusoid | none (order only from the causal mask)
 
 
 def sinusoid(positions: int, width: int, device=None, start: int = 0) -> torch.Tensor:
@@ -128,7 +129,9 @@ class Teacher(nn.Module):
         """Memories of every prefix of x[B, T], the empty one first: [B, T+1, M]."""
         tokens = F.pad(x, (1, 0), value=self.start)
         previous = F.pad(tokens[:, :-1], (1, 0), value=self.start)
-        hidden = self.embed(tokens) + self.previous_embed(previous) + sinusoid(tokens.shape[1], self.config.width, x.device)
+        hidden = self.embed(tokens) + self.previous_embed(previous)
+        if self.config.positions == "sinusoid":
+            hidden = hidden + sinusoid(tokens.shape[1], self.config.width, x.device)
         with _without_fused_inference_path():
             hidden = self.encoder(hidden, mask=_causal(tokens.shape[1], x.device), is_causal=True)
         return project_memory(self.memory_head(self.encoder_norm(hidden)), self.memory_space, self.memory_tokens)
@@ -146,8 +149,10 @@ class Teacher(nn.Module):
             empty = lambda: self.embed.weight.new_empty(batch, heads, capacity, width // heads)
             token = torch.full((batch,), self.start, dtype=torch.long, device=device)
             cache = EncoderCache([empty() for _ in self.encoder.layers], [empty() for _ in self.encoder.layers], token)
-        position = sinusoid(1, width, token.device, cache.length)
-        hidden = (self.embed(token) + self.previous_embed(cache.previous) + position).unsqueeze(1)
+        hidden = self.embed(token) + self.previous_embed(cache.previous)
+        if self.config.positions == "sinusoid":
+            hidden = hidden + sinusoid(1, width, token.device, cache.length)
+        hidden = hidden.unsqueeze(1)
         for index, layer in enumerate(self.encoder.layers):
             hidden = _layer_step(layer, hidden, cache, index)
         cache.previous, cache.length = token, cache.length + 1

@@ -103,9 +103,10 @@ def _truncate_log(run_dir: Path, phase: str, step: int, earlier_phases: list[str
 def train(objective: nn.Module, parameters: list[nn.Parameter], sample: Callable[[torch.Generator], dict],
           config: TrainConfig, *, model: nn.Module, phase: str = "train", earlier_phases: tuple = (),
           run_dir: Path | None = None, generator: torch.Generator, evaluate: Callable[[], dict] | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, finish: Callable[[], None] | None = None) -> dict:
     """Minimise ``objective`` for ``config.steps`` steps; resume from ``run_dir`` when it holds a
-    checkpoint of this phase. ``model`` is what checkpoints save; returns the last logged metrics."""
+    checkpoint of this phase. ``model`` is what checkpoints save; ``finish`` runs after the last step,
+    before the final checkpoint (so a resumed run never repeats it); returns the last logged metrics."""
     config.validate()
     distributed.check_batch_size(config.batch_size)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
@@ -163,6 +164,8 @@ def train(objective: nn.Module, parameters: list[nn.Parameter], sample: Callable
                 step_fn.train()
             _log(run_dir, last)
             bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
+        if step == config.steps and finish is not None:
+            finish()
         if step % config.checkpoint_every == 0 or step == config.steps:
             save(step, time.perf_counter() - started)
     bar.close()

@@ -33,6 +33,15 @@ class SMTConfig:
     input_noise: float = 0.0  # Gaussian noise on m*_t fed to the cell, in units of the memories' spread
     uniformity_samples: int = 512
     context: int = 0  # Tc: windowed mode, the encoder sees the first Tc tokens of a crop; 0 = all-prefix
+    # horizon (K > 1): roll the cell K steps from teacher memories and supervise every step (see horizon_loss)
+    horizon: int = 1  # K: cell applications in series on the horizon's gradient path; 1 = one-step term only
+    horizon_starts: int = 8  # S: start positions per sequence (the first one is the empty prefix, m*_0)
+    horizon_grow: int = 0  # grow K linearly from 1 to ``horizon`` over this many steps; 0 = K from the start
+    c_horizon: float = 1.0  # weight of the horizon term (it follows c_dyn's warm-up ramp)
+    horizon_decay: float = 1.0  # weight decay**(k-1) of the k-th rolled step's error (1: all steps alike)
+    horizon_detach: bool = True  # labels m*_{s+k} detached: the horizon trains the cell only
+    horizon_burnin: int = 0  # free-running cell steps (no gradient, no loss) before the K supervised ones
+    horizon_noise: float = 0.0  # Gaussian noise on the start memories, in units of the memories' spread
 
 
 def future_windows(x: torch.Tensor, y: torch.Tensor, future: int):
@@ -81,6 +90,52 @@ def predictive_loss(teacher, memories, x, y, config: SMTConfig):
     return loss, correct.sum().float() / (first != IGNORE).sum().clamp(min=1)
 
 
+def horizon_length(config: SMTConfig, step: int) -> int:
+    """K at optimiser step ``step``: ``config.horizon``, or grown linearly from 1 over ``horizon_grow`` steps."""
+    if config.horizon <= 1 or not config.horizon_grow:
+        return max(1, config.horizon)
+    return 1 + int((config.horizon - 1) * min(1.0, step / config.horizon_grow))
+
+
+def horizon_starts(batch_size: int, length: int, steps: int, count: int, device) -> torch.Tensor:
+    """[B, S] start positions s in 0..T-K (memory m*_s, inputs x_{s+1}..x_{s+K}); the first of every
+    sequence is 0, the empty prefix, where the RNN's own rollouts begin."""
+    starts = torch.randint(0, length - steps + 1, (batch_size, count), device=device)
+    starts[:, 0] = 0
+    return starts
+
+
+def rollout_error(cell, memories: torch.Tensor, x: torch.Tensor, starts: torch.Tensor, steps: int,
+                  spread: torch.Tensor, labels: torch.Tensor | None = None, decay: float = 1.0,
+                  burnin: int = 0, noise: float = 0.0) -> torch.Tensor:
+    """Relative memory error of K-step rollouts of the cell, averaged over starts and steps.
+
+    From ``memories[b, s]`` for each start s in ``starts`` [B, S], the cell reads x_{s+1}..x_{s+K} (0-based
+    ``x[b, s..s+K-1]``) and its k-th memory is compared with ``labels[b, s+k]`` (``labels`` defaults to
+    ``memories``: [B, T+1, M], the empty prefix first), weighted ``decay**(k-1)``. All B*S rollouts run
+    as one batch: a loop over the K steps, never over T, and a gradient path of at most K cell
+    applications. With K = 1 and every start, this is the one-step dynamics term."""
+    labels = memories if labels is None else labels
+    batch_size, count = starts.shape
+    size = memories.shape[-1]
+    offsets = torch.arange(burnin + steps, device=starts.device)
+    index = (starts.unsqueeze(-1) + offsets).reshape(batch_size, -1)  # [B, S*(W+K)] input positions
+    tokens = x.gather(1, index).reshape(batch_size, count, burnin + steps)
+    rows = lambda source, at: source.gather(1, at.unsqueeze(-1).expand(-1, -1, size))
+    targets = rows(labels, index + 1).reshape(batch_size, count, burnin + steps, size)
+    memory = rows(memories, starts)
+    if noise:
+        memory = memory + noise * spread.sqrt() * torch.randn_like(memory)
+    with torch.no_grad():  # burn-in: the RNN runs on its own, so the supervised steps start off the teacher's path
+        for k in range(burnin):
+            memory = cell.step(memory, tokens[..., k])
+    total = memories.new_zeros(())
+    for k in range(steps):
+        memory = cell.step(memory, tokens[..., burnin + k])
+        total = total + decay**k * relative_memory_error(memory, targets[:, :, burnin + k], spread)
+    return total / sum(decay**k for k in range(steps))
+
+
 def smt_loss(models, batch, config: SMTConfig):
     teacher, rnn = models.teacher, models.rnn
     crop_x, crop_y = batch["x"], batch["y"]
@@ -99,6 +154,15 @@ def smt_loss(models, batch, config: SMTConfig):
     start = relative_memory_error(rnn.cell.initial, memories[0, 0].detach(), spread.detach())
     steps = x.shape[1]
     dyn = (relative_memory_error(predicted, target, spread) * steps + start) / (steps + 1)
+    horizon = min(horizon_length(config, batch.get("step", 0)), steps)
+    burnin = min(config.horizon_burnin, steps - horizon)
+    if horizon > 1 or burnin or config.horizon_noise:  # K-step rollouts from (detached) teacher memories
+        starts = horizon_starts(x.shape[0], steps, burnin + horizon, config.horizon_starts, x.device)
+        labels = memories.detach() if config.horizon_detach else memories
+        rolled = rollout_error(rnn.cell, memories.detach(), x, starts, horizon, spread.detach(), labels,
+                               config.horizon_decay, burnin, config.horizon_noise)
+    else:
+        rolled = dyn.new_zeros(())
 
     unif = uniformity(memories[:, 1:], rnn.cell.memory_tokens, config.uniformity_samples)
     flat = lambda memory: memory.detach().reshape(-1, memory.shape[-1])
@@ -109,7 +173,8 @@ def smt_loss(models, batch, config: SMTConfig):
     readout = 0.5 * (read_teacher + read_step)
 
     ramp = min(1.0, (batch.get("step", 0) + 1) / config.dyn_warmup) if config.dyn_warmup else 1.0
-    loss = config.c_pred * pred + ramp * config.c_dyn * dyn + config.c_unif * unif + config.c_readout * readout
-    metrics = {"pred": pred, "dyn": dyn, "unif": unif, "readout": readout, "teacher_acc": teacher_accuracy,
-               "readout_acc": readout_accuracy, "one_step_acc": one_step_accuracy}
+    loss = (config.c_pred * pred + ramp * (config.c_dyn * dyn + config.c_horizon * rolled) + config.c_unif * unif
+            + config.c_readout * readout)
+    metrics = {"pred": pred, "dyn": dyn, "horizon": rolled, "unif": unif, "readout": readout,
+               "teacher_acc": teacher_accuracy, "readout_acc": readout_accuracy, "one_step_acc": one_step_accuracy}
     return loss, {name: value.detach() for name, value in metrics.items()}

@@ -1,0 +1,150 @@
+"""The horizon term of SMT (K-step rollouts from teacher memories), against obvious references:
+
+- K = 1 from every start, nothing detached, is exactly the one-step dynamics term;
+- the rollout equals a per-start loop of K cell steps, and is one batch per step (K calls, not T);
+- no gradient path crosses more than K cell applications (a spy that tracks depth through autograd);
+- its cost at fixed S and K does not grow with T; starts include the empty prefix;
+- labels detached (default): no gradient from the horizon reaches the teacher; joint: it does.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from smtrnn.methods import SMTConfig, smt_loss
+from smtrnn.methods.common import memory_spread, relative_memory_error
+from smtrnn.methods.smt import horizon_length, horizon_starts, rollout_error
+from smtrnn.run import RunConfig, depths
+
+from test_methods import CELL_NAMES, TIGHT, all_zero, backward, make_batch, make_models, only
+
+
+class DepthSpy:
+    """Wraps ``cell.step``: tags each output with the number of cell applications on the longest
+    gradient path behind it (0 for a memory that carries no gradient into the cell), and counts the
+    rows each call processes."""
+
+    def __init__(self, cell):
+        self.original, self.cell = cell.step, cell
+        self.depths, self.rows = [], []
+        cell.step = self
+
+    def __call__(self, memory, token):
+        before = getattr(memory, "cell_depth", 0) if memory.requires_grad else 0
+        out = self.original(memory, token)
+        depth = before + 1 if torch.is_grad_enabled() else 0
+        out.cell_depth = depth
+        self.depths.append(depth)
+        self.rows.append(out.reshape(-1, out.shape[-1]).shape[0])
+        return out
+
+
+def horizon(k, **extra) -> SMTConfig:
+    """Only the horizon term, K steps, no warm-up ramp."""
+    return only(c_horizon=1.0, horizon=k, **extra)
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_one_step_from_every_start_is_the_dynamics_term(cell):
+    models = make_models(cell)
+    batch = make_batch(batch=3, length=6)
+    x = batch["x"]
+    memories = models.teacher.encode(x)
+    spread = memory_spread(memories[:, 1:])
+    starts = torch.arange(6).expand(3, 6)
+    rolled = rollout_error(models.rnn.cell, memories, x, starts, 1, spread)
+    one_step = relative_memory_error(models.rnn.cell.step(memories[:, :-1], x), memories[:, 1:], spread)
+    torch.testing.assert_close(rolled, one_step, **TIGHT)
+    # the same gradient too, into the cell and (through source and label) into the teacher
+    gradient = lambda loss: torch.autograd.grad(loss, list(models.parameters()), retain_graph=True,
+                                                allow_unused=True, materialize_grads=True)
+    torch.testing.assert_close(gradient(rolled), gradient(one_step), **TIGHT)
+
+
+@pytest.mark.parametrize("cell", ["tanh", "gru", "lstm", "transformer"])
+def test_rollout_error_equals_a_loop_per_start(cell):
+    models = make_models(cell)
+    x = make_batch(batch=2, length=9)["x"]
+    memories = models.teacher.encode(x).detach()
+    spread = memory_spread(memories[:, 1:])
+    starts = torch.tensor([[0, 3, 5], [2, 2, 4]])
+    k, decay = 4, 0.5
+    got = rollout_error(models.rnn.cell, memories, x, starts, k, spread, decay=decay)
+    total, weights = 0.0, [decay**i for i in range(k)]
+    for step in range(k):
+        errors = []
+        for b in range(2):
+            for s in starts[b].tolist():
+                memory = memories[b, s]
+                for i in range(step + 1):
+                    memory = models.rnn.cell.step(memory, x[b, s + i])
+                errors.append((memory - memories[b, s + step + 1]).pow(2).mean())
+        total = total + weights[step] * torch.stack(errors).mean() / spread
+    torch.testing.assert_close(got, total / sum(weights), **TIGHT)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("burnin", [0, 2])
+def test_no_gradient_path_crosses_more_than_k_cell_applications(k, burnin):
+    models = make_models("tanh")
+    spy = DepthSpy(models.rnn.cell)
+    loss, metrics = smt_loss(models, make_batch(batch=3, length=12),
+                             SMTConfig(horizon=k, horizon_burnin=burnin, dyn_warmup=0))
+    loss.backward()
+    assert max(spy.depths) == k  # the one-step term is depth 1; the horizon reaches exactly K
+    # burn-in steps run without gradient, then K steps with it, one batched call per step
+    horizon_calls = spy.depths[1:]
+    assert horizon_calls == ([0] * burnin + list(range(1, k + 1)) if k > 1 or burnin else [])
+    assert torch.isfinite(metrics["horizon"])
+
+
+def test_horizon_cost_does_not_grow_with_the_sequence_length():
+    rows = {}
+    for length in (16, 64):
+        models = make_models("tanh")
+        spy = DepthSpy(models.rnn.cell)
+        smt_loss(models, make_batch(batch=2, length=length), SMTConfig(horizon=4, horizon_starts=3))
+        rows[length] = spy.rows
+    # one call for the B*T one-step pairs, then K calls of B*S rows each, whatever T is
+    assert rows[16] == [2 * 16] + [2 * 3] * 4
+    assert rows[64] == [2 * 64] + [2 * 3] * 4
+
+
+def test_starts_include_the_empty_prefix_and_stay_inside_the_sequence():
+    torch.manual_seed(0)
+    starts = horizon_starts(50, 20, 6, 8, "cpu")
+    assert starts.shape == (50, 8) and torch.equal(starts[:, 0], torch.zeros(50, dtype=torch.long))
+    assert starts.min() >= 0 and starts.max() <= 20 - 6 and len(starts[:, 1:].unique()) == 15
+
+
+def test_horizon_grows_linearly_from_one():
+    config = SMTConfig(horizon=9, horizon_grow=80)
+    assert [horizon_length(config, step) for step in (0, 9, 10, 40, 79, 80, 5000)] == [1, 1, 2, 5, 8, 9, 9]
+    assert horizon_length(SMTConfig(horizon=9), 0) == 9 and horizon_length(SMTConfig(horizon=1, horizon_grow=5), 3) == 1
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_horizon_reaches_the_teacher_only_through_joint_labels(detach):
+    models = make_models("tanh")
+    loss, _ = smt_loss(models, make_batch(batch=3, length=10), horizon(4, horizon_detach=detach))
+    gradients = backward(models, loss)
+    assert not all_zero({n: g for n, g in gradients.items() if n.startswith("rnn.cell.")})
+    assert all_zero({n: g for n, g in gradients.items() if n.startswith("teacher.")}) == detach
+    assert all_zero({n: g for n, g in gradients.items() if n.startswith("rnn.readout.")})
+
+
+def test_horizon_longer_than_the_sequence_is_cut_to_it():
+    models = make_models("tanh")
+    spy = DepthSpy(models.rnn.cell)
+    smt_loss(models, make_batch(batch=2, length=5), SMTConfig(horizon=16, horizon_burnin=3))
+    assert max(spy.depths) == 5 and spy.depths.count(0) == 0  # K = T leaves no room for a burn-in
+
+
+def test_reported_gradient_depth_is_the_horizon():
+    config = RunConfig(length=64, method="smt+dmt")
+    config.smt.horizon = 8
+    assert depths(config)["sequential_depth"] == 8 and depths(config)["forward_depth"]["smt"] == 8
+    config.smt.horizon = 1
+    assert depths(config)["sequential_depth"] == 1
+    config.method, config.smt.horizon = "bptt", 8
+    assert depths(config)["sequential_depth"] == 64
