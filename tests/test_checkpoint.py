@@ -325,8 +325,9 @@ def test_run_writes_its_files(method, finished):
     assert 0 <= result["accuracy"] <= 1 and math.isfinite(result["loss"])
     if method in ("smt", "smt+dmt", "dmt"):
         assert {"teacher_accuracy", "readout_accuracy", "one_step_accuracy", "drift"} <= set(result)
-    # the gradient path of one training step: constant for SMT, one step for DMT, T for BPTT
-    assert result["sequential_depth"] == {"smt": 1, "smt+dmt": 1, "dmt": 1, "bptt": 16, "tbptt": 4}[method]
+    # the gradient path of one training step: SMT's horizon K (at most T), one step for DMT, T for BPTT
+    horizon = min(config.smt.horizon, 16)
+    assert result["sequential_depth"] == {"smt": horizon, "smt+dmt": horizon, "dmt": 1, "bptt": 16, "tbptt": 4}[method]
 
 
 @pytest.mark.parametrize("method", ["smt+dmt", "bptt", "dmt"])

@@ -53,7 +53,7 @@ def test_smoke_grid_rows_report_and_figures(smoke, tmp_path):
         assert (out / row["task"] / "tanh" / row["method"] / "T16" / "seed0" / "result.json").exists()
         trains_teacher = row["method"] == "smt+dmt"
         assert (row["teacher_accuracy"] is not None) == trains_teacher == (row["drift"] is not None)
-        assert (row["sequential_depth"] == 1) == trains_teacher
+        assert row["sequential_depth"] == (4 if trains_teacher else 16)  # SMT's horizon K = 4; BPTT: T
     page = markdown(result, "smtrnn compare --preset smoke", "a test machine", "figures")
     assert page.count("| cell | method | T=16 |") == 2 and "## retrieval (values=4)" in page and "## parity" in page
     assert "Length generalisation" in page and "eff. rank RNN" in page and "(figures/parity.png)" in page

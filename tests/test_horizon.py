@@ -41,7 +41,7 @@ class DepthSpy:
 
 def horizon(k, **extra) -> SMTConfig:
     """Only the horizon term, K steps, no warm-up ramp."""
-    return only(c_horizon=1.0, horizon=k, **extra)
+    return only(c_horizon=1.0, horizon=k, horizon_grow=0, **extra)
 
 
 @pytest.mark.parametrize("cell", CELL_NAMES)
@@ -89,7 +89,7 @@ def test_no_gradient_path_crosses_more_than_k_cell_applications(k, burnin):
     models = make_models("tanh")
     spy = DepthSpy(models.rnn.cell)
     loss, metrics = smt_loss(models, make_batch(batch=3, length=12),
-                             SMTConfig(horizon=k, horizon_burnin=burnin, dyn_warmup=0))
+                             SMTConfig(horizon=k, horizon_grow=0, horizon_burnin=burnin, dyn_warmup=0))
     loss.backward()
     assert max(spy.depths) == k  # the one-step term is depth 1; the horizon reaches exactly K
     # burn-in steps run without gradient, then K steps with it, one batched call per step
@@ -103,7 +103,7 @@ def test_horizon_cost_does_not_grow_with_the_sequence_length():
     for length in (16, 64):
         models = make_models("tanh")
         spy = DepthSpy(models.rnn.cell)
-        smt_loss(models, make_batch(batch=2, length=length), SMTConfig(horizon=4, horizon_starts=3))
+        smt_loss(models, make_batch(batch=2, length=length), SMTConfig(horizon=4, horizon_grow=0, horizon_starts=3))
         rows[length] = spy.rows
     # one call for the B*T one-step pairs, then K calls of B*S rows each, whatever T is
     assert rows[16] == [2 * 16] + [2 * 3] * 4
@@ -120,7 +120,7 @@ def test_starts_include_the_empty_prefix_and_stay_inside_the_sequence():
 def test_horizon_grows_linearly_from_one():
     config = SMTConfig(horizon=9, horizon_grow=80)
     assert [horizon_length(config, step) for step in (0, 9, 10, 40, 79, 80, 5000)] == [1, 1, 2, 5, 8, 9, 9]
-    assert horizon_length(SMTConfig(horizon=9), 0) == 9 and horizon_length(SMTConfig(horizon=1, horizon_grow=5), 3) == 1
+    assert horizon_length(SMTConfig(horizon=9, horizon_grow=0), 0) == 9 and horizon_length(SMTConfig(horizon=1, horizon_grow=5), 3) == 1
 
 
 @pytest.mark.parametrize("detach", [True, False])
@@ -136,7 +136,7 @@ def test_horizon_reaches_the_teacher_only_through_joint_labels(detach):
 def test_horizon_longer_than_the_sequence_is_cut_to_it():
     models = make_models("tanh")
     spy = DepthSpy(models.rnn.cell)
-    smt_loss(models, make_batch(batch=2, length=5), SMTConfig(horizon=16, horizon_burnin=3))
+    smt_loss(models, make_batch(batch=2, length=5), SMTConfig(horizon=16, horizon_grow=0, horizon_burnin=3))
     assert max(spy.depths) == 5 and spy.depths.count(0) == 0  # K = T leaves no room for a burn-in
 
 

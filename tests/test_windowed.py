@@ -170,4 +170,4 @@ def test_smt_then_dmt_rolls_out_within_the_teacher_context(tmp_path, monkeypatch
     config.train.batch_size = config.dmt_train.batch_size = 2
     result = run(config, tmp_path / "run", progress=False)
     assert seen == [(2, CONTEXT)]
-    assert result["forward_depth"] == {"smt": 1, "dmt": 3}
+    assert result["forward_depth"] == {"smt": min(config.smt.horizon, CONTEXT), "dmt": 3}  # the horizon within Tc

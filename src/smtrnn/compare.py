@@ -169,7 +169,7 @@ def smoke_grid() -> Grid:
                 budget=lambda length: Budget(steps=6, dmt_steps=2),
                 train=TrainConfig(batch_size=4, warmup=1, log_every=2),
                 dmt_train=TrainConfig(batch_size=4, lr=1e-3, warmup=1, log_every=2),
-                smt=SMTConfig(dyn_warmup=2), eval_batches=1)
+                smt=SMTConfig(dyn_warmup=2, horizon=4, horizon_grow=2), eval_batches=1)
 
 
 PRESETS = {"cpu": cpu_grid, "smoke": smoke_grid}

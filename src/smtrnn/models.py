@@ -25,7 +25,9 @@ class ModelConfig:
     teacher_decoder_layers: int = 1
     teacher_heads: int = 4
     future: int = 16  # Tf
-    teacher_positions: str = "sinusoid"  # sinusoid | none
+    # none: the encoder knows order only from its causal mask, so its memories depend on the prefix, not on
+    # the absolute time; an RNN (time-invariant) follows them far more easily (docs/horizon.md)
+    teacher_positions: str = "none"  # none | sinusoid
 
     def validate(self):
         for name in ("memory_size", "embed_dim", "readout_hidden", "teacher_width", "teacher_layers", "future"):

@@ -39,7 +39,8 @@ class RunConfig:
     length_generalisation: bool = False  # also evaluate at 2T, 4T and 8T (into result.json)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)  # the main phase (smt, bptt, tbptt; dmt alone)
-    dmt_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, lr=1e-3, warmup=20))
+    # DMT: four times SMT's batch, so that the readout sees enough labels on the RNN's own memories
+    dmt_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=128, lr=1e-3, warmup=20))
     smt: SMTConfig = field(default_factory=SMTConfig)
     dmt: DMTConfig = field(default_factory=DMTConfig)
     bptt: BPTTConfig = field(default_factory=BPTTConfig)

@@ -41,12 +41,16 @@ def estimated_work(config: RunConfig) -> int:
     return max(1, planned_steps(config) * config.length * (1 + horizon // 4))
 
 
-def train_point(config: RunConfig, directory: str) -> None:
-    """Train (or resume) one point. A diverged run is finished too: its message goes to diverged.json."""
+def train_point(config: RunConfig, directory: str, finish: Callable[[RunConfig, str], None] | None = None) -> None:
+    """Train (or resume) one point, then ``finish(config, directory)`` (extra measurements, in the
+    worker). A diverged run is finished too: its message goes to diverged.json."""
     try:
         run(config, directory, progress=False)
     except Diverged as error:
         checkpoint.write_json(Path(directory) / DIVERGED_FILE, {"note": f"diverged: {error}"})
+        return
+    if finish is not None:
+        finish(config, directory)
 
 
 def outcome(config: RunConfig, directory: Path) -> dict | None:
@@ -78,14 +82,14 @@ def _start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _execute(work: list[Point], jobs: int, threads: int):
+def _execute(work: list[Point], jobs: int, threads: int, finish=None):
     """Yield the keys of points as they finish: in this process for one job, else in spawned workers."""
     if jobs == 1:
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             for key, config, directory in work:
-                train_point(config, str(directory))
+                train_point(config, str(directory), finish)
                 yield key
         finally:
             torch.set_num_threads(previous)
@@ -94,7 +98,7 @@ def _execute(work: list[Point], jobs: int, threads: int):
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_start_worker,
                                initargs=(threads,))
     try:
-        futures = {pool.submit(train_point, config, str(directory)): key for key, config, directory in work}
+        futures = {pool.submit(train_point, config, str(directory), finish): key for key, config, directory in work}
         for future in as_completed(futures):
             future.result()
             yield futures[future]
@@ -104,11 +108,13 @@ def _execute(work: list[Point], jobs: int, threads: int):
 
 
 def sweep(points: list[Point], jobs: int = 1, threads_per_job: int = 1, progress: bool = True, name: str = "sweep",
-          describe: Callable[[Hashable, dict], str] | None = None) -> dict:
+          describe: Callable[[Hashable, dict], str] | None = None,
+          finish: Callable[[RunConfig, str], None] | None = None) -> dict:
     """Train every point not yet finished, longest first. Returns {"outcomes": {key: outcome} in the
     points' order, "trained", "reused", "wall_seconds"}.
 
-    ``describe(key, outcome)`` -> a line printed as each point finishes (with ``progress``)."""
+    ``describe(key, outcome)`` -> a line printed as each point finishes (with ``progress``);
+    ``finish``: see train_point (a module-level function: workers receive it by reference)."""
     if jobs < 1 or threads_per_job < 1:
         raise UserError(f"jobs and threads per job must be positive, got {jobs} and {threads_per_job}")
     check(points)
@@ -125,7 +131,7 @@ def sweep(points: list[Point], jobs: int = 1, threads_per_job: int = 1, progress
     bar.set_description_str(counter(0))
     started = time.perf_counter()
     jobs_list = [(key, *by_key[key]) for key in pending]
-    with bar, closing(_execute(jobs_list, jobs, threads_per_job)) as finished:
+    with bar, closing(_execute(jobs_list, jobs, threads_per_job, finish)) as finished:
         for count, key in enumerate(finished, 1):
             bar.update(work[key])
             bar.set_description_str(counter(count))

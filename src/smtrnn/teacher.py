@@ -26,7 +26,7 @@ class TeacherConfig:
     decoder_layers: int = 1
     heads: int = 4
     future: int = 4  # Tf: the decoder predicts y_t .. y_{t+Tf-1} from m*_t
-    positions: str = "sinusoid"  # encoder position codes: sinusoid | none (order only from the causal mask)
+    positions: str = "none"  # encoder position codes: none (order only from the causal mask) | sinusoid
 
 
 def sinusoid(positions: int, width: int, device=None, start: int = 0) -> torch.Tensor:

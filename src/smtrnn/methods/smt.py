@@ -34,9 +34,9 @@ class SMTConfig:
     uniformity_samples: int = 512
     context: int = 0  # Tc: windowed mode, the encoder sees the first Tc tokens of a crop; 0 = all-prefix
     # horizon (K > 1): roll the cell K steps from teacher memories and supervise every step (see horizon_loss)
-    horizon: int = 1  # K: cell applications in series on the horizon's gradient path; 1 = one-step term only
+    horizon: int = 16  # K: cell applications in series on the horizon's gradient path; 1 = one-step term only
     horizon_starts: int = 8  # S: start positions per sequence (the first one is the empty prefix, m*_0)
-    horizon_grow: int = 0  # grow K linearly from 1 to ``horizon`` over this many steps; 0 = K from the start
+    horizon_grow: int = 1000  # grow K linearly from 1 to ``horizon`` over this many steps; 0 = K from the start
     c_horizon: float = 1.0  # weight of the horizon term (it follows c_dyn's warm-up ramp)
     horizon_decay: float = 1.0  # weight decay**(k-1) of the k-th rolled step's error (1: all steps alike)
     horizon_detach: bool = True  # labels m*_{s+k} detached: the horizon trains the cell only
