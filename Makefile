@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # data/node_modules comes back on the next make
 DATA := data/node_modules/.package-lock.json
 
-.PHONY: demo test bench results results-long realdata clean
+.PHONY: demo test bench horizon results results-long realdata clean
 
 $(STAMP): pyproject.toml $(DATA)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/smtrnn bench --quick --threads 1 --json docs/benchmarks.json --out-md docs/benchmarks.md
+
+# what makes the RNN alone keep what its teacher stores (docs/horizon.md): hours on 2 cores, resumable in runs/horizon
+horizon: $(STAMP)
+	$(BIN)/smtrnn horizon --preset cpu --jobs 2 --out runs/horizon --json docs/horizon.json --markdown docs/horizon.md --figures docs/figures
 
 results: $(STAMP)
 	$(BIN)/smtrnn compare --preset cpu --jobs 2 --out runs/compare --json docs/results.json --markdown docs/results.md --figures docs/figures

@@ -186,3 +186,18 @@ def test_train_help_lists_every_section(capsys):
     for option in ("--memory-size", "--steps", "--smt-c-dyn", "--smt-detach-target", "--dmt-every", "--dmt-steps",
                    "--bptt-truncate", "--task-option", "--init"):
         assert option in out, option
+
+
+def test_demo_quick_writes_a_row_per_method_and_seed(tmp_path, capsys):
+    out = tmp_path / "demo.json"
+    code = main(["demo", "--quick", "--jobs", "1", "--quiet", "--out", str(tmp_path / "runs"), "--json", str(out),
+                 "--markdown", str(tmp_path / "demo.md")])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert {"task", "length", "rows"} <= set(result)
+    assert [(row["method"], row["seed"]) for row in result["rows"]] == [("smt+dmt", 0), ("bptt", 0)]
+    for row in result["rows"]:
+        assert {"method", "cell", "accuracy", "seconds", "sequential_depth", "seed"} <= set(row)
+    depth = {row["method"]: row["sequential_depth"] for row in result["rows"]}
+    assert depth == {"bptt": 16, "smt+dmt": 16}  # quick: T=16, and the horizon K=16 is cut to T
+    assert "| bptt" in capsys.readouterr().out and "seed" in (tmp_path / "demo.md").read_text()

@@ -173,7 +173,9 @@ def cmd_generate(args) -> None:
 def cmd_demo(args) -> None:
     from smtrnn.demo import demo, format_table
 
-    result = demo(args.out, quick=args.quick, progress=not args.quiet)
+    if args.jobs < 1:
+        raise UserError(f"jobs must be positive, got {args.jobs}")
+    result = demo(args.out, quick=args.quick, progress=not args.quiet, jobs=args.jobs)
     print(format_table(result))
     _write_json(args.json, result)
     if args.markdown:
@@ -270,6 +272,31 @@ def cmd_realdata(args) -> None:
                   markdown_path=args.markdown, figures_dir=args.figures)
 
 
+def cmd_horizon(args) -> None:
+    import shlex
+
+    from smtrnn.checkpoint import write_atomic
+    from smtrnn.demo import machine
+    from smtrnn.horizon_report import figures, markdown
+    from smtrnn.horizon_study import preset, run_study
+
+    if args.jobs < 1:
+        raise UserError(f"jobs must be positive, got {args.jobs}")
+    result = run_study(preset(args.preset), args.out, jobs=args.jobs, progress=not args.quiet)
+    print(f"{len(result['rows'])} runs ({result['trained']} trained, {result['reused']} reused) in "
+          f"{result['wall_seconds']:.0f} s")
+    _write_json(args.json, result)
+    if args.figures:
+        figures(result, args.figures)
+    if args.markdown:
+        import os
+
+        target = Path(args.markdown)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        link = os.path.relpath(args.figures, target.parent) if args.figures else None
+        write_atomic(target, markdown(result, shlex.join(["smtrnn", *args.argv]), machine(), link).encode())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="smtrnn", description="Supervised Memory Training for recurrent networks")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -306,9 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--device", default="cpu")
     generate.set_defaults(handler=cmd_generate)
 
-    demo = commands.add_parser("demo", help="BPTT against SMT->DMT on long-range retrieval, same cell")
+    demo = commands.add_parser("demo", help="BPTT against SMT->DMT on long-range retrieval, same cell, three seeds")
     demo.add_argument("--out", default="runs/demo", help="where the two runs are kept (resumable)")
     demo.add_argument("--quick", action="store_true", help="a much shorter smoke run (not the result)")
+    demo.add_argument("--jobs", type=int, default=2, help="runs at once, each in its own process (default: 2)")
     demo.add_argument("--json")
     demo.add_argument("--markdown", help="also write a markdown report (command, machine, date, table)")
     demo.add_argument("--quiet", action="store_true")
@@ -340,6 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--no-generalisation", action="store_true", help="skip the 2T, 4T, 8T evaluations")
     grid.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
     grid.set_defaults(handler=cmd_compare)
+
+    horizon = commands.add_parser("horizon", help="the horizon study on needle retrieval (docs/horizon.md; resumable)")
+    horizon.add_argument("--preset", default="cpu", help="cpu (the committed study) or smoke (seconds; default: cpu)")
+    horizon.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process with one thread")
+    horizon.add_argument("--out", default="runs/horizon", help="run directories (re-running resumes)")
+    horizon.add_argument("--json", help="write the rows here")
+    horizon.add_argument("--markdown", help="write the page here")
+    horizon.add_argument("--figures", help="write the horizon-*.png figures into this folder")
+    horizon.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
+    horizon.set_defaults(handler=cmd_horizon)
 
     real = commands.add_parser("realdata", help="BPTT against SMT->DMT on MNIST, Quick, Draw! and Brown (resumable)")
     real.add_argument("--preset", default="cpu", help="cpu (the committed experiment) or smoke (seconds; default: cpu)")

@@ -115,6 +115,8 @@ class Grid:
         config.dmt_train = replace(self.dmt_train, steps=budget.dmt_steps,
                                    warmup=min(self.dmt_train.warmup, budget.dmt_steps // 10))
         config.smt.dyn_warmup = min(self.smt.dyn_warmup, smt_steps // 2)
+        config.smt.teacher_delay = min(self.smt.teacher_delay, smt_steps // 4)
+        config.smt.horizon_grow = min(self.smt.horizon_grow, smt_steps // 2)
         return config
 
     def validate(self) -> None:

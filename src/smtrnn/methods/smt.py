@@ -30,6 +30,9 @@ class SMTConfig:
     decoder_positions: int = 16  # memories per sequence sent to the decoder; 0 = all
     detach_target: bool = False  # stop the dynamics gradient reaching the label m*_{t+1}
     dyn_warmup: int = 300  # ramp c_dyn linearly from 0 over this many steps: the teacher learns first
+    # for this many steps the dynamics and horizon terms train the cell only: their pull on the teacher
+    # (towards memories easy to carry forward) would otherwise stop it learning long lookups (T >= 256)
+    teacher_delay: int = 500
     input_noise: float = 0.0  # Gaussian noise on m*_t fed to the cell, in units of the memories' spread
     uniformity_samples: int = 512
     context: int = 0  # Tc: windowed mode, the encoder sees the first Tc tokens of a crop; 0 = all-prefix
@@ -144,8 +147,10 @@ def smt_loss(models, batch, config: SMTConfig):
     memories = teacher.encode(x)  # [B, T+1, M]: every prefix, the empty one first
     pred, teacher_accuracy = predictive_loss(teacher, memories, crop_x, crop_y, config)
 
-    target = memories[:, 1:].detach() if config.detach_target else memories[:, 1:]
-    source = memories[:, :-1]
+    step = batch.get("step", 0)
+    joint = memories.detach() if step < config.teacher_delay else memories  # what the dynamics may move
+    target = joint[:, 1:].detach() if config.detach_target else joint[:, 1:]
+    source = joint[:, :-1]
     if config.input_noise:  # the RNN will run from its own, slightly wrong memories: learn to recover
         source = source + config.input_noise * memory_spread(source).detach().sqrt() * torch.randn_like(source)
     predicted = rnn.cell.step(source, x)  # the only cell application: all B*T pairs
@@ -154,11 +159,11 @@ def smt_loss(models, batch, config: SMTConfig):
     start = relative_memory_error(rnn.cell.initial, memories[0, 0].detach(), spread.detach())
     steps = x.shape[1]
     dyn = (relative_memory_error(predicted, target, spread) * steps + start) / (steps + 1)
-    horizon = min(horizon_length(config, batch.get("step", 0)), steps)
+    horizon = min(horizon_length(config, step), steps)
     burnin = min(config.horizon_burnin, steps - horizon)
     if horizon > 1 or burnin or config.horizon_noise:  # K-step rollouts from (detached) teacher memories
         starts = horizon_starts(x.shape[0], steps, burnin + horizon, config.horizon_starts, x.device)
-        labels = memories.detach() if config.horizon_detach else memories
+        labels = memories.detach() if config.horizon_detach else joint
         rolled = rollout_error(rnn.cell, memories.detach(), x, starts, horizon, spread.detach(), labels,
                                config.horizon_decay, burnin, config.horizon_noise)
     else:
@@ -172,7 +177,7 @@ def smt_loss(models, batch, config: SMTConfig):
     read_step, one_step_accuracy = masked_cross_entropy(rnn.logits(step_memories), labels)
     readout = 0.5 * (read_teacher + read_step)
 
-    ramp = min(1.0, (batch.get("step", 0) + 1) / config.dyn_warmup) if config.dyn_warmup else 1.0
+    ramp = min(1.0, (step + 1) / config.dyn_warmup) if config.dyn_warmup else 1.0
     loss = (config.c_pred * pred + ramp * (config.c_dyn * dyn + config.c_horizon * rolled) + config.c_unif * unif
             + config.c_readout * readout)
     metrics = {"pred": pred, "dyn": dyn, "horizon": rolled, "unif": unif, "readout": readout,

@@ -1,0 +1,180 @@
+"""Render the horizon study (horizon_study.run_study): docs/horizon.md and its figures.
+
+Numbers come from the rows only; the prose says what each table is and what to look for, and the
+findings that quote numbers are computed from the same rows when the page is written."""
+from __future__ import annotations
+
+import datetime
+import statistics
+from pathlib import Path
+
+from smtrnn.report import _duration, _groups, _mean, _table
+
+FIGURES = {"probe": "horizon-probe.png", "error": "horizon-error.png", "scale": "horizon-scale.png"}
+
+
+def _seeds(rows: list[dict], key: str = "accuracy") -> str:
+    return " / ".join("div." if row[key] is None else f"{row[key]:.3f}" for row in rows)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _probe_at(row: dict, lag: int):
+    for entry in row.get("probe") or []:
+        if entry["lag"] == lag:
+            return entry["rollout"]
+    return None
+
+
+def _variant_table(rows: list[dict], descriptions: dict, lag: int) -> list[str]:
+    if len({row["variant"] for row in rows}) < 2:
+        return []  # nothing to compare the recipe with
+    lines = []
+    for (name,), group in _groups(rows, "variant").items():
+        accuracies = [row["accuracy"] for row in group]
+        top = [row["stability"]["moduli"][0] for row in group if row.get("stability")]
+        lines.append([f"`{name}`", descriptions[name], _seeds(group), _fmt(_mean(accuracies)),
+                      _fmt(min((a for a in accuracies if a is not None), default=None)),
+                      _fmt(_mean(_probe_at(row, lag) for row in group)), _fmt(_mean(top)),
+                      _fmt(_mean(row["drift"] for row in group), 2), str(group[0]["sequential_depth"]),
+                      _fmt(_mean(row["seconds"] for row in group), 0)])
+    return _table(["variant", "what changes", "RNN alone, per seed", "mean", "worst", f"probe at lag {lag}",
+                   "top eigenvalue modulus", "drift", "gradient depth", "s per run"], lines)
+
+
+def _scale_table(rows: list[dict]) -> list[str]:
+    lines = []
+    for (cell, length), group in _groups(rows, "cell", "length").items():
+        by = {name: [row for row in group if row["variant"] == name] for name in ("recipe", "bptt", "bptt-4x")}
+        if not by["recipe"]:
+            continue
+        recipe, bptt = by["recipe"], by["bptt"]
+        accuracies = [row["accuracy"] for row in recipe]
+        lines.append([cell, str(length), _seeds(recipe), _fmt(_mean(accuracies)),
+                      _fmt(min((a for a in accuracies if a is not None), default=None)),
+                      _fmt(_mean(row["teacher_accuracy"] for row in recipe)),
+                      _seeds(bptt) if bptt else "–", _fmt(_mean(row["accuracy"] for row in by["bptt-4x"])),
+                      f"{recipe[0]['sequential_depth']} / {bptt[0]['sequential_depth'] if bptt else '–'}",
+                      f"{_fmt(_mean(row['seconds'] for row in recipe), 0)} / "
+                      f"{_fmt(_mean(row['seconds'] for row in bptt), 0) if bptt else '–'}"])
+    return _table(["cell", "T", "SMT->DMT, per seed", "mean", "worst", "teacher", "BPTT, per seed",
+                   "BPTT 4x steps (mean)", "gradient depth SMT / BPTT", "s per run SMT / BPTT"], lines)
+
+
+def _finding(rows: list[dict], name: str, cell: str = "tanh", length: int = 64) -> list[float]:
+    return [row["accuracy"] for row in rows if row["variant"] == name and row["cell"] == cell
+            and row["length"] == length and row["accuracy"] is not None]
+
+
+def _summary(rows: list[dict]) -> list[str]:
+    """The headline numbers, computed from the rows."""
+    lines = []
+    def say(name: str, cell: str, length: int, label: str) -> None:
+        values = _finding(rows, name, cell, length)
+        if values:
+            lines.append(f"- {label} ({cell}, T={length}): mean {statistics.fmean(values):.3f}, "
+                         f"worst seed {min(values):.3f}")
+    say("paper", "tanh", 64, "the paper's one-step loss")
+    say("K8-sinusoid", "tanh", 64, "a fixed horizon K=8 with the position-coded teacher")
+    say("recipe", "tanh", 64, "the default recipe")
+    for length in (128, 256):
+        for cell in ("tanh", "gru", "mlp"):
+            say("recipe", cell, length, "the default recipe")
+    return lines + [""]
+
+
+def markdown(result: dict, command: str, machine: str, figures_link: str | None = None) -> str:
+    rows, descriptions = result["rows"], result["descriptions"]
+    around = lambda part, length: [row for row in rows if row["length"] == length and row["cell"] == "tanh"
+                                   and (row["part"] == part or row["variant"] == "recipe")]
+    figure = lambda key, text: [f"![{text}]({figures_link}/{FIGURES[key]})", ""] if figures_link else []
+    budgets = ", ".join(f"T={length}: {plan['smt_steps']} SMT + {plan['dmt_steps']} DMT steps, K grown over "
+                        f"{plan['grow']}" for length, plan in result["budgets"].items())
+    lines = ["# The horizon study: keeping what the teacher stores", "",
+             f"Command: `{command}`  ", f"Machine: {machine}  ", f"Date: {datetime.date.today().isoformat()}  ",
+             f"Wall time: {_duration(result['wall_seconds'])} for {result['trained']} runs trained "
+             f"({result['reused']} reused), {result['jobs']} at a time; seeds {', '.join(map(str, result['seeds']))}.", "",
+             "Task: needle retrieval (8 values, chance 0.125), the needle in the first half, the query at the last "
+             "step. Every accuracy is the RNN alone, rolled out from its own initial memory over held-out "
+             "sequences. Budgets: " + budgets + "; BPTT gets the same total number of optimiser steps.", "",
+             "## Summary", "", *_summary(rows),
+             "## The recipe across cells and lengths, against BPTT", "",
+             "Same cell, readout and memory size (64) for both methods. Gradient depth: cell applications in "
+             "series on one training step's gradient path (SMT: the horizon K; BPTT: T).", "",
+             *_scale_table([row for row in rows if row["part"] == "scale" or row["variant"] == "recipe"]),
+             *figure("scale", "RNN-alone accuracy per seed, recipe against BPTT"),
+             "## From the paper's loss to the recipe, one change at a time (tanh, T=64)", "",
+             "Probe: a linear classifier reads the needle from the RNN's own rollout memory 32 steps after it was "
+             "written (held-out sequences). Top eigenvalue modulus: the largest modulus among the eigenvalues of the "
+             "cell's Jacobian on the teacher's trajectory after the needle, whose eigenvectors lie almost entirely "
+             "in the subspace where the teacher stores the needle; above 1, a stored value's error grows at every "
+             "step of the rollout. Drift: mean distance of the rollout from the teacher's memories.", "",
+             *_variant_table(around("ladder", 64), descriptions, 32),
+             *figure("probe", "needle probe on the RNN's own rollout against lag"),
+             *figure("error", "relative error of the RNN's own rollout against t"),
+             "## Factors around the recipe (tanh, T=64)", "",
+             *_variant_table(around("factors", 64), descriptions, 32),
+             "## Longer sequences (tanh): the factors that matter most at T=128 and T=256", "",
+             *_variant_table(around("factors", 128), descriptions, 64),
+             *_variant_table(around("factors", 256), descriptions, 64)]
+    return "\n".join(lines)
+
+
+def figures(result: dict, folder: str | Path) -> list[Path]:
+    from matplotlib.figure import Figure  # the object API draws with Agg and touches no global state
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = result["rows"]
+    ladder = [row for row in rows if row["part"] == "ladder" and row["cell"] == "tanh" and row["length"] == 64]
+    written = []
+    if ladder and any(row.get("probe") for row in ladder):
+        figure = Figure(figsize=(6.4, 4))
+        axes = figure.add_subplot()
+        for (name,), group in _groups(ladder, "variant").items():
+            lags = [entry["lag"] for entry in group[0]["probe"]]
+            axes.plot(lags, [_mean(row["probe"][i]["rollout"] for row in group) for i in range(len(lags))],
+                      "o-", label=name)
+        axes.plot(lags, [_mean(row["probe"][i]["teacher"] for row in ladder) for i in range(len(lags))], "k--",
+                  label="teacher memory (all variants)")
+        axes.axhline(0.125, color="grey", lw=0.8, ls=":", label="chance")
+        axes.set(xlabel="steps after the needle", ylabel="probe accuracy on the RNN's own memory",
+                 title="Retrieval, tanh, T=64: is the needle still there? (mean of seeds)", ylim=(0, 1.05))
+        axes.legend(fontsize=8)
+        written.append(_save(figure, folder / FIGURES["probe"]))
+        figure = Figure(figsize=(6.4, 4))
+        axes = figure.add_subplot()
+        for (name,), group in _groups(ladder, "variant").items():
+            curves = [row["error_curve"] for row in group if row.get("error_curve")]
+            steps = range(1, len(curves[0]) + 1)
+            axes.plot(steps, [statistics.fmean(values) for values in zip(*curves)], label=name)
+        axes.set(xlabel="t (steps of the RNN's own rollout from m_0)", ylabel="relative error vs teacher memory",
+                 yscale="log", title="Where the rollout departs (mean of seeds)")
+        axes.legend(fontsize=8)
+        written.append(_save(figure, folder / FIGURES["error"]))
+    scale = [row for row in rows if row["variant"] in ("recipe", "bptt") and row["accuracy"] is not None]
+    cells = list(dict.fromkeys(row["cell"] for row in scale))
+    if cells:
+        figure = Figure(figsize=(3.2 * len(cells), 3.4))
+        for index, cell in enumerate(cells):
+            axes = figure.add_subplot(1, len(cells), index + 1)
+            for name, marker in (("recipe", "o"), ("bptt", "^")):
+                picked = [row for row in scale if row["cell"] == cell and row["variant"] == name]
+                axes.scatter([row["length"] for row in picked], [row["accuracy"] for row in picked], marker=marker,
+                             label="SMT->DMT" if name == "recipe" else "BPTT", alpha=0.7)
+            axes.axhline(0.125, color="grey", lw=0.8, ls=":")
+            axes.set(xscale="log", xlabel="T", title=cell, ylim=(0, 1.05))
+            axes.set_xticks(sorted({row["length"] for row in scale}), [str(v) for v in sorted({row["length"] for row in scale})])
+            if index == 0:
+                axes.set_ylabel("RNN-alone accuracy (each seed)")
+                axes.legend(fontsize=8)
+        figure.tight_layout()
+        written.append(_save(figure, folder / FIGURES["scale"]))
+    return written
+
+
+def _save(figure, path: Path) -> Path:
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    return path

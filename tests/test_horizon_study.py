@@ -1,0 +1,49 @@
+"""The horizon study's configs and its page, on the seconds-long smoke preset."""
+from __future__ import annotations
+
+import json
+
+from smtrnn.cli import main
+from smtrnn.horizon_study import BY_NAME, cpu_study, recipe
+from smtrnn.run import RunConfig
+
+
+def test_the_t128_recipe_is_the_library_default():
+    """docs/horizon.md's T=128 recipe rows are `smtrnn train --task retrieval --length 128 --seed S`."""
+    for seed in (0, 1, 2):
+        assert recipe("tanh", 128, seed).to_dict() == RunConfig(task="retrieval", length=128, seed=seed).to_dict()
+
+
+def test_variants_change_what_they_say():
+    base = recipe("tanh", 64, 0)
+    for name, expected in (("paper", {("smt", "horizon"): 1, ("model", "teacher_positions"): "sinusoid",
+                                      ("smt", "teacher_delay"): 0, ("dmt_train", "batch_size"): 32}),
+                           ("K32", {("smt", "horizon"): 32}), ("no-dmt", {("train", "steps"): 1500}),
+                           ("bptt", {("train", "steps"): 1500})):
+        config = recipe("tanh", 64, 0)
+        BY_NAME[name].change(config)
+        for (section, field), value in expected.items():
+            assert getattr(getattr(config, section), field) == value, (name, section, field)
+    assert BY_NAME["bptt"].change is not None and base.method == "smt+dmt"
+    study = cpu_study()
+    assert len(set(study.points)) == len(study.points) and study.seeds == [0, 1, 2]
+    assert {cell for _, cell, _ in study.points} == {"tanh", "gru", "mlp", "transformer"}
+    assert {length for _, _, length in study.points} == {64, 128, 256}
+
+
+def test_smoke_study_page_and_rows(tmp_path):
+    code = main(["horizon", "--preset", "smoke", "--quiet", "--out", str(tmp_path / "runs"),
+                 "--json", str(tmp_path / "h.json"), "--markdown", str(tmp_path / "h.md"),
+                 "--figures", str(tmp_path / "figures")])
+    assert code == 0
+    result = json.loads((tmp_path / "h.json").read_text())
+    rows = {row["variant"]: row for row in result["rows"]}
+    assert set(rows) == {"paper", "recipe", "bptt"}
+    assert rows["bptt"]["sequential_depth"] == 16 and rows["paper"]["sequential_depth"] == 1
+    assert rows["recipe"]["sequential_depth"] == 4  # the smoke preset's K
+    for name in ("paper", "recipe"):  # the needle measurements of every SMT run
+        assert [entry["lag"] for entry in rows[name]["probe"]] == [0, 1, 3, 8]
+        assert len(rows[name]["error_curve"]) == 16 and len(rows[name]["stability"]["moduli"]) == 3
+    page = (tmp_path / "h.md").read_text()
+    assert "SMT->DMT, per seed" in page and "horizon-scale.png" in page
+    assert (tmp_path / "figures" / "horizon-scale.png").exists()
