@@ -41,7 +41,7 @@ class DepthSpy:
 
 def horizon(k, **extra) -> SMTConfig:
     """Only the horizon term, K steps, no warm-up ramp."""
-    return only(c_horizon=1.0, horizon=k, horizon_grow=0, **extra)
+    return only(c_horizon=1.0, horizon=k, horizon_grow=0, teacher_delay=0, **extra)
 
 
 @pytest.mark.parametrize("cell", CELL_NAMES)

@@ -67,7 +67,8 @@ def all_zero(gradients: dict) -> bool:
 
 def only(**coefficients) -> SMTConfig:
     """An SMT config with every loss term off except the ones given."""
-    values = {"c_pred": 0.0, "c_dyn": 0.0, "c_unif": 0.0, "c_readout": 0.0, "dyn_warmup": 0, "decoder_positions": 0}
+    values = {"c_pred": 0.0, "c_dyn": 0.0, "c_horizon": 0.0, "c_unif": 0.0, "c_readout": 0.0, "dyn_warmup": 0,
+              "teacher_delay": 0, "decoder_positions": 0}
     values.update(coefficients)
     return SMTConfig(**values)
 
@@ -197,7 +198,7 @@ def test_smt_applies_the_cell_exactly_once(cell):
     spy = StepSpy(models.rnn.cell)
     forbid(models.rnn.cell, "forward", "rollout")
     batch = make_batch(batch=3, length=6)
-    loss, metrics = smt_loss(models, batch, SMTConfig())
+    loss, metrics = smt_loss(models, batch, SMTConfig(horizon=1))  # the paper's loss; the horizon: test_horizon.py
     assert spy.calls == 1
     loss.backward()
     assert spy.calls == 1  # backward does not step again
@@ -213,7 +214,7 @@ def test_smt_batched_step_equals_the_sequential_loop(cell):
     models = make_models(cell)
     batch = make_batch(batch=3, length=5)
     spy = StepSpy(models.rnn.cell)
-    smt_loss(models, batch, SMTConfig())
+    smt_loss(models, batch, SMTConfig(horizon=1))
     batched = spy.outputs[0]
     memories = models.teacher.encode(batch["x"]).detach()
     # the inputs were the teacher memories m*_0..m*_{T-1}, paired with x_1..x_T
