@@ -218,8 +218,9 @@ def windowed(config: BenchConfig, length: int) -> tuple[int, int]:
 
 
 def sequential_depth(method: str, length: int) -> int:
-    """Cell applications in series in one training step."""
-    return 1 if method.startswith("smt") else length
+    """Cell applications in series on one training step's gradient path: SMT's horizon K (within the
+    sequence), BPTT's T."""
+    return min(SMTConfig().horizon, length) if method.startswith("smt") else length
 
 
 class TrainingStep:
@@ -235,8 +236,9 @@ class TrainingStep:
         smt = method.startswith("smt")
         self.loss_fn = smt_loss if smt else (bptt_loss if method == "bptt-fused" else loop_bptt_loss)
         sampled = method in ("smt-sampled", "smt-windowed")
-        self.loss_config = SMTConfig(decoder_positions=sampled_positions(config) if sampled else 0) \
-            if smt else BPTTConfig(truncate=0)
+        # the step as training runs it once the horizon has grown to K and the dynamics reach the teacher
+        self.loss_config = SMTConfig(decoder_positions=sampled_positions(config) if sampled else 0, horizon_grow=0,
+                                     teacher_delay=0, dyn_warmup=0) if smt else BPTTConfig(truncate=0)
         if method == "smt-compiled":
             self.loss_fn = torch.compile(smt_loss)
         self.autocast = torch.autocast("cuda", torch.bfloat16) if method == "smt-bf16" else nullcontext()

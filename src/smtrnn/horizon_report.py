@@ -44,6 +44,22 @@ def _variant_table(rows: list[dict], descriptions: dict, lag: int) -> list[str]:
                    "top eigenvalue modulus", "drift", "gradient depth", "s per run"], lines)
 
 
+def _per_seed_table(rows: list[dict]) -> list[str]:
+    """Every run of the ladder on its own: where a failing seed loses the needle, and why."""
+    lines = []
+    for row in rows:
+        if not row.get("stability"):
+            continue
+        stability, curve = row["stability"], row["error_curve"]
+        lines.append([f"`{row['variant']}`", str(row["seed"]), _fmt(row["accuracy"]),
+                      " / ".join(_fmt(_probe_at(row, lag), 2) for lag in (8, 32)),
+                      " / ".join(_fmt(value) for value in stability["moduli"]),
+                      " / ".join(_fmt(value, 2) for value in stability["needle_share"]),
+                      " / ".join(_fmt(curve[t - 1], 3) for t in (8, 32, len(curve)))])
+    return _table(["variant", "seed", "RNN alone", "probe at lag 8 / 32", "top 3 eigenvalue moduli",
+                   "their share in the needle subspace", "rollout error at t = 8 / 32 / T"], lines)
+
+
 def _scale_table(rows: list[dict]) -> list[str]:
     lines = []
     for (cell, length), group in _groups(rows, "cell", "length").items():
@@ -112,6 +128,12 @@ def markdown(result: dict, command: str, machine: str, figures_link: str | None 
              "in the subspace where the teacher stores the needle; above 1, a stored value's error grows at every "
              "step of the rollout. Drift: mean distance of the rollout from the teacher's memories.", "",
              *_variant_table(around("ladder", 64), descriptions, 32),
+             "Every run of the ladder, seed by seed. The eigenvalues are those of the cell's Jacobian on the "
+             "teacher's trajectory halfway between the last possible needle and the query, averaged over 16 "
+             "sequences; the share is how much of each eigenvector lies in the span of the needle's class means "
+             "(7 of 64 dimensions, so 0.11 for a random direction). Rollout error: ||m^_t - m*_t||^2 over the "
+             "variance of the teacher's memories, for the RNN's own rollout from m_0.", "",
+             *_per_seed_table(around("ladder", 64)),
              *figure("probe", "needle probe on the RNN's own rollout against lag"),
              *figure("error", "relative error of the RNN's own rollout against t"),
              "## Factors around the recipe (tanh, T=64)", "",
