@@ -164,7 +164,7 @@ class Study:
 def cpu_study() -> Study:
     ladder = [(variant.name, "tanh", 64) for variant in VARIANTS if variant.part == "ladder"]
     factors = [(variant.name, "tanh", 64) for variant in VARIANTS if variant.part == "factors" and variant.name != "no-delay"]
-    longer = [("K8-grown", "tanh", 128), ("no-dmt", "tanh", 128), ("no-delay", "tanh", 256)]
+    longer = [("K8-grown", "tanh", 128), ("no-dmt", "tanh", 128), ("no-delay", "tanh", 256), ("K32", "tanh", 256)]
     scale = [(name, cell, length) for length in (64, 128, 256) for cell in ("tanh", "gru", "mlp")
              for name in ("recipe", "bptt")] + [("recipe", "transformer", 64), ("bptt", "transformer", 64)]
     scale += [("bptt-4x", "tanh", length) for length in (64, 128)]
