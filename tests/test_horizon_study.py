@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from smtrnn.cli import main
-from smtrnn.horizon_study import BY_NAME, cpu_study, recipe
+from smtrnn.horizon_study import BY_NAME, cpu_study, full_study, recipe
 from smtrnn.run import RunConfig
 
 
@@ -25,10 +25,13 @@ def test_variants_change_what_they_say():
         for (section, field), value in expected.items():
             assert getattr(getattr(config, section), field) == value, (name, section, field)
     assert BY_NAME["bptt"].change is not None and base.method == "smt+dmt"
-    study = cpu_study()
-    assert len(set(study.points)) == len(study.points) and study.seeds == [0, 1, 2]
-    assert {cell for _, cell, _ in study.points} == {"tanh", "gru", "mlp", "transformer"}
-    assert {length for _, _, length in study.points} == {64, 128, 256}
+    for study in (cpu_study(), full_study()):
+        assert len(set(study.points)) == len(study.points) and study.seeds == [0, 1, 2]
+        assert {cell for _, cell, _ in study.points} == {"tanh", "gru", "mlp", "transformer"}
+        assert {length for _, _, length in study.points} == {64, 128, 256}
+        for name, cell, length in study.points:  # every SMT point has its BPTT baseline
+            assert BY_NAME[name].part != "scale" or ("recipe", cell, length) in study.points
+    assert set(cpu_study().points) < set(full_study().points)
 
 
 def test_smoke_study_page_and_rows(tmp_path):

@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.set_defaults(handler=cmd_compare)
 
     horizon = commands.add_parser("horizon", help="the horizon study on needle retrieval (docs/horizon.md; resumable)")
-    horizon.add_argument("--preset", default="cpu", help="cpu (the committed study) or smoke (seconds; default: cpu)")
+    horizon.add_argument("--preset", default="cpu", help="cpu (the committed study, about 2 h on 2 cores), full (every variant, about 6 h) or smoke (seconds; default: cpu)")
     horizon.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process with one thread")
     horizon.add_argument("--out", default="runs/horizon", help="run directories (re-running resumes)")
     horizon.add_argument("--json", help="write the rows here")
