@@ -1,4 +1,4 @@
-"""Generation (SMT.md 9): sampling from the RNN alone or primed by the teacher, text, image grids and
+"""Generation (docs/method.md section 9): sampling from the RNN alone or primed by the teacher, text, image grids and
 token ids; deterministic given a seed; O(1) state per token; user mistakes are one-line errors.
 
 The fake tasks below stand in for the dataset tasks (same attributes: ``text``, ``image_shape``);

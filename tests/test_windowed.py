@@ -1,4 +1,4 @@
-"""Windowed SMT for crops of a long stream (SMT.md 3(b)) and DMT over such crops (SMT.md 4).
+"""Windowed SMT for crops of a long stream (docs/method.md section 3, windowed mode) and DMT over such crops (docs/method.md section 5).
 
 With context Tc and future Tf, a crop x_1..x_L (L >= Tc + Tf - 1) trains the teacher's encoder, the
 dynamics and the readout on x_1..x_Tc only; the decoder's true futures of m*_0..m*_Tc reach up to

@@ -56,7 +56,7 @@ class BenchConfig:
     repeats: int = 5
     decoder_positions: int = 0  # smt-sampled: memories per sequence sent to the decoder; 0: SMTConfig's
     # default, or 8 where that default decodes every window
-    window: int = 256  # smt-windowed: the teacher's context Tc (SMT.md 3b); a crop is Tc + future - 1 tokens
+    window: int = 256  # smt-windowed: the teacher's context Tc (docs/method.md section 3, windowed mode); a crop is Tc + future - 1 tokens
     contexts: tuple = (64, 256, 1024, 4096, 8192, 16384)  # inference: context lengths
     inference_repeats: int = 3  # re-encodings timed per context for the teacher without a cache
     matmul_size: int = 4096

@@ -35,7 +35,7 @@ def _training_section(result: dict) -> list[str]:
              f"{defaults['teacher_decoder_layers']} decoder layers, future Tf={defaults['future']}). "
              "A step is loss, backward, clipping and an AdamW step. `smt`: all-prefix SMT (`smt_loss`, decoder on "
              f"every window); `smt-sampled`: the same with `decoder_positions={result['config']['decoder_positions']}`; "
-             f"`smt-windowed`: windowed SMT (SMT.md 3b) on a crop of the stream, the encoder seeing its first "
+             f"`smt-windowed`: windowed SMT (docs/method.md section 3, windowed mode) on a crop of the stream, the encoder seeing its first "
              f"Tc=min(T, {result['config'].get('window', 256)}) tokens, the decoder on the same sampled positions, so its "
              "step stops growing with T (its tokens/s counts the Tc memory transitions it trains per sequence); "
              "`bptt`: our own step loop (`cell.rollout` + readout); `bptt-fused`: `bptt_loss`, i.e. nn.RNN / nn.GRU / "

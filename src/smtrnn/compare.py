@@ -1,4 +1,4 @@
-"""``smtrnn compare``: a grid of runs, tasks x cells x methods x lengths x seeds (SMT.md sections 7-9).
+"""``smtrnn compare``: a grid of runs, tasks x cells x methods x lengths x seeds (docs/method.md sections 6 and 9).
 
 Each grid point is one RunConfig trained by ``smtrnn.run.run`` in its own directory
 OUT/<task>/<cell>/<method>/T<length>/seed<seed>, so the grid is resumable point by point: a point
@@ -150,7 +150,7 @@ class Grid:
 
 
 def cpu_grid() -> Grid:
-    """The committed CPU grid: the five task families of SMT.md section 7, three cells, BPTT against
+    """The committed CPU grid: the five synthetic task families (docs/method.md section 9), three cells, BPTT against
     SMT->DMT, three lengths, three seeds. (Truncated BPTT is one --methods away; it is left out of the
     committed grid to keep it within 45 minutes on two cores.)"""
     return Grid(tasks=[("retrieval", {"values": 8}),

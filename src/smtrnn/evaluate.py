@@ -1,5 +1,5 @@
 """Evaluation: the RNN on its own (the headline), the teacher (the ceiling), and the rungs between
-them (SMT.md sections 9 and 10): readout on teacher memories, one-step accuracy, rollout drift; length
+them (docs/method.md sections 8 and 9): readout on teacher memories, one-step accuracy, rollout drift; length
 generalisation; memory collapse (effective rank, pairwise distance).
 
 Evaluation data come from a generator seeded apart from training (a held-out stream).
@@ -55,7 +55,7 @@ def first_prediction_accuracy(teacher, memories: torch.Tensor, y: torch.Tensor) 
 
 @torch.no_grad()
 def evaluate_teacher(models, task, length: int, batches: int = 4, batch_size: int = 64, seed: int = 0, device="cpu") -> dict:
-    """The rungs of SMT.md section 10, each as one number (drift also as a curve over t)."""
+    """The rungs of docs/method.md section 8, each as one number (drift also as a curve over t)."""
     models.eval()
     rnn, teacher = models.rnn, models.teacher
     records, drift_curve = [], None
@@ -88,7 +88,7 @@ def _networks(models_or_rnn):
 @torch.no_grad()
 def length_generalisation(models_or_rnn, task, length: int, factors=(2, 4, 8), batches: int = 2,
                           batch_size: int = 8, seed: int = 0, device="cpu") -> dict:
-    """Trained at ``length``, tested at factor * length (SMT.md section 9): per factor
+    """Trained at ``length``, tested at factor * length (docs/method.md section 9): per factor
     ``{"length", "rnn": teacher-free accuracy, "teacher": first-prediction accuracy or None}``, or None
     where the task refuses that length. Pass Models to include the teacher, an RNN alone for BPTT runs.
     Small batches by default: at 8T the teacher's attention costs O((8T)^2) per sequence."""
@@ -142,7 +142,7 @@ def mean_pairwise_distance(matrix: torch.Tensor, samples: int = 512, seed: int =
 @torch.no_grad()
 def memory_diagnostics(models_or_rnn, task, length: int, batches: int = 2, batch_size: int = 32, seed: int = 0,
                        device="cpu") -> dict:
-    """Memory collapse and drift (SMT.md sections 8 and 10): effective rank and mean pairwise distance
+    """Memory collapse and drift (docs/method.md sections 8 and 9): effective rank and mean pairwise distance
     of the RNN's own rollout memories m^_t and, given Models, of the teacher's m*_t, plus the rollout
     drift mean ||m^_t - m*_t||, also relative to the mean teacher memory norm. An RNN alone (BPTT)
     reports its own side only."""

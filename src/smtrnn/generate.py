@@ -1,4 +1,4 @@
-"""Sampling from a trained RNN (SMT.md section 9, Generation): text, images drawn pixel by pixel, or
+"""Sampling from a trained RNN (docs/method.md section 9, Generation): text, images drawn pixel by pixel, or
 token ids, one token at a time with O(1) state (the memory) per sequence.
 
 The readout on the memory m_t predicts y_t = x_{t+1}, so sampling reads the given tokens, then

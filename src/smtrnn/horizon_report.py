@@ -98,7 +98,76 @@ def _summary(rows: list[dict]) -> list[str]:
     for length in (128, 256):
         for cell in ("tanh", "gru", "mlp"):
             say("recipe", cell, length, "the default recipe")
+    for length in (64, 128, 256):
+        say("bptt", "tanh", length, "BPTT, same steps")
+    default = [row for row in _rows(rows, "recipe", "tanh", 128) if row["accuracy"] is not None]
+    if default:
+        lines.append(f"- `smtrnn train --task retrieval --length 128 --seed S --out DIR`, no other option, is "
+                     f"exactly the recipe's tanh T=128 point: {_seeds(default)} for seeds "
+                     f"{', '.join(str(row['seed']) for row in default)}, "
+                     f"{_fmt(_mean(row['seconds'] for row in default), 0)} s per run on one thread")
     return lines + [""]
+
+
+def _rows(rows: list[dict], name: str, cell: str = "tanh", length: int = 64) -> list[dict]:
+    return [row for row in rows if row["variant"] == name and row["cell"] == cell and row["length"] == length]
+
+
+def _top(row: dict):
+    return row["stability"]["moduli"][0] if row.get("stability") else None
+
+
+def _lessons(rows: list[dict]) -> list[str]:
+    """What the study shows, each point with the numbers it rests on (computed from the rows)."""
+    lines = []
+    paper, k8_sin, k8 = _rows(rows, "paper"), _rows(rows, "K8-sinusoid"), _rows(rows, "K8")
+    if paper:
+        lines.append(f"1. **One step is not enough.** With the paper's one-step loss the RNN alone reaches "
+                     f"{_seeds(paper)} (seeds {', '.join(str(row['seed']) for row in paper)}) although its teacher "
+                     f"stores the needle ({_fmt(_mean(row['teacher_accuracy'] for row in paper))}): each step is "
+                     "fitted, but nothing penalises an error that grows over many steps, and the probe shows the "
+                     "needle gone from the RNN's own memory within a few steps.")
+    if k8_sin and k8:
+        failing = [row for row in k8_sin if row["accuracy"] is not None and row["accuracy"] < 0.5]
+        text = (f"2. **A horizon, and a teacher without position codes.** A horizon of K=8 from the start with the "
+                f"position-coded teacher gives {_seeds(k8_sin)}")
+        if failing:
+            text += (f"; the failing seed{'s' if len(failing) > 1 else ''} "
+                     f"({', '.join(str(row['seed']) for row in failing)}) end with a Jacobian whose largest "
+                     f"eigenvalue modulus is {' / '.join(_fmt(_top(row)) for row in failing)} in the needle "
+                     "subspace: a stored value's error grows at every step, and a K-step loss does not see the "
+                     "growth beyond K")
+        text += (f". Without position codes the same horizon gives {_seeds(k8)} (top modulus "
+                 f"{' / '.join(_fmt(_top(row)) for row in k8)}): the teacher's memory no longer moves with t, "
+                 "so holding the needle is a fixed point the cell can learn instead of a moving target.")
+        lines.append(text)
+    grown, recipe, k1, no_dmt = (_rows(rows, name) for name in ("K16-grown", "recipe", "K1", "no-dmt"))
+    if grown and recipe:
+        lines.append(f"3. **Grow K, then DMT.** K=16 grown from 1 over the first half of SMT: {_seeds(grown)}; the "
+                     f"default recipe (the same, DMT batch 128, the dynamics reaching the teacher after 500 steps): "
+                     f"{_seeds(recipe)}." + (f" The recipe without its horizon (K=1): {_seeds(k1)}." if k1 else "")
+                     + (f" The recipe without DMT (its steps given to SMT): {_seeds(no_dmt)}." if no_dmt else ""))
+    late, early = _rows(rows, "recipe", length=256), _rows(rows, "no-delay", length=256)
+    if late and early:
+        lines.append(f"4. **Let the teacher learn first (T=256).** When the dynamics losses pull the teacher from the "
+                     f"first step, its accuracy is {_seeds(early, 'teacher_accuracy')} and the RNN alone "
+                     f"{_seeds(early)}; with the dynamics reaching the teacher after 500 steps the teacher reaches "
+                     f"{_seeds(late, 'teacher_accuracy')} and the RNN alone {_seeds(late)}.")
+    failing = [row for row in rows if row["variant"] == "recipe" and row["accuracy"] is not None
+               and row["accuracy"] < 0.8 and (row["teacher_accuracy"] or 0) >= 0.9 and row.get("stability")]
+    if failing:
+        described = "; ".join(
+            f"{row['cell']} T={row['length']} seed {row['seed']}: {_fmt(row['accuracy'])}, probe "
+            f"{_fmt(_probe_at(row, 16), 2)} at lag 16 and {_fmt(_probe_at(row, 32), 2)} at lag 32, rollout error "
+            f"{_fmt(row['error_curve'][31] if len(row['error_curve']) > 31 else None)} at t=32, top modulus "
+            f"{_fmt(_top(row))}" for row in failing)
+        lines.append("5. **Where the recipe still fails**, with a teacher that solves the task: " + described + ". "
+                     "A top modulus below 1 means the cell contracts the needle direction: the stored value decays "
+                     "over the long gap between needle and query instead of exploding, which a K=16 horizon "
+                     "cannot see either (the decay per step is small, its product over hundreds of steps is not). "
+                     "Longer horizons or a loss on the rollout's long-range error are the next things to try; "
+                     "the tables below say what was tried.")
+    return lines + [""] if lines else []
 
 
 def markdown(result: dict, command: str, machine: str, figures_link: str | None = None) -> str:
@@ -110,12 +179,15 @@ def markdown(result: dict, command: str, machine: str, figures_link: str | None 
                         f"{plan['grow']}" for length, plan in result["budgets"].items())
     lines = ["# The horizon study: keeping what the teacher stores", "",
              f"Command: `{command}`  ", f"Machine: {machine}  ", f"Date: {datetime.date.today().isoformat()}  ",
-             f"Wall time: {_duration(result['wall_seconds'])} for {result['trained']} runs trained "
-             f"({result['reused']} reused), {result['jobs']} at a time; seeds {', '.join(map(str, result['seeds']))}.", "",
+             f"Compute: {_duration(sum(row['seconds'] or 0 for row in rows))} summed over the {len(rows)} runs "
+             f"(one thread each, {result['jobs']} at a time); seeds {', '.join(map(str, result['seeds']))}. "
+             f"This invocation trained {result['trained']} of them in {_duration(result['wall_seconds'])} and "
+             "read the rest back from the run directories.", "",
              "Task: needle retrieval (8 values, chance 0.125), the needle in the first half, the query at the last "
              "step. Every accuracy is the RNN alone, rolled out from its own initial memory over held-out "
              "sequences. Budgets: " + budgets + "; BPTT gets the same total number of optimiser steps.", "",
              "## Summary", "", *_summary(rows),
+             "## What the study shows", "", *_lessons(rows),
              "## The recipe across cells and lengths, against BPTT", "",
              "Same cell, readout and memory size (64) for both methods. Gradient depth: cell applications in "
              "series on one training step's gradient path (SMT: the horizon K; BPTT: T).", "",
@@ -140,7 +212,10 @@ def markdown(result: dict, command: str, machine: str, figures_link: str | None 
              *_variant_table(around("factors", 64), descriptions, 32),
              "## Longer sequences (tanh): the factors that matter most at T=128 and T=256", "",
              *_variant_table(around("factors", 128), descriptions, 64),
-             *_variant_table(around("factors", 256), descriptions, 64)]
+             *_variant_table(around("factors", 256), descriptions, 64),
+             *([ "Every SMT run at T=256, seed by seed (as the ladder's table above).", "",
+                 *_per_seed_table([row for row in rows if row["length"] == 256])]
+               if any(row["length"] == 256 and row.get("stability") for row in rows) else [])]
     return "\n".join(lines)
 
 

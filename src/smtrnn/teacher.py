@@ -1,5 +1,5 @@
 """The SMT teacher: a causal Transformer encoder that writes the memory of every prefix in one pass,
-and a decoder that predicts the future from a memory alone (SMT.md section 2).
+and a decoder that predicts the future from a memory alone (docs/method.md section 2).
 
 encode(x[B, T]) -> memories[B, T+1, M]: memories[:, t] has seen exactly x_1..x_t, and
 memories[:, 0] is the memory of the empty prefix (the encoding of a start token), m*_0.

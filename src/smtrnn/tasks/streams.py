@@ -1,4 +1,4 @@
-"""Real data as one long byte stream per split, cropped into next-token windows (SMT.md section 7).
+"""Real data as one long byte stream per split, cropped into next-token windows (docs/method.md section 9).
 
 A dataset (MNIST pixels, sketch pixels, UTF-8 text) is a 1-D array of tokens 0..255. A training
 example is a random crop of T + 1 tokens: x = crop[:-1], y = crop[1:], every position labelled.

@@ -1,4 +1,4 @@
-"""Synthetic sequence tasks (SMT.md section 7). Each is a small seeded class."""
+"""Synthetic sequence tasks (docs/method.md section 9). Each is a small seeded class."""
 from __future__ import annotations
 
 import math
@@ -402,7 +402,7 @@ class ModularArithmetic(Task):
 class Recency(Task):
     """Recency / primacy bias: random tokens over ``values`` symbols, labelled with a past token.
 
-    SMT.md asks for a geometrically distributed lag; a lag that changes unannounced at each
+    A geometrically distributed lag was the specification we started from; a lag that changes unannounced at each
     step is not learnable, so the lag here is a parameter fixed per task instance (sweep ``lag``
     to probe how far back the memory reaches). Positions are 0-based:
     recency (default): y[t] = x[t - lag] for t >= lag, -1 before;

@@ -1,4 +1,4 @@
-"""Byte-level text streams: UTF-8 bytes as tokens, vocabulary 256 (SMT.md section 7).
+"""Byte-level text streams: UTF-8 bytes as tokens, vocabulary 256 (docs/method.md section 9).
 
 ``brown``: the fiction part of the Brown corpus (genres K, L, M, N, P, R: general fiction,
 mystery, science fiction, adventure, romance, humour; 126 samples of about 2,000 words) from the npm
