@@ -50,3 +50,17 @@ def test_smoke_study_page_and_rows(tmp_path):
     page = (tmp_path / "h.md").read_text()
     assert "SMT->DMT, per seed" in page and "horizon-scale.png" in page
     assert (tmp_path / "figures" / "horizon-scale.png").exists()
+
+
+def test_report_only_trains_nothing(tmp_path):
+    out = tmp_path / "runs"
+    empty = main(["horizon", "--preset", "smoke", "--quiet", "--report-only", "--out", str(out),
+                  "--json", str(tmp_path / "empty.json")])
+    assert empty == 0 and json.loads((tmp_path / "empty.json").read_text())["rows"] == []
+    assert not out.exists() or not any(out.rglob("result.json"))
+    main(["horizon", "--preset", "smoke", "--quiet", "--out", str(out), "--json", str(tmp_path / "all.json")])
+    main(["horizon", "--preset", "smoke", "--quiet", "--report-only", "--out", str(out),
+          "--json", str(tmp_path / "again.json"), "--markdown", str(tmp_path / "again.md")])
+    trained, again = (json.loads((tmp_path / name).read_text()) for name in ("all.json", "again.json"))
+    assert again["rows"] == trained["rows"] and again["trained"] == 0 and again["planned"] == 3
+    assert "planned runs had finished" not in (tmp_path / "again.md").read_text()

@@ -282,7 +282,8 @@ def cmd_horizon(args) -> None:
 
     if args.jobs < 1:
         raise UserError(f"jobs must be positive, got {args.jobs}")
-    result = run_study(preset(args.preset), args.out, jobs=args.jobs, progress=not args.quiet)
+    result = run_study(preset(args.preset), args.out, jobs=args.jobs, progress=not args.quiet,
+                       train=not args.report_only)
     print(f"{len(result['rows'])} runs ({result['trained']} trained, {result['reused']} reused) in "
           f"{result['wall_seconds']:.0f} s")
     _write_json(args.json, result)
@@ -377,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     horizon.add_argument("--markdown", help="write the page here")
     horizon.add_argument("--figures", help="write the horizon-*.png figures into this folder")
     horizon.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
+    horizon.add_argument("--report-only", action="store_true",
+                         help="train nothing: write the outputs from the points already finished in --out")
     horizon.set_defaults(handler=cmd_horizon)
 
     real = commands.add_parser("realdata", help="BPTT against SMT->DMT on MNIST, Quick, Draw! and Brown (resumable)")

@@ -182,7 +182,9 @@ def markdown(result: dict, command: str, machine: str, figures_link: str | None 
              f"Compute: {_duration(sum(row['seconds'] or 0 for row in rows))} summed over the {len(rows)} runs "
              f"(one thread each, {result['jobs']} at a time); seeds {', '.join(map(str, result['seeds']))}. "
              f"This invocation trained {result['trained']} of them in {_duration(result['wall_seconds'])} and "
-             "read the rest back from the run directories.", "",
+             "read the rest back from the run directories." + (
+                 f" **Only {len(rows)} of the {result['planned']} planned runs had finished when this page was "
+                 "written** (`--report-only`)." if result.get("planned", len(rows)) > len(rows) else ""), "",
              "Task: needle retrieval (8 values, chance 0.125), the needle in the first half, the query at the last "
              "step. Every accuracy is the RNN alone, rolled out from its own initial memory over held-out "
              "sequences. Budgets: " + budgets + "; BPTT gets the same total number of optimiser steps.", "",
