@@ -28,7 +28,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/smtrnn bench --quick --threads 1 --json docs/benchmarks.json --out-md docs/benchmarks.md
 
-# what makes the RNN alone keep what its teacher stores (docs/horizon.md): hours on 2 cores, resumable in runs/horizon
+# what makes the RNN alone keep what its teacher stores (docs/horizon.md): about 2 h on 2 cores, resumable in runs/horizon
+# (--preset full: every variant, about 6 h)
 horizon: $(STAMP)
 	$(BIN)/smtrnn horizon --preset cpu --jobs 2 --out runs/horizon --json docs/horizon.json --markdown docs/horizon.md --figures docs/figures
 
