@@ -17,7 +17,7 @@ How each number is taken (honest first, cheap second):
 - FLOPs: torch.utils.flop_counter over one step (matmuls and attention, what "model FLOPs" means);
   it does not know PyTorch's CPU flash-attention kernels, so we count them with its own SDPA
   formulas, halved when causal (the kernel skips the masked half).
-- sequential depth: cell applications in series in one step: SMT 1, BPTT T.
+- sequential depth: cell applications in series in one step's gradient path: SMT its horizon K, BPTT T.
 """
 from __future__ import annotations
 

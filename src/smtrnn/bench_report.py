@@ -132,8 +132,8 @@ def _summary(result: dict) -> list[str]:
         lines.append(f"- {cell} cell, T={last}: smt {smt['seconds_per_step']:.3g} s/step, smt-sampled "
                      f"{sampled['seconds_per_step']:.3g}, bptt loop {bptt['seconds_per_step']:.3g}"
                      + (f", fused bptt {fused['seconds_per_step']:.3g}" if fused else "")
-                     + f". smt takes {relative(smt)}, smt-sampled {relative(sampled)}, both at 1/{last} of its "
-                     "sequential depth.")
+                     + f". smt takes {relative(smt)}, smt-sampled {relative(sampled)}, both at "
+                     f"{smt['sequential_depth']}/{bptt['sequential_depth']} of its sequential depth.")
     latency = {(r["model"], r["context"]): r for r in inference}
     context = max(r["context"] for r in inference if r["context"] <= 8192)
     rnn = latency["rnn", context]
