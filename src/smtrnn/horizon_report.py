@@ -79,9 +79,12 @@ def _scale_table(rows: list[dict]) -> list[str]:
                    "BPTT 4x steps (mean)", "gradient depth SMT / BPTT", "s per run SMT / BPTT"], lines)
 
 
+def _rows(rows: list[dict], name: str, cell: str = "tanh", length: int = 64) -> list[dict]:
+    return [row for row in rows if row["variant"] == name and row["cell"] == cell and row["length"] == length]
+
+
 def _finding(rows: list[dict], name: str, cell: str = "tanh", length: int = 64) -> list[float]:
-    return [row["accuracy"] for row in rows if row["variant"] == name and row["cell"] == cell
-            and row["length"] == length and row["accuracy"] is not None]
+    return [row["accuracy"] for row in _rows(rows, name, cell, length) if row["accuracy"] is not None]
 
 
 def _summary(rows: list[dict]) -> list[str]:
@@ -107,10 +110,6 @@ def _summary(rows: list[dict]) -> list[str]:
                      f"{', '.join(str(row['seed']) for row in default)}, "
                      f"{_fmt(_mean(row['seconds'] for row in default), 0)} s per run on one thread")
     return lines + [""]
-
-
-def _rows(rows: list[dict], name: str, cell: str = "tanh", length: int = 64) -> list[dict]:
-    return [row for row in rows if row["variant"] == name and row["cell"] == cell and row["length"] == length]
 
 
 def _top(row: dict):
@@ -166,7 +165,7 @@ def _lessons(rows: list[dict]) -> list[str]:
         others = [row for row in tanh if row["variant"] != "recipe" and row["accuracy"] < 0.8
                   and (row["teacher_accuracy"] or 0) >= 0.9 and good and _top(row) >= min(good)]
         moduli_mlp = [_top(row) for row in rows if row["cell"] == "mlp" and _top(row) is not None
-                            and (row["accuracy"] or 0) >= 0.95]
+                      and (row["accuracy"] or 0) >= 0.95]
         if good and bad:
             text += (f" Among the recipe's tanh runs the largest Jacobian eigenvalue modulus in the needle subspace "
                      f"separates the two: {min(good):.3f}-{max(good):.3f} in every run that reaches 0.95 or more, "
