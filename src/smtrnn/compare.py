@@ -27,7 +27,10 @@ from smtrnn.tasks import TASKS, make_task
 from smtrnn.tasks.base import UserError
 from smtrnn.train import TrainConfig
 
-METHODS = ("bptt", "tbptt", "smt", "smt+dmt")
+METHODS = ("bptt", "tbptt", "smt", "smt+dmt", "bptt-10x")
+# "bptt-10x": BPTT with ten times the point's step budget, about SMT->DMT's wall time at T <= 64 (an
+# SMT step with the horizon costs ~10 BPTT steps there): the equal-wall-time baseline
+LONG_BPTT = {"bptt-10x": 10}
 RESULT_KEYS = ("accuracy", "seconds", "steps", "chance", "teacher_accuracy", "loss", "sequential_depth")
 DIAGNOSTICS = ("rnn_effective_rank", "teacher_effective_rank", "rnn_pairwise_distance", "teacher_pairwise_distance",
                "drift", "relative_drift")
@@ -40,12 +43,13 @@ class Budget:
 
 
 # The CPU grid's step budget by sequence length: the one place to tune it. A length between two
-# entries takes the next longer entry's budget; a longer one takes the last entry's. Sized so that
-# the whole grid (270 runs) fits in about 45 minutes on two idle cores: measured on one core, batch 16,
-# an SMT step takes ~0.06 s at T=32, ~0.12 s at T=128 and ~0.5 s at T=512; BPTT 0.004 / 0.03 / 0.15 s.
-# These are tiny budgets next to the paper's (thousands of steps on a GPU): see docs/results.md.
-CPU_BUDGETS = {32: Budget(steps=400, dmt_steps=100), 128: Budget(steps=200, dmt_steps=50),
-               512: Budget(steps=100, dmt_steps=25)}
+# entries takes the next longer entry's budget; a longer one takes the last entry's. T=64 is the
+# default recipe's budget (1,200 SMT + 300 DMT steps, the demo's); T=16 is easy enough for a third of it;
+# T=256 gets less than the recipe's 2,300 steps to fit the grid in about 100 minutes on two cores.
+# Measured on one core, an SMT step with the horizon (K=16, S=8) takes ~0.1 s at T <= 64 and ~0.4 s
+# at T=256, a BPTT step ~0.01 s and ~0.04 s.
+CPU_BUDGETS = {16: Budget(steps=500, dmt_steps=100), 64: Budget(steps=1500, dmt_steps=300),
+               256: Budget(steps=1250, dmt_steps=250)}
 
 
 def cpu_budget(length: int) -> Budget:
@@ -76,21 +80,23 @@ class Grid:
     methods: list[str]
     lengths: list[int]
     seeds: list[int]
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(
-        memory_size=64, embed_dim=32, readout_hidden=128, teacher_width=64, teacher_layers=2, future=16))
+    model: ModelConfig = field(default_factory=ModelConfig)  # the library's defaults: the recipe
     budget: Callable[[int], Budget] = cpu_budget
     steps: int | None = None  # replaces the budget's total at every length
     dmt_steps: int | None = None  # replaces the budget's DMT share (default: the budget's fraction of steps)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=16, lr=2e-3, warmup=100))
-    dmt_train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=16, lr=1e-3, warmup=20))
+    train: TrainConfig = field(default_factory=lambda: RunConfig().train)
+    dmt_train: TrainConfig = field(default_factory=lambda: RunConfig().dmt_train)
     smt: SMTConfig = field(default_factory=SMTConfig)
     dmt: DMTConfig = field(default_factory=DMTConfig)
     eval_batches: int = 8
     generalisation: bool = True  # evaluate every run at 2T, 4T, 8T too
+    # which (task, cell, method, length) combinations to run; None: the whole product
+    include: Callable[[str, str, str, int], bool] | None = field(default=None, compare=False)
 
     def points(self) -> list[Point]:
         return [Point(task, cell, method, length, seed) for task, _ in self.tasks for cell in self.cells
-                for method in self.methods for length in self.lengths for seed in self.seeds]
+                for method in self.methods for length in self.lengths for seed in self.seeds
+                if self.include is None or self.include(task, cell, method, length)]
 
     def budget_at(self, length: int) -> Budget:
         planned = self.budget(length)
@@ -103,19 +109,24 @@ class Grid:
         """The point's RunConfig. Every method gets the same model and the same total number of
         optimiser steps; smt+dmt splits them between its two phases."""
         budget = self.budget_at(point.length)
-        config = RunConfig(task=point.task, length=point.length, method=point.method, seed=point.seed,
+        factor = LONG_BPTT.get(point.method, 1)
+        if factor > 1:
+            budget = Budget(budget.steps * factor, budget.dmt_steps)
+        config = RunConfig(task=point.task, length=point.length, method="bptt" if factor > 1 else point.method,
+                           seed=point.seed,
                            task_options=copy.deepcopy(dict(self.tasks)[point.task]), eval_batches=self.eval_batches,
                            length_generalisation=self.generalisation,
                            # the decoder's future window cannot be longer than the sequence
                            model=replace(self.model, cell=point.cell, future=min(self.model.future, point.length)),
                            smt=replace(self.smt), dmt=replace(self.dmt))
         smt_steps = budget.steps - budget.dmt_steps if point.method == "smt+dmt" else budget.steps
-        # warm-ups scale down with short budgets: at most a tenth of the phase (SMT's dynamics ramp: half)
+        # warm-ups scale down with short budgets: at most a tenth of the phase (SMT's dynamics ramp, the
+        # teacher's delay and the horizon's growth: half; at T=64 all three are the recipe's)
         config.train = replace(self.train, steps=smt_steps, warmup=min(self.train.warmup, smt_steps // 10))
         config.dmt_train = replace(self.dmt_train, steps=budget.dmt_steps,
                                    warmup=min(self.dmt_train.warmup, budget.dmt_steps // 10))
         config.smt.dyn_warmup = min(self.smt.dyn_warmup, smt_steps // 2)
-        config.smt.teacher_delay = min(self.smt.teacher_delay, smt_steps // 4)
+        config.smt.teacher_delay = min(self.smt.teacher_delay, smt_steps // 2)
         config.smt.horizon_grow = min(self.smt.horizon_grow, smt_steps // 2)
         return config
 
@@ -142,6 +153,8 @@ class Grid:
         for seed in self.seeds:
             if seed < 0:
                 raise UserError(f"seeds must be non-negative, got {seed}")
+        if not self.points():
+            raise UserError("compare: the grid's filter leaves no point to run")
         for length in self.lengths:
             budget = self.budget_at(length)
             if budget.steps < 1 or not 0 <= budget.dmt_steps < budget.steps:
@@ -149,17 +162,30 @@ class Grid:
                                 f"got {budget.steps} steps and {budget.dmt_steps} dmt steps")
 
 
+def _cpu_points(task: str, cell: str, method: str, length: int) -> bool:
+    """The CPU grid's points (about 100 minutes on two cores; the whole product would take about 12 hours):
+    the tanh cell on every family at T=16 and 64, and on retrieval and parity at T=256; GRU and MLP on
+    every family at T=16 (docs/horizon.md runs them on retrieval up to T=256); BPTT at ten times the
+    steps (equal wall time) with the tanh cell at T=64 on retrieval, stack and parity."""
+    if method == "bptt-10x":
+        return cell == "tanh" and length == 64 and task in ("retrieval", "stack", "parity")
+    if cell != "tanh":
+        return length == 16
+    return length < 256 or task in ("retrieval", "parity")
+
+
 def cpu_grid() -> Grid:
-    """The committed CPU grid: the five synthetic task families (docs/method.md section 9), three cells, BPTT against
-    SMT->DMT, three lengths, three seeds. (Truncated BPTT is one --methods away; it is left out of the
-    committed grid to keep it within 45 minutes on two cores.)"""
+    """The committed CPU grid: the five synthetic task families and parity (docs/method.md section 9), the
+    library's default SMT->DMT recipe against BPTT with the same cell and optimiser steps, three lengths,
+    three seeds, the points chosen by ``_cpu_points``. (Truncated BPTT is one --methods away.)"""
     return Grid(tasks=[("retrieval", {"values": 8}),
                        ("copy", {"values": 8, "reverse": False}),
                        ("stack", {"symbols": 4, "capacity": 10}),
                        ("kv", {"pairs": 4, "key_vocab": 16, "value_vocab": 16}),
-                       ("modular", {"modulus": 7})],
-                cells=["tanh", "mlp", "gru"], methods=["bptt", "smt+dmt"], lengths=[32, 128, 512],
-                seeds=[0, 1, 2])
+                       ("modular", {"modulus": 7}),
+                       ("parity", {})],
+                cells=["tanh", "gru", "mlp"], methods=["bptt", "smt+dmt", "bptt-10x"], lengths=[16, 64, 256],
+                seeds=[0, 1, 2], include=_cpu_points)
 
 
 def smoke_grid() -> Grid:
@@ -193,10 +219,11 @@ def customise(grid: Grid, tasks: list[str] | None = None, **overrides) -> Grid:
     return replace(grid, **given)
 
 
-def row_from_result(config: RunConfig, result: dict) -> dict:
-    """One results.json row from a run's outcome (see sweep.outcome; a key the result lacks is null)."""
+def row_from_result(config: RunConfig, result: dict, method: str | None = None) -> dict:
+    """One results.json row from a run's outcome (see sweep.outcome; a key the result lacks is null).
+    ``method``: the grid's name of the method when it differs from the config's (bptt-10x)."""
     diagnostics = result.get("diagnostics") or {}
-    row = {"task": config.task, "cell": config.model.cell, "method": config.method, "length": config.length,
+    row = {"task": config.task, "cell": config.model.cell, "method": method or config.method, "length": config.length,
            "seed": config.seed}
     row.update({key: result.get(key) for key in RESULT_KEYS})
     row.update({key: diagnostics.get(key) for key in DIAGNOSTICS})
@@ -220,14 +247,14 @@ def compare(grid: Grid, out: str | Path = "runs/compare", jobs: int = 1, threads
     configs = {point: grid.run_config(point) for point in grid.points()}
 
     def describe(point: Point, result: dict) -> str:
-        row = row_from_result(configs[point], result)
+        row = row_from_result(configs[point], result, point.method)
         accuracy = "diverged" if row["accuracy"] is None else f"accuracy {row['accuracy']:.3f}"
         seconds = "" if row["seconds"] is None else f" in {row['seconds']:.0f} s"
         return f"{point.task} {point.cell} {point.method} T={point.length} seed {point.seed}: {accuracy}{seconds}"
 
     done = sweep([(point, config, point.directory(out)) for point, config in configs.items()], jobs, threads_per_job,
                  progress, "compare", describe)
-    ordered = [row_from_result(configs[point], done["outcomes"][point]) for point in configs]
+    ordered = [row_from_result(configs[point], done["outcomes"][point], point.method) for point in configs]
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.write_json(out / "results.json", ordered)
     return {"rows": ordered, "task_options": dict(grid.tasks), "wall_seconds": done["wall_seconds"],
