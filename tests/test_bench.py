@@ -1,5 +1,6 @@
 """The benchmark: well-formed rows from every section at tiny sizes, the teacher's key-value cache
 path equal to its full encode, and the SMT step's label cut exact. No timing assertions."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,18 @@ from smtrnn.models import ModelConfig, Models
 from smtrnn.tasks import make_task
 from smtrnn.teacher import Teacher, TeacherConfig, sinusoid
 
-TINY = BenchConfig(lengths=(6, 12), cells=("tanh", "transformer"), batch=2, warmup=0, repeats=1, contexts=(4, 10),
-                   inference_repeats=1, matmul_size=32, optimisation_length=12, encode_context=10)
+TINY = BenchConfig(
+    lengths=(6, 12),
+    cells=("tanh", "transformer"),
+    batch=2,
+    warmup=0,
+    repeats=1,
+    contexts=(4, 10),
+    inference_repeats=1,
+    matmul_size=32,
+    optimisation_length=12,
+    encode_context=10,
+)
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +130,30 @@ def test_peak_memory_sees_a_large_temporary():
 
 def test_training_rows_are_well_formed(result):
     rows = result["training"]
-    keys = {"method", "cell", "length", "batch", "seconds_per_step", "tokens_per_second", "peak_mb",
-            "sequential_depth", "gflop_per_step", "achieved_gflops", "peak_fraction"}
+    keys = {
+        "method",
+        "cell",
+        "length",
+        "batch",
+        "seconds_per_step",
+        "tokens_per_second",
+        "peak_mb",
+        "sequential_depth",
+        "gflop_per_step",
+        "achieved_gflops",
+        "peak_fraction",
+    }
     assert {(r["cell"], r["method"]) for r in rows} == {
-        ("tanh", "smt"), ("tanh", "smt-sampled"), ("tanh", "smt-windowed"), ("tanh", "bptt"), ("tanh", "bptt-fused"),
-        ("transformer", "smt"), ("transformer", "smt-sampled"), ("transformer", "smt-windowed"), ("transformer", "bptt")}
+        ("tanh", "smt"),
+        ("tanh", "smt-sampled"),
+        ("tanh", "smt-windowed"),
+        ("tanh", "bptt"),
+        ("tanh", "bptt-fused"),
+        ("transformer", "smt"),
+        ("transformer", "smt-sampled"),
+        ("transformer", "smt-windowed"),
+        ("transformer", "bptt"),
+    }
     for row in rows:
         assert keys <= set(row), row
         assert row["batch"] == TINY.batch and row["length"] in TINY.lengths
@@ -138,7 +168,8 @@ def test_training_rows_are_well_formed(result):
 def test_inference_rows_are_well_formed(result):
     rows = result["inference"]
     assert {(r["model"], r["context"]) for r in rows} == {
-        (model, context) for model in ("rnn", "teacher-kv-cache", "teacher-no-cache") for context in TINY.contexts}
+        (model, context) for model in ("rnn", "teacher-kv-cache", "teacher-no-cache") for context in TINY.contexts
+    }
     state = {(r["model"], r["context"]): r["state_mb"] for r in rows}
     assert state["rnn", 4] == state["rnn", 10]  # the RNN keeps one memory, whatever the context
     assert state["teacher-kv-cache", 10] > state["teacher-kv-cache", 4]
@@ -151,8 +182,11 @@ def test_result_is_json_and_renders(result, tmp_path):
     assert json.loads(json.dumps(result))["config"]["lengths"] == list(TINY.lengths)
     assert result["matmul"]["gflops"] > 0
     names = {r["optimisation"] for r in result["optimisations"]}
-    assert names >= {"smt: decode and read out labelled windows only", "smt-sampled: read out labelled positions only",
-                     "teacher encode: no fused inference path (eval, no grad)"}
+    assert names >= {
+        "smt: decode and read out labelled windows only",
+        "smt-sampled: read out labelled positions only",
+        "teacher encode: no fused inference path (eval, no grad)",
+    }
     assert any(name.startswith("smt: decoder on") for name in names)
     assert all(isinstance(t["met"], bool) for t in result["targets"])
     text = markdown(result, "smtrnn bench --quick")

@@ -1,6 +1,7 @@
 """Cells: one interface, five cells. The batched ``step`` equals the row-by-row step, the fused
 sequential path equals the step loop in values and gradients, and every cell stays in its memory
 space. Float64 throughout where values are compared, so tolerances can be tight."""
+
 from __future__ import annotations
 
 import pytest
@@ -194,7 +195,9 @@ def test_project_memory_spaces_directly():
     lstm = project_memory(raw, "lstm")
     assert lstm[:, :6].abs().max() < 1
     torch.testing.assert_close(lstm[:, 6:], raw[:, 6:])  # c is unbounded: left as is
-    torch.testing.assert_close(rms_normalize(raw, 1).pow(2).mean(-1), torch.ones(10, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        rms_normalize(raw, 1).pow(2).mean(-1), torch.ones(10, dtype=torch.float64), atol=1e-4, rtol=0
+    )
     with pytest.raises(ValueError):
         project_memory(raw, "no-such-space")
 

@@ -1,5 +1,6 @@
 """Checkpoints: exact round trips of weights, optimizer state and RNG state; ``latest`` names the
 newest; damaged or mismatched checkpoints are user errors; atomic writes leave nothing behind."""
+
 from __future__ import annotations
 
 import copy
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from safetensors.torch import load_file
 
 from smtrnn import checkpoint
@@ -23,8 +23,16 @@ from smtrnn.train import TrainConfig
 
 def tiny_models(memory_size=8, seed=0, cell="lstm") -> Models:
     torch.manual_seed(seed)
-    config = ModelConfig(cell=cell, memory_size=memory_size, embed_dim=4, readout_hidden=8, teacher_width=8,
-                         teacher_layers=1, teacher_heads=2, future=2)
+    config = ModelConfig(
+        cell=cell,
+        memory_size=memory_size,
+        embed_dim=4,
+        readout_hidden=8,
+        teacher_width=8,
+        teacher_layers=1,
+        teacher_heads=2,
+        future=2,
+    )
     return Models(config, 5, 4)
 
 
@@ -228,9 +236,22 @@ SMT_STEPS, DMT_STEPS = 12, 6
 
 def run_config(method: str, init: str | None = None) -> RunConfig:
     config = RunConfig(
-        task="parity", length=16, method=method, seed=3, eval_batches=2, init=init,
-        model=ModelConfig(cell="tanh", memory_size=16, embed_dim=8, readout_hidden=16, teacher_width=32,
-                          teacher_layers=1, teacher_heads=4, future=2),
+        task="parity",
+        length=16,
+        method=method,
+        seed=3,
+        eval_batches=2,
+        init=init,
+        model=ModelConfig(
+            cell="tanh",
+            memory_size=16,
+            embed_dim=8,
+            readout_hidden=16,
+            teacher_width=32,
+            teacher_layers=1,
+            teacher_heads=4,
+            future=2,
+        ),
         train=TrainConfig(steps=SMT_STEPS, batch_size=8, warmup=2, log_every=2, checkpoint_every=4),
         dmt_train=TrainConfig(steps=DMT_STEPS, batch_size=8, lr=3e-4, warmup=2, log_every=2, checkpoint_every=3),
     )
@@ -244,7 +265,7 @@ def run_config(method: str, init: str | None = None) -> RunConfig:
 
 
 def phase_names(config: RunConfig) -> list[str]:
-    return [name for name, *_ in run_module.phases(config, Models(config.model, 2, 2))]
+    return [phase.name for phase in run_module.phases(config, Models(config.model, 2, 2))]
 
 
 class Interrupted(Exception):
@@ -274,8 +295,10 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     """Everything the latest checkpoint holds: weights, optimizer moments, RNG states."""
     folder = checkpoint.latest_checkpoint(run_dir)
-    return {**{"model." + k: v for k, v in load_file(folder / "model.safetensors").items()},
-            **{"state." + k: v for k, v in load_file(folder / "state.safetensors").items()}}
+    return {
+        **{"model." + k: v for k, v in load_file(folder / "model.safetensors").items()},
+        **{"state." + k: v for k, v in load_file(folder / "state.safetensors").items()},
+    }
 
 
 def without_time(result: dict) -> dict:
@@ -313,8 +336,7 @@ def test_run_writes_its_files(method, finished):
     meta = checkpoint.load_state(checkpoint.latest_checkpoint(run_dir), None)[0]
     assert (meta["phase"], meta["step"]) == (names[-1], last_steps)
     records = read_metrics(run_dir)
-    expected = [(name, step) for name, steps in zip(names, [SMT_STEPS, DMT_STEPS])
-                for step in range(2, steps + 1, 2)]
+    expected = [(name, step) for name, steps in zip(names, [SMT_STEPS, DMT_STEPS]) for step in range(2, steps + 1, 2)]
     assert [(r["phase"], r["step"]) for r in records] == expected
     assert all(math.isfinite(r["loss"]) for r in records)
     if "smt" in names:
@@ -342,9 +364,11 @@ def test_rerunning_a_finished_run_does_no_training(method, finished):
     assert_same_tensors(final_tensors(run_dir), before_tensors)
 
 
-@pytest.mark.parametrize("method, stop_at",
-                         [("smt+dmt", 7), ("smt+dmt", SMT_STEPS + 2), ("smt+dmt", SMT_STEPS + 5), ("bptt", 11)],
-                         ids=["in-smt-phase", "before-first-dmt-checkpoint", "in-dmt-phase", "bptt"])
+@pytest.mark.parametrize(
+    "method, stop_at",
+    [("smt+dmt", 7), ("smt+dmt", SMT_STEPS + 2), ("smt+dmt", SMT_STEPS + 5), ("bptt", 11)],
+    ids=["in-smt-phase", "before-first-dmt-checkpoint", "in-dmt-phase", "bptt"],
+)
 def test_resume_after_an_interruption_is_bit_identical(method, stop_at, finished, tmp_path):
     config, whole_dir, whole = finished(method)
     with pytest.raises(Interrupted):

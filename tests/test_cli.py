@@ -1,5 +1,6 @@
 """The command line: every user mistake is one line on stderr and exit code 2 (no traceback); a
 user's own task class in a file trains end to end; options map onto the config dataclasses."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,35 @@ import pytest
 from smtrnn.cli import build_parser, config_from_args, main
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-TINY = ["--length", "8", "--steps", "3", "--dmt-steps", "2", "--batch-size", "4", "--warmup", "1",
-        "--memory-size", "8", "--embed-dim", "4", "--readout-hidden", "8", "--teacher-width", "8",
-        "--teacher-layers", "1", "--teacher-heads", "2", "--future", "2", "--eval-batches", "1", "--quiet"]
+TINY = [
+    "--length",
+    "8",
+    "--steps",
+    "3",
+    "--dmt-steps",
+    "2",
+    "--batch-size",
+    "4",
+    "--warmup",
+    "1",
+    "--memory-size",
+    "8",
+    "--embed-dim",
+    "4",
+    "--readout-hidden",
+    "8",
+    "--teacher-width",
+    "8",
+    "--teacher-layers",
+    "1",
+    "--teacher-heads",
+    "2",
+    "--future",
+    "2",
+    "--eval-batches",
+    "1",
+    "--quiet",
+]
 
 USER_TASK = '''
 import torch
@@ -88,11 +115,14 @@ def test_user_task_file_without_that_class(user_task, tmp_path, capsys):
     assert_user_error(code, capsys, "NoSuchClass")
 
 
-@pytest.mark.parametrize("source, named", [
-    ("import torch\nvalue = 1 / 0\n", "ZeroDivisionError"),
-    ("def (:\n", "SyntaxError"),
-    ('raise RuntimeError("first line\\nsecond line")\n', "RuntimeError"),  # still one line
-])
+@pytest.mark.parametrize(
+    "source, named",
+    [
+        ("import torch\nvalue = 1 / 0\n", "ZeroDivisionError"),
+        ("def (:\n", "SyntaxError"),
+        ('raise RuntimeError("first line\\nsecond line")\n', "RuntimeError"),  # still one line
+    ],
+)
 def test_user_task_file_that_fails_to_import(tmp_path, capsys, source, named):
     broken = tmp_path / "broken.py"
     broken.write_text(source)
@@ -125,8 +155,22 @@ def test_missing_command_and_out(capsys):
 @pytest.mark.parametrize("method", ["smt+dmt", "bptt"])
 def test_user_task_class_trains_end_to_end(method, user_task, tmp_path, capsys):
     out, result_file = tmp_path / "run", tmp_path / "result.json"
-    code = main(["train", *TINY, "--method", method, "--task", f"{user_task}:Echo", "--task-option", "shift=2",
-                 "--out", str(out), "--json", str(result_file)])
+    code = main(
+        [
+            "train",
+            *TINY,
+            "--method",
+            method,
+            "--task",
+            f"{user_task}:Echo",
+            "--task-option",
+            "shift=2",
+            "--out",
+            str(out),
+            "--json",
+            str(result_file),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert captured.err == ""  # --quiet: no progress bar, no warnings
@@ -148,10 +192,38 @@ def test_user_task_class_trains_end_to_end(method, user_task, tmp_path, capsys):
 
 def test_options_map_onto_the_config_sections():
     args = build_parser().parse_args(
-        ["train", "--out", "x", "--task", "copy", "--length", "12", "--cell", "gru", "--memory-size", "24",
-         "--smt-c-dyn", "0.25", "--smt-detach-target", "yes", "--dmt-every", "4", "--dmt-steps", "7",
-         "--dmt-lr", "5e-5", "--bptt-truncate", "6", "--lr", "0.002", "--task-option", "reverse=true",
-         "--task-option", "name=abc"])
+        [
+            "train",
+            "--out",
+            "x",
+            "--task",
+            "copy",
+            "--length",
+            "12",
+            "--cell",
+            "gru",
+            "--memory-size",
+            "24",
+            "--smt-c-dyn",
+            "0.25",
+            "--smt-detach-target",
+            "yes",
+            "--dmt-every",
+            "4",
+            "--dmt-steps",
+            "7",
+            "--dmt-lr",
+            "5e-5",
+            "--bptt-truncate",
+            "6",
+            "--lr",
+            "0.002",
+            "--task-option",
+            "reverse=true",
+            "--task-option",
+            "name=abc",
+        ]
+    )
     config = config_from_args(args)
     assert (config.task, config.length, config.model.cell, config.model.memory_size) == ("copy", 12, "gru", 24)
     assert config.smt.c_dyn == 0.25 and config.smt.detach_target is True
@@ -167,12 +239,18 @@ def test_options_map_onto_the_config_sections():
 
 def test_python_dash_m_help_and_exit_codes(tmp_path):
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-m", "smtrnn", "--help"], capture_output=True, text=True, env=env,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "smtrnn", "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "usage: smtrnn" in done.stdout and "train" in done.stdout and "eval" in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "smtrnn", "train", "--cell", "elman", "--out", str(tmp_path / "run")],
-                         capture_output=True, text=True, env=env, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "smtrnn", "train", "--cell", "elman", "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert bad.returncode == 2
     assert bad.stderr.startswith("smtrnn: error:") and len(bad.stderr.splitlines()) == 1, bad.stderr
     assert "elman" in bad.stderr
@@ -183,15 +261,37 @@ def test_train_help_lists_every_section(capsys):
         main(["train", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--memory-size", "--steps", "--smt-c-dyn", "--smt-detach-target", "--dmt-every", "--dmt-steps",
-                   "--bptt-truncate", "--task-option", "--init"):
+    for option in (
+        "--memory-size",
+        "--steps",
+        "--smt-c-dyn",
+        "--smt-detach-target",
+        "--dmt-every",
+        "--dmt-steps",
+        "--bptt-truncate",
+        "--task-option",
+        "--init",
+    ):
         assert option in out, option
 
 
 def test_demo_quick_writes_a_row_per_method_and_seed(tmp_path, capsys):
     out = tmp_path / "demo.json"
-    code = main(["demo", "--quick", "--jobs", "1", "--quiet", "--out", str(tmp_path / "runs"), "--json", str(out),
-                 "--markdown", str(tmp_path / "demo.md")])
+    code = main(
+        [
+            "demo",
+            "--quick",
+            "--jobs",
+            "1",
+            "--quiet",
+            "--out",
+            str(tmp_path / "runs"),
+            "--json",
+            str(out),
+            "--markdown",
+            str(tmp_path / "demo.md"),
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())
     assert {"task", "length", "rows"} <= set(result)

@@ -1,6 +1,7 @@
 """`smtrnn compare`: the smoke grid runs through the API and the CLI into rows, markdown and one
 figure per task; a re-run trains nothing; two worker processes give the rows of one; a diverged run
 is a row; length generalisation and the memory diagnostics measure what they claim."""
+
 from __future__ import annotations
 
 import json
@@ -8,23 +9,45 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from test_cli import assert_user_error  # the one-line error contract, shared with the other commands
 
 import smtrnn.compare as compare_module
-import smtrnn.sweep as sweep_module
 import smtrnn.run as run_module
+import smtrnn.sweep as sweep_module
 from smtrnn.cli import main
 from smtrnn.compare import Point, compare, customise, preset
-from smtrnn.evaluate import (EVAL_SEED_OFFSET, effective_rank, length_generalisation, mean_pairwise_distance,
-                             memory_diagnostics)
+from smtrnn.evaluate import (
+    EVAL_SEED_OFFSET,
+    effective_rank,
+    length_generalisation,
+    mean_pairwise_distance,
+    memory_diagnostics,
+)
 from smtrnn.models import ModelConfig, Models
 from smtrnn.report import figures, markdown
 from smtrnn.tasks.base import UserError
 from smtrnn.tasks.synthetic import Parity
+from test_cli import assert_user_error  # the one-line error contract, shared with the other commands
 
-REQUIRED = {"task", "cell", "method", "length", "seed", "accuracy", "seconds", "steps", "chance", "teacher_accuracy",
-            "loss", "sequential_depth", "rnn_effective_rank", "teacher_effective_rank", "drift", "relative_drift",
-            "generalisation", "note"}
+REQUIRED = {
+    "task",
+    "cell",
+    "method",
+    "length",
+    "seed",
+    "accuracy",
+    "seconds",
+    "steps",
+    "chance",
+    "teacher_accuracy",
+    "loss",
+    "sequential_depth",
+    "rnn_effective_rank",
+    "teacher_effective_rank",
+    "drift",
+    "relative_drift",
+    "generalisation",
+    "note",
+}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -43,8 +66,12 @@ def smoke(tmp_path_factory):
 def test_smoke_grid_rows_report_and_figures(smoke, tmp_path):
     out, result = smoke
     rows = result["rows"]
-    assert [(r["task"], r["method"]) for r in rows] == [("retrieval", "bptt"), ("retrieval", "smt+dmt"),
-                                                        ("parity", "bptt"), ("parity", "smt+dmt")]
+    assert [(r["task"], r["method"]) for r in rows] == [
+        ("retrieval", "bptt"),
+        ("retrieval", "smt+dmt"),
+        ("parity", "bptt"),
+        ("parity", "smt+dmt"),
+    ]
     assert json.loads((out / "results.json").read_text()) == rows
     for row in rows:
         assert REQUIRED <= set(row)
@@ -108,39 +135,66 @@ def test_a_diverged_run_is_a_row_and_is_not_retried(tmp_path, monkeypatch):
     assert row["accuracy"] is None and row["note"].startswith("diverged") and row["chance"] == 0.5
     monkeypatch.setattr(sweep_module, "run", None)  # a second attempt would crash
     assert compare(grid, tmp_path, jobs=1, progress=False)["rows"] == [row]
-    assert "diverged (1)" in markdown({"rows": [row], "wall_seconds": 1.0, "trained": 1, "reused": 0, "jobs": 1,
-                                       "threads_per_job": 1}, "smtrnn compare")
+    assert "diverged (1)" in markdown(
+        {"rows": [row], "wall_seconds": 1.0, "trained": 1, "reused": 0, "jobs": 1, "threads_per_job": 1},
+        "smtrnn compare",
+    )
 
 
 def test_cli_compare_writes_rows_markdown_and_figures(tmp_path, capsys):
     docs = tmp_path / "docs"
-    code = main(["compare", "--preset", "smoke", "--tasks", "parity", "--methods", "bptt,smt+dmt", "--lengths", "12",
-                 "--no-generalisation", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "rows.json"),
-                 "--markdown", str(docs / "compare.md"), "--figures", str(docs / "figures"), "--quiet"])
+    code = main(
+        [
+            "compare",
+            "--preset",
+            "smoke",
+            "--tasks",
+            "parity",
+            "--methods",
+            "bptt,smt+dmt",
+            "--lengths",
+            "12",
+            "--no-generalisation",
+            "--out",
+            str(tmp_path / "runs"),
+            "--json",
+            str(tmp_path / "rows.json"),
+            "--markdown",
+            str(docs / "compare.md"),
+            "--figures",
+            str(docs / "figures"),
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     rows = json.loads((tmp_path / "rows.json").read_text())
-    assert [(r["method"], r["length"], r["generalisation"]) for r in rows] == [("bptt", 12, None),
-                                                                              ("smt+dmt", 12, None)]
+    assert [(r["method"], r["length"], r["generalisation"]) for r in rows] == [
+        ("bptt", 12, None),
+        ("smt+dmt", 12, None),
+    ]
     page = (docs / "compare.md").read_text()
     assert "Command: `smtrnn compare --preset smoke --tasks parity" in page and "(figures/parity.png)" in page
     assert "Length generalisation" not in page
     assert (docs / "figures" / "parity.png").read_bytes().startswith(PNG)
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--preset", "gpu"], "unknown preset"),
-    (["--methods", "bptt,backprop"], "backprop"),
-    (["--methods", "dmt"], "unknown method"),
-    (["--lengths", "0"], "length must be positive"),
-    (["--lengths", "16,,32"], "--lengths"),
-    (["--seeds", "one"], "--seeds"),
-    (["--tasks", "no-such-task"], "unknown task"),
-    (["--cells", "elman"], "unknown cell"),
-    (["--tasks", "kv", "--lengths", "4"], "cannot hold"),
-    (["--steps", "4", "--dmt-steps", "4"], "dmt steps"),
-    (["--jobs", "0"], "jobs"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--preset", "gpu"], "unknown preset"),
+        (["--methods", "bptt,backprop"], "backprop"),
+        (["--methods", "dmt"], "unknown method"),
+        (["--lengths", "0"], "length must be positive"),
+        (["--lengths", "16,,32"], "--lengths"),
+        (["--seeds", "one"], "--seeds"),
+        (["--tasks", "no-such-task"], "unknown task"),
+        (["--cells", "elman"], "unknown cell"),
+        (["--tasks", "kv", "--lengths", "4"], "cannot hold"),
+        (["--steps", "4", "--dmt-steps", "4"], "dmt steps"),
+        (["--jobs", "0"], "jobs"),
+    ],
+)
 def test_compare_mistakes_are_one_line_errors(argv, fragment, tmp_path, capsys):
     code = main(["compare", "--preset", "smoke", "--out", str(tmp_path / "runs"), "--quiet", *argv])
     assert_user_error(code, capsys, fragment)
@@ -163,12 +217,13 @@ def test_every_method_gets_the_same_steps_and_model():
 
 def test_effective_rank():
     generator = torch.Generator().manual_seed(0)
-    assert effective_rank(torch.randn(400, 1, generator=generator) * torch.randn(1, 12, generator=generator)) == \
-        pytest.approx(1.0, abs=1e-3)
+    assert effective_rank(
+        torch.randn(400, 1, generator=generator) * torch.randn(1, 12, generator=generator)
+    ) == pytest.approx(1.0, abs=1e-3)
     isotropic = effective_rank(torch.randn(4000, 12, generator=generator))
     assert 11.5 < isotropic <= 12
     assert effective_rank(torch.full((50, 6), 3.0)) == 0.0  # every memory the same: no spread at all
-    assert mean_pairwise_distance(torch.eye(3)) == pytest.approx(2 ** 0.5)
+    assert mean_pairwise_distance(torch.eye(3)) == pytest.approx(2**0.5)
 
 
 class ShortParity(Parity):
@@ -182,8 +237,9 @@ class ShortParity(Parity):
 
 def tiny_models(task) -> Models:
     torch.manual_seed(0)
-    config = ModelConfig(memory_size=8, embed_dim=4, readout_hidden=8, teacher_width=8, teacher_layers=1,
-                         teacher_heads=2, future=2)
+    config = ModelConfig(
+        memory_size=8, embed_dim=4, readout_hidden=8, teacher_width=8, teacher_layers=1, teacher_heads=2, future=2
+    )
     return Models(config, task.vocab_size, task.num_classes)
 
 

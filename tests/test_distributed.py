@@ -13,6 +13,7 @@ half (smtrnn/distributed.py), so both processes together see exactly the single-
   process minimising exactly that (``per_half``) matches the DDP run to 1e-5 absolute on every
   weight (observed <1e-7); the usual single-process run's logged losses differ by under 2%.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,7 @@ from smtrnn.tasks.base import UserError
 ROOT = Path(__file__).resolve().parents[1]
 
 # parity, but rank 1 SIGKILLs itself at the N-th batch it draws when SMTRNN_TEST_KILL_AT=N
-TASK = '''
+TASK = """
 import os
 import signal
 
@@ -51,16 +52,69 @@ class KillableParity(Parity):
         if os.environ.get("RANK") == "1" and KillableParity.drawn == int(os.environ.get("SMTRNN_TEST_KILL_AT", 0)):
             os.kill(os.getpid(), signal.SIGKILL)
         return super().sample(batch_size, length, generator)
-'''
+"""
 
-SMALL = ["--length", "16", "--cell", "tanh", "--memory-size", "16", "--embed-dim", "8", "--readout-hidden", "16",
-         "--teacher-width", "32", "--teacher-layers", "1", "--teacher-decoder-layers", "1", "--teacher-heads", "4",
-         "--future", "2", "--batch-size", "8", "--dmt-batch-size", "8", "--warmup", "2", "--dmt-warmup", "2",
-         "--log-every", "2", "--dmt-log-every", "2", "--checkpoint-every", "4", "--dmt-checkpoint-every", "3",
-         "--eval-batches", "1", "--quiet"]
+SMALL = [
+    "--length",
+    "16",
+    "--cell",
+    "tanh",
+    "--memory-size",
+    "16",
+    "--embed-dim",
+    "8",
+    "--readout-hidden",
+    "16",
+    "--teacher-width",
+    "32",
+    "--teacher-layers",
+    "1",
+    "--teacher-decoder-layers",
+    "1",
+    "--teacher-heads",
+    "4",
+    "--future",
+    "2",
+    "--batch-size",
+    "8",
+    "--dmt-batch-size",
+    "8",
+    "--warmup",
+    "2",
+    "--dmt-warmup",
+    "2",
+    "--log-every",
+    "2",
+    "--dmt-log-every",
+    "2",
+    "--checkpoint-every",
+    "4",
+    "--dmt-checkpoint-every",
+    "3",
+    "--eval-batches",
+    "1",
+    "--quiet",
+]
 BPTT = ["--method", "bptt", "--steps", "12", "--lr", "1e-2", *SMALL]
-SMT_DMT = ["--method", "smt+dmt", "--steps", "10", "--dmt-steps", "6", "--lr", "3e-3", "--dmt-lr", "3e-3",
-           "--smt-uniformity-samples", "1024", "--dmt-start", "teacher", "--dmt-rollout", "10", *SMALL]
+SMT_DMT = [
+    "--method",
+    "smt+dmt",
+    "--steps",
+    "10",
+    "--dmt-steps",
+    "6",
+    "--lr",
+    "3e-3",
+    "--dmt-lr",
+    "3e-3",
+    "--smt-uniformity-samples",
+    "1024",
+    "--dmt-start",
+    "teacher",
+    "--dmt-rollout",
+    "10",
+    *SMALL,
+]
 
 
 def free_port() -> int:
@@ -70,13 +124,33 @@ def free_port() -> int:
 
 
 def torchrun(args: list[str], out: Path, **env) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), "-m", "smtrnn", "train", *args, "--out", str(out)]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", **env,
-                   "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "smtrnn",
+        "train",
+        *args,
+        "--out",
+        str(out),
+    ]
+    environment = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        **env,
+        "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     # its own process group, so that a hung run can be stopped with all its workers
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, start_new_session=True
+    )
     try:
         out, err = process.communicate(timeout=300)
     except subprocess.TimeoutExpired:
@@ -158,12 +232,13 @@ def per_half(loss_fn, halves: int = 2):
     """A method's loss as DDP over ``halves`` processes computes it: the mean of the losses of the
     batch's contiguous parts, each seeing the same global-RNG draws (every rank's global RNG is in
     the same state)."""
+
     def loss(models, batch, config):
         state, results = torch.get_rng_state(), []
         size = batch["x"].shape[0] // halves
         for index in range(halves):
             torch.set_rng_state(state)
-            part = {k: v[index * size:(index + 1) * size] if torch.is_tensor(v) else v for k, v in batch.items()}
+            part = {k: v[index * size : (index + 1) * size] if torch.is_tensor(v) else v for k, v in batch.items()}
             results.append(loss_fn(models, part, config))
         metrics = {name: sum(float(m[name]) for _, m in results) / halves for name in results[0][1]}
         return sum(value for value, _ in results) / halves, metrics
@@ -171,8 +246,9 @@ def per_half(loss_fn, halves: int = 2):
     return loss
 
 
-def test_smt_dmt_on_two_processes_is_one_process_on_the_mean_of_per_half_losses(smt_dmt_two_processes, tmp_path,
-                                                                                monkeypatch):
+def test_smt_dmt_on_two_processes_is_one_process_on_the_mean_of_per_half_losses(
+    smt_dmt_two_processes, tmp_path, monkeypatch
+):
     args, out, done = smt_dmt_two_processes
     assert_finished(done, out)
     whole = single_process(args, tmp_path / "one")  # the usual single-process run: close, not equal

@@ -1,4 +1,5 @@
 """A tiny SMT->DMT run that learns: the RNN alone (no teacher) ends well above chance."""
+
 import torch
 
 from smtrnn.run import RunConfig, run
@@ -7,8 +8,7 @@ from smtrnn.train import TrainConfig
 
 def test_smt_dmt_learns_recency_teacher_free(tmp_path):
     torch.manual_seed(0)
-    config = RunConfig(task="recency", length=16, method="smt+dmt", seed=0,
-                       task_options={"values": 4, "lag": 2})
+    config = RunConfig(task="recency", length=16, method="smt+dmt", seed=0, task_options={"values": 4, "lag": 2})
     config.model.memory_size = 32
     config.model.teacher_width = 32
     config.model.future = 2

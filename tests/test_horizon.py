@@ -6,6 +6,7 @@
 - its cost at fixed S and K does not grow with T; starts include the empty prefix;
 - labels detached (default): no gradient from the horizon reaches the teacher; joint: it does.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -15,7 +16,6 @@ from smtrnn.methods import SMTConfig, smt_loss
 from smtrnn.methods.common import memory_spread, relative_memory_error
 from smtrnn.methods.smt import horizon_length, horizon_starts, rollout_error
 from smtrnn.run import RunConfig, depths
-
 from test_methods import CELL_NAMES, TIGHT, all_zero, backward, make_batch, make_models, only
 
 
@@ -56,8 +56,9 @@ def test_one_step_from_every_start_is_the_dynamics_term(cell):
     one_step = relative_memory_error(models.rnn.cell.step(memories[:, :-1], x), memories[:, 1:], spread)
     torch.testing.assert_close(rolled, one_step, **TIGHT)
     # the same gradient too, into the cell and (through source and label) into the teacher
-    gradient = lambda loss: torch.autograd.grad(loss, list(models.parameters()), retain_graph=True,
-                                                allow_unused=True, materialize_grads=True)
+    gradient = lambda loss: torch.autograd.grad(
+        loss, list(models.parameters()), retain_graph=True, allow_unused=True, materialize_grads=True
+    )
     torch.testing.assert_close(gradient(rolled), gradient(one_step), **TIGHT)
 
 
@@ -88,8 +89,11 @@ def test_rollout_error_equals_a_loop_per_start(cell):
 def test_no_gradient_path_crosses_more_than_k_cell_applications(k, burnin):
     models = make_models("tanh")
     spy = DepthSpy(models.rnn.cell)
-    loss, metrics = smt_loss(models, make_batch(batch=3, length=12),
-                             SMTConfig(horizon=k, horizon_grow=0, horizon_burnin=burnin, dyn_warmup=0))
+    loss, metrics = smt_loss(
+        models,
+        make_batch(batch=3, length=12),
+        SMTConfig(horizon=k, horizon_grow=0, horizon_burnin=burnin, dyn_warmup=0),
+    )
     loss.backward()
     assert max(spy.depths) == k  # the one-step term is depth 1; the horizon reaches exactly K
     # burn-in steps run without gradient, then K steps with it, one batched call per step
@@ -120,7 +124,10 @@ def test_starts_include_the_empty_prefix_and_stay_inside_the_sequence():
 def test_horizon_grows_linearly_from_one():
     config = SMTConfig(horizon=9, horizon_grow=80)
     assert [horizon_length(config, step) for step in (0, 9, 10, 40, 79, 80, 5000)] == [1, 1, 2, 5, 8, 9, 9]
-    assert horizon_length(SMTConfig(horizon=9, horizon_grow=0), 0) == 9 and horizon_length(SMTConfig(horizon=1, horizon_grow=5), 3) == 1
+    assert (
+        horizon_length(SMTConfig(horizon=9, horizon_grow=0), 0) == 9
+        and horizon_length(SMTConfig(horizon=1, horizon_grow=5), 3) == 1
+    )
 
 
 @pytest.mark.parametrize("detach", [True, False])

@@ -1,4 +1,5 @@
 """The horizon study's configs and its page, on the seconds-long smoke preset."""
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,20 @@ def test_the_t128_recipe_is_the_library_default():
 
 def test_variants_change_what_they_say():
     base = recipe("tanh", 64, 0)
-    for name, expected in (("paper", {("smt", "horizon"): 1, ("model", "teacher_positions"): "sinusoid",
-                                      ("smt", "teacher_delay"): 0, ("dmt_train", "batch_size"): 32}),
-                           ("K32", {("smt", "horizon"): 32}), ("no-dmt", {("train", "steps"): 1500}),
-                           ("bptt", {("train", "steps"): 1500})):
+    for name, expected in (
+        (
+            "paper",
+            {
+                ("smt", "horizon"): 1,
+                ("model", "teacher_positions"): "sinusoid",
+                ("smt", "teacher_delay"): 0,
+                ("dmt_train", "batch_size"): 32,
+            },
+        ),
+        ("K32", {("smt", "horizon"): 32}),
+        ("no-dmt", {("train", "steps"): 1500}),
+        ("bptt", {("train", "steps"): 1500}),
+    ):
         config = recipe("tanh", 64, 0)
         BY_NAME[name].change(config)
         for (section, field), value in expected.items():
@@ -35,9 +46,22 @@ def test_variants_change_what_they_say():
 
 
 def test_smoke_study_page_and_rows(tmp_path):
-    code = main(["horizon", "--preset", "smoke", "--quiet", "--out", str(tmp_path / "runs"),
-                 "--json", str(tmp_path / "h.json"), "--markdown", str(tmp_path / "h.md"),
-                 "--figures", str(tmp_path / "figures")])
+    code = main(
+        [
+            "horizon",
+            "--preset",
+            "smoke",
+            "--quiet",
+            "--out",
+            str(tmp_path / "runs"),
+            "--json",
+            str(tmp_path / "h.json"),
+            "--markdown",
+            str(tmp_path / "h.md"),
+            "--figures",
+            str(tmp_path / "figures"),
+        ]
+    )
     assert code == 0
     result = json.loads((tmp_path / "h.json").read_text())
     rows = {row["variant"]: row for row in result["rows"]}
@@ -54,13 +78,37 @@ def test_smoke_study_page_and_rows(tmp_path):
 
 def test_report_only_trains_nothing(tmp_path):
     out = tmp_path / "runs"
-    empty = main(["horizon", "--preset", "smoke", "--quiet", "--report-only", "--out", str(out),
-                  "--json", str(tmp_path / "empty.json")])
+    empty = main(
+        [
+            "horizon",
+            "--preset",
+            "smoke",
+            "--quiet",
+            "--report-only",
+            "--out",
+            str(out),
+            "--json",
+            str(tmp_path / "empty.json"),
+        ]
+    )
     assert empty == 0 and json.loads((tmp_path / "empty.json").read_text())["rows"] == []
     assert not out.exists() or not any(out.rglob("result.json"))
     main(["horizon", "--preset", "smoke", "--quiet", "--out", str(out), "--json", str(tmp_path / "all.json")])
-    main(["horizon", "--preset", "smoke", "--quiet", "--report-only", "--out", str(out),
-          "--json", str(tmp_path / "again.json"), "--markdown", str(tmp_path / "again.md")])
+    main(
+        [
+            "horizon",
+            "--preset",
+            "smoke",
+            "--quiet",
+            "--report-only",
+            "--out",
+            str(out),
+            "--json",
+            str(tmp_path / "again.json"),
+            "--markdown",
+            str(tmp_path / "again.md"),
+        ]
+    )
     trained, again = (json.loads((tmp_path / name).read_text()) for name in ("all.json", "again.json"))
     assert again["rows"] == trained["rows"] and again["trained"] == 0 and again["planned"] == 3
     assert "planned runs had finished" not in (tmp_path / "again.md").read_text()

@@ -5,6 +5,7 @@
 - DMT: frozen teacher; with truncate=1 the gradient crosses exactly one cell application.
 - BPTT: full and truncated, against a manual step loop (values and gradients, float64).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,9 +27,20 @@ TIGHT = dict(rtol=1e-9, atol=1e-11)
 
 def make_models(cell="tanh", memory_size=8, future=3, seed=0, double=True) -> Models:
     torch.manual_seed(seed)
-    config = ModelConfig(cell=cell, memory_size=memory_size, embed_dim=5, memory_tokens=2, cell_layers=1,
-                         cell_heads=2, readout_hidden=12, teacher_width=16, teacher_layers=1,
-                         teacher_decoder_layers=1, teacher_heads=2, future=future)
+    config = ModelConfig(
+        cell=cell,
+        memory_size=memory_size,
+        embed_dim=5,
+        memory_tokens=2,
+        cell_layers=1,
+        cell_heads=2,
+        readout_hidden=12,
+        teacher_width=16,
+        teacher_layers=1,
+        teacher_decoder_layers=1,
+        teacher_heads=2,
+        future=future,
+    )
     models = Models(config, VOCAB, CLASSES)
     return models.double() if double else models
 
@@ -46,7 +58,9 @@ def make_batch(batch=3, length=6, seed=1, label_every=1):
 
 def grads(module) -> dict[str, torch.Tensor]:
     """Gradients of every parameter (zeros where none arrived)."""
-    return {name: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for name, p in module.named_parameters()}
+    return {
+        name: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for name, p in module.named_parameters()
+    }
 
 
 def backward(models, loss):
@@ -67,8 +81,16 @@ def all_zero(gradients: dict) -> bool:
 
 def only(**coefficients) -> SMTConfig:
     """An SMT config with every loss term off except the ones given."""
-    values = {"c_pred": 0.0, "c_dyn": 0.0, "c_horizon": 0.0, "c_unif": 0.0, "c_readout": 0.0, "dyn_warmup": 0,
-              "teacher_delay": 0, "decoder_positions": 0}
+    values = {
+        "c_pred": 0.0,
+        "c_dyn": 0.0,
+        "c_horizon": 0.0,
+        "c_unif": 0.0,
+        "c_readout": 0.0,
+        "dyn_warmup": 0,
+        "teacher_delay": 0,
+        "decoder_positions": 0,
+    }
     values.update(coefficients)
     return SMTConfig(**values)
 
@@ -129,7 +151,9 @@ def test_masked_cross_entropy_weights_and_empty_labels():
     targets[0, 1] = IGNORE
     weights = torch.tensor([1.0, 0.5, 0.25, 0.125], dtype=torch.float64).expand(3, 4)
     loss, _ = masked_cross_entropy(logits, targets, weights)
-    each = F.cross_entropy(logits.reshape(-1, CLASSES), targets.reshape(-1).clamp(min=0), reduction="none").reshape(3, 4)
+    each = F.cross_entropy(logits.reshape(-1, CLASSES), targets.reshape(-1).clamp(min=0), reduction="none").reshape(
+        3, 4
+    )
     mask = (targets != IGNORE).double() * weights
     torch.testing.assert_close(loss, (each * mask).sum() / mask.sum(), **TIGHT)
     # nothing labelled: zero loss, still differentiable
@@ -143,9 +167,13 @@ def test_masked_cross_entropy_weights_and_empty_labels():
 def test_uniformity_prefers_spread_out_memories():
     generator = torch.Generator().manual_seed(0)
     spread = torch.randn(64, 8, generator=generator, dtype=torch.float64)
-    collapsed = torch.ones(64, 8, dtype=torch.float64) + 1e-3 * torch.randn(64, 8, generator=generator, dtype=torch.float64)
+    collapsed = torch.ones(64, 8, dtype=torch.float64) + 1e-3 * torch.randn(
+        64, 8, generator=generator, dtype=torch.float64
+    )
     assert uniformity(spread, 1) < uniformity(collapsed, 1) - 1.0
-    torch.testing.assert_close(uniformity(collapsed * 0 + 1, 1), torch.tensor(0.0, dtype=torch.float64), atol=1e-9, rtol=0)
+    torch.testing.assert_close(
+        uniformity(collapsed * 0 + 1, 1), torch.tensor(0.0, dtype=torch.float64), atol=1e-9, rtol=0
+    )
     # the value against a direct O(N^2) loop
     units = F.normalize(spread[:10], dim=-1)
     terms = [math.exp(-2 * (units[a] - units[b]).pow(2).sum().item()) for a in range(10) for b in range(10) if a != b]
@@ -253,7 +281,7 @@ def test_smt_dynamics_gradient_is_the_sum_of_independent_one_step_gradients(cell
             for name, p in cell_module.named_parameters():
                 if p.grad is not None:
                     reference[name] += p.grad
-    smt_grad = flat_gradient({n[len("rnn.cell."):]: g for n, g in got.items() if n.startswith("rnn.cell.")}, names)
+    smt_grad = flat_gradient({n[len("rnn.cell.") :]: g for n, g in got.items() if n.startswith("rnn.cell.")}, names)
     reference_grad = flat_gradient(reference, names)
     assert reference_grad.abs().max() > 0
     scale = (smt_grad @ reference_grad) / (reference_grad @ reference_grad)
@@ -264,8 +292,9 @@ def test_smt_dynamics_gradient_is_the_sum_of_independent_one_step_gradients(cell
     two = cell_module.step(cell_module.step(memories[:, :-2], x[:, :-1]), x[:, 1:])
     (two - memories[:, 2:]).pow(2).sum().backward()
     deep = flat_gradient({n: p.grad for n, p in cell_module.named_parameters() if n != "initial"}, names)
-    assert not torch.allclose(deep, (deep @ reference_grad) / (reference_grad @ reference_grad) * reference_grad,
-                              rtol=1e-3, atol=1e-9)
+    assert not torch.allclose(
+        deep, (deep @ reference_grad) / (reference_grad @ reference_grad) * reference_grad, rtol=1e-3, atol=1e-9
+    )
 
     # with the target detached and the teacher input part of the graph, the dynamics loss still
     # shapes the teacher through m*_t; the readout receives nothing from it
@@ -406,8 +435,9 @@ def test_dmt_truncate_1_gradient_crosses_exactly_one_step(cell):
     deeper, _ = dmt_loss(models, batch, DMTConfig(c_dyn=2.0, c_readout=0.5, every=1, truncate=2))
     deeper_grads = backward(models, deeper)
     torch.testing.assert_close(deeper.detach(), reference_loss.detach(), **TIGHT)
-    assert not torch.allclose(deeper_grads["rnn.cell.embed.weight"], reference["rnn.cell.embed.weight"],
-                              rtol=1e-6, atol=1e-9)
+    assert not torch.allclose(
+        deeper_grads["rnn.cell.embed.weight"], reference["rnn.cell.embed.weight"], rtol=1e-6, atol=1e-9
+    )
 
 
 @pytest.mark.parametrize("every", [1, 2, 3, 7])

@@ -4,6 +4,7 @@ unknown keys with a UserError; TrainConfig.validate accepts exactly the valid va
 
 Strategies are derived from the dataclasses themselves, so new fields and re-tuned defaults are
 covered without editing this file."""
+
 from __future__ import annotations
 
 import copy
@@ -34,7 +35,7 @@ def value_strategy(default):
     if isinstance(default, bool):
         return st.booleans()
     if isinstance(default, int):
-        return st.integers(-10**9, 10**9)
+        return st.integers(-(10**9), 10**9)
     if isinstance(default, float):
         return st.floats(allow_nan=False, allow_infinity=False)
     return TEXT
@@ -45,8 +46,14 @@ def options() -> list[tuple[str, str | None, str, object]]:
     table = [("--" + name.replace("_", "-"), None, name, getattr(DEFAULT, name)) for name in TOP_LEVEL]
     for section, prefix in SECTIONS:
         for item in fields(getattr(DEFAULT, section)):
-            table.append(("--" + prefix + item.name.replace("_", "-"), section, item.name,
-                          getattr(getattr(DEFAULT, section), item.name)))
+            table.append(
+                (
+                    "--" + prefix + item.name.replace("_", "-"),
+                    section,
+                    item.name,
+                    getattr(getattr(DEFAULT, section), item.name),
+                )
+            )
     return table
 
 
@@ -56,15 +63,22 @@ OPTIONS = options()
 def overrides():
     """A random subset of options, each with a random value of its type."""
     return st.lists(st.sampled_from(range(len(OPTIONS))), unique=True, max_size=12).flatmap(
-        lambda chosen: st.tuples(*[st.just(OPTIONS[i]) for i in chosen],
-                                 *[value_strategy(OPTIONS[i][3]) for i in chosen]).map(
-            lambda drawn: list(zip(drawn[:len(drawn) // 2], drawn[len(drawn) // 2:]))))
+        lambda chosen: st.tuples(
+            *[st.just(OPTIONS[i]) for i in chosen], *[value_strategy(OPTIONS[i][3]) for i in chosen]
+        ).map(lambda drawn: list(zip(drawn[: len(drawn) // 2], drawn[len(drawn) // 2 :])))
+    )
 
 
 def json_values():
-    return st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False) | TEXT,
-                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(NAMES, inner, max_size=3),
-                        max_leaves=6)
+    return st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(10**6), 10**6)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | TEXT,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(NAMES, inner, max_size=3),
+        max_leaves=6,
+    )
 
 
 def as_text(value) -> str:
@@ -128,8 +142,13 @@ def test_from_dict_refuses_a_section_that_is_not_an_object(section, value):
 
 
 @FAST
-@given(steps=st.integers(-5, 5), batch=st.integers(-5, 5), lr=st.floats(-1, 1, allow_nan=False),
-       log_every=st.integers(-2, 3), checkpoint_every=st.integers(-2, 3))
+@given(
+    steps=st.integers(-5, 5),
+    batch=st.integers(-5, 5),
+    lr=st.floats(-1, 1, allow_nan=False),
+    log_every=st.integers(-2, 3),
+    checkpoint_every=st.integers(-2, 3),
+)
 def test_train_config_validation_accepts_exactly_the_valid_values(steps, batch, lr, log_every, checkpoint_every):
     config = TrainConfig(steps=steps, batch_size=batch, lr=lr, log_every=log_every, checkpoint_every=checkpoint_every)
     valid = steps >= 0 and batch >= 1 and lr > 0 and log_every >= 1 and checkpoint_every >= 1
@@ -141,7 +160,9 @@ def test_train_config_validation_accepts_exactly_the_valid_values(steps, batch, 
 
 
 @FAST
-@given(name=st.sampled_from(sorted(TASKS)), key=NAMES.filter(lambda k: not keyword.iskeyword(k)), value=st.integers(0, 9))
+@given(
+    name=st.sampled_from(sorted(TASKS)), key=NAMES.filter(lambda k: not keyword.iskeyword(k)), value=st.integers(0, 9)
+)
 def test_make_task_refuses_unknown_parameters(name, key, value):
     known = {f.name for f in fields(TASKS[name])} if hasattr(TASKS[name], "__dataclass_fields__") else set()
     if key in known:

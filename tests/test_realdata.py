@@ -1,4 +1,5 @@
 """Real data from the npm packages in data/ (installed by `make test`): MNIST, Quick, Draw!, Brown."""
+
 from __future__ import annotations
 
 import sys
@@ -11,7 +12,7 @@ import torch
 from smtrnn.tasks import make_task
 from smtrnn.tasks.base import UserError
 from smtrnn.tasks.pixels import PIXELS, mnist_split
-from smtrnn.tasks.text import brown_fiction_files, brown_prose, _tinystories_text
+from smtrnn.tasks.text import _tinystories_text, brown_fiction_files, brown_prose
 
 
 def generator(seed: int = 0) -> torch.Generator:
@@ -119,11 +120,12 @@ def test_quickdraw_unknown_category_suggests_names():
 
 
 def test_brown_detokenises_form_c():
-    tagged = "\n\n\tChapter/nn-tl-hl 6/cd-tl-hl\n``/`` How's/wrb+bez Scotty/np ''/'' ?/. ?/.\n" \
-             "He/pps said/vbd ,/, '/' Go/vb '/' ;/. ;/. then/rb (/( quietly/rb )/) left/vbd ./.\n\n" \
-             "\t``/`` Stop/vb !/. !/.\n\n\n''/'' She/pps ran/vbd ./.\n"
-    assert brown_prose(tagged) == "Chapter 6\n\"How's Scotty?\" He said, 'Go'; then (quietly) left.\n" \
-                                  "\"Stop!\"\nShe ran."
+    tagged = (
+        "\n\n\tChapter/nn-tl-hl 6/cd-tl-hl\n``/`` How's/wrb+bez Scotty/np ''/'' ?/. ?/.\n"
+        "He/pps said/vbd ,/, '/' Go/vb '/' ;/. ;/. then/rb (/( quietly/rb )/) left/vbd ./.\n\n"
+        "\t``/`` Stop/vb !/. !/.\n\n\n''/'' She/pps ran/vbd ./.\n"
+    )
+    assert brown_prose(tagged) == 'Chapter 6\n"How\'s Scotty?" He said, \'Go\'; then (quietly) left.\n"Stop!"\nShe ran.'
 
 
 def test_brown_is_plain_prose_with_a_disjoint_held_out_part():
@@ -160,10 +162,17 @@ def test_missing_data_names_the_fix(name, tmp_path, monkeypatch):
     assert "make test" in str(error.value) and str(tmp_path) in str(error.value)
 
 
-@pytest.mark.parametrize("name, options", [
-    ("mnist", {"limit": 0}), ("mnist", {"split": "validation"}), ("mnist", {"digits": [12]}),
-    ("mnist", {"align": "yes"}), ("quickdraw", {"classes": 0}), ("brown", {"limit": -5}),
-])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("mnist", {"limit": 0}),
+        ("mnist", {"split": "validation"}),
+        ("mnist", {"digits": [12]}),
+        ("mnist", {"align": "yes"}),
+        ("quickdraw", {"classes": 0}),
+        ("brown", {"limit": -5}),
+    ],
+)
 def test_bad_options_are_user_errors(name, options):
     with pytest.raises(UserError):
         make_task(name, **options)

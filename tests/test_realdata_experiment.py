@@ -1,13 +1,13 @@
 """`smtrnn realdata`: the smoke preset through the library and the CLI on tiny slices of MNIST, Quick,
 Draw! and Brown gives rows, curves, figures and a page; the curves are the RNN alone on held-out
 data; a re-run trains nothing; bad input is one line and exit 2."""
+
 from __future__ import annotations
 
 import json
 from dataclasses import replace
 
 import pytest
-from test_cli import assert_user_error  # the one-line error contract, shared with the other commands
 
 from smtrnn.cli import main
 from smtrnn.evaluate import evaluate_rnn
@@ -15,9 +15,22 @@ from smtrnn.methods import SMTConfig
 from smtrnn.realdata import TEXT_PROMPT, customise, preset, realdata, write_outputs
 from smtrnn.run import load_run
 from smtrnn.tasks.base import UserError
+from test_cli import assert_user_error  # the one-line error contract, shared with the other commands
 
-REQUIRED = {"dataset", "cell", "method", "bits_per_byte", "tokens", "seconds", "teacher_bits_per_byte",
-            "sequential_depth", "sequential_compute", "parameters", "steps", "curve"}
+REQUIRED = {
+    "dataset",
+    "cell",
+    "method",
+    "bits_per_byte",
+    "tokens",
+    "seconds",
+    "teacher_bits_per_byte",
+    "sequential_depth",
+    "sequential_compute",
+    "parameters",
+    "steps",
+    "curve",
+}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -27,17 +40,25 @@ def smoke(tmp_path_factory):
     folder = tmp_path_factory.mktemp("realdata")
     chosen = preset("smoke")
     result = realdata(chosen, folder / "runs", jobs=1, progress=False)
-    write_outputs(chosen, result, folder / "runs", "smtrnn realdata --preset smoke", "a test machine",
-                  json_path=str(folder / "realdata.json"), markdown_path=str(folder / "docs" / "realdata.md"),
-                  figures_dir=str(folder / "docs" / "figures"))
+    write_outputs(
+        chosen,
+        result,
+        folder / "runs",
+        "smtrnn realdata --preset smoke",
+        "a test machine",
+        json_path=str(folder / "realdata.json"),
+        markdown_path=str(folder / "docs" / "realdata.md"),
+        figures_dir=str(folder / "docs" / "figures"),
+    )
     return folder, chosen, result
 
 
 def test_rows_compare_methods_on_equal_terms(smoke):
     _, chosen, result = smoke
     rows = result["rows"]
-    assert [(r["dataset"], r["method"]) for r in rows] == [(d, m) for d in ("mnist", "quickdraw", "brown")
-                                                           for m in ("bptt", "smt+dmt")]
+    assert [(r["dataset"], r["method"]) for r in rows] == [
+        (d, m) for d in ("mnist", "quickdraw", "brown") for m in ("bptt", "smt+dmt")
+    ]
     total_steps = chosen.smt_steps + chosen.dmt_steps
     for bptt, smt in zip(rows[::2], rows[1::2]):
         assert REQUIRED <= set(bptt) and REQUIRED <= set(smt)
@@ -95,9 +116,28 @@ def test_a_second_run_trains_nothing_and_a_changed_config_is_refused(smoke):
 
 
 def test_cli_runs_in_two_processes(tmp_path, capsys):
-    code = main(["realdata", "--preset", "smoke", "--datasets", "brown", "--methods", "bptt,smt+dmt", "--jobs", "2",
-                 "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "rows.json"),
-                 "--markdown", str(tmp_path / "page.md"), "--figures", str(tmp_path / "figures"), "--quiet"])
+    code = main(
+        [
+            "realdata",
+            "--preset",
+            "smoke",
+            "--datasets",
+            "brown",
+            "--methods",
+            "bptt,smt+dmt",
+            "--jobs",
+            "2",
+            "--out",
+            str(tmp_path / "runs"),
+            "--json",
+            str(tmp_path / "rows.json"),
+            "--markdown",
+            str(tmp_path / "page.md"),
+            "--figures",
+            str(tmp_path / "figures"),
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert [(row["dataset"], row["method"]) for row in rows] == [("brown", "bptt"), ("brown", "smt+dmt")]
@@ -106,13 +146,16 @@ def test_cli_runs_in_two_processes(tmp_path, capsys):
     assert "bits/byte" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("arguments, fragment", [
-    (["--datasets", "cifar"], "unknown dataset 'cifar'"),
-    (["--methods", "smt+bptt"], "unknown method"),
-    (["--cells", "mlp,mlp"], "twice"),
-    (["--jobs", "0"], "jobs"),
-    (["--preset", "huge"], "unknown preset"),
-])
+@pytest.mark.parametrize(
+    "arguments, fragment",
+    [
+        (["--datasets", "cifar"], "unknown dataset 'cifar'"),
+        (["--methods", "smt+bptt"], "unknown method"),
+        (["--cells", "mlp,mlp"], "twice"),
+        (["--jobs", "0"], "jobs"),
+        (["--preset", "huge"], "unknown preset"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(arguments, fragment, tmp_path, capsys):
     assert_user_error(main(["realdata", "--preset", "smoke", "--out", str(tmp_path), *arguments]), capsys, fragment)
 

@@ -1,6 +1,7 @@
 """Reliability: a run SIGKILLed at any moment resumes to the bit-identical result; leftovers of a
 write cut short do not matter; a NaN stops the run with one line and keeps the last good
 checkpoint; damaged or mismatched checkpoints are one-line user errors; nothing is unpickled."""
+
 from __future__ import annotations
 
 import json
@@ -25,12 +26,15 @@ from smtrnn.run import RunConfig, load_run, run
 from smtrnn.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-       "OMP_NUM_THREADS": "1"}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    "OMP_NUM_THREADS": "1",
+}
 
 # Parity that sleeps a little per batch, so that the run lasts long enough to be killed in each
 # phase whatever the machine's speed (the sleep costs no CPU and changes nothing else).
-SLOW_TASK = '''
+SLOW_TASK = """
 import time
 
 from smtrnn.tasks.synthetic import Parity
@@ -40,16 +44,62 @@ class SlowParity(Parity):
     def sample(self, batch_size, length, generator):
         time.sleep(0.01)
         return super().sample(batch_size, length, generator)
-'''
+"""
 
-TRAIN_ARGS = ["--cell", "tanh", "--method", "smt+dmt", "--length", "16", "--steps", "20", "--dmt-steps", "10",
-              "--memory-size", "16", "--embed-dim", "8", "--readout-hidden", "16", "--teacher-width", "32",
-              "--teacher-layers", "1", "--teacher-decoder-layers", "1", "--teacher-heads", "4", "--future", "2",
-              "--batch-size", "8", "--dmt-batch-size", "8", "--warmup", "5", "--dmt-warmup", "5",
-              "--checkpoint-every", "5", "--log-every", "5", "--dmt-checkpoint-every", "5", "--dmt-log-every", "5",
-              # both draw from the global torch RNG, which resuming must therefore restore exactly
-              "--smt-uniformity-samples", "64", "--dmt-start", "teacher", "--dmt-rollout", "10",
-              "--eval-batches", "1", "--quiet"]
+TRAIN_ARGS = [
+    "--cell",
+    "tanh",
+    "--method",
+    "smt+dmt",
+    "--length",
+    "16",
+    "--steps",
+    "20",
+    "--dmt-steps",
+    "10",
+    "--memory-size",
+    "16",
+    "--embed-dim",
+    "8",
+    "--readout-hidden",
+    "16",
+    "--teacher-width",
+    "32",
+    "--teacher-layers",
+    "1",
+    "--teacher-decoder-layers",
+    "1",
+    "--teacher-heads",
+    "4",
+    "--future",
+    "2",
+    "--batch-size",
+    "8",
+    "--dmt-batch-size",
+    "8",
+    "--warmup",
+    "5",
+    "--dmt-warmup",
+    "5",
+    "--checkpoint-every",
+    "5",
+    "--log-every",
+    "5",
+    "--dmt-checkpoint-every",
+    "5",
+    "--dmt-log-every",
+    "5",
+    # both draw from the global torch RNG, which resuming must therefore restore exactly
+    "--smt-uniformity-samples",
+    "64",
+    "--dmt-start",
+    "teacher",
+    "--dmt-rollout",
+    "10",
+    "--eval-batches",
+    "1",
+    "--quiet",
+]
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -60,8 +110,10 @@ def records(run_dir: Path) -> list[dict]:
 def final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     """Weights, optimizer moments and RNG states of the latest checkpoint."""
     folder = checkpoint.latest_checkpoint(run_dir)
-    return {**{"model." + k: v for k, v in load_file(folder / "model.safetensors").items()},
-            **{"state." + k: v for k, v in load_file(folder / "state.safetensors").items()}}
+    return {
+        **{"model." + k: v for k, v in load_file(folder / "model.safetensors").items()},
+        **{"state." + k: v for k, v in load_file(folder / "state.safetensors").items()},
+    }
 
 
 def assert_identical(left: dict, right: dict):
@@ -75,8 +127,17 @@ def assert_identical(left: dict, right: dict):
 
 
 def launch(task_file: Path, out: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "smtrnn", "train", "--task", f"{task_file}:SlowParity", *TRAIN_ARGS,
-               "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "smtrnn",
+        "train",
+        "--task",
+        f"{task_file}:SlowParity",
+        *TRAIN_ARGS,
+        "--out",
+        str(out),
+    ]
     return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -148,9 +209,27 @@ SMT_STEPS, DMT_STEPS = 10, 6
 
 def tiny_config(**model) -> RunConfig:
     config = RunConfig(
-        task="parity", length=12, method="smt+dmt", seed=5, eval_batches=1,
-        model=ModelConfig(**{**dict(cell="tanh", memory_size=16, embed_dim=8, readout_hidden=16, teacher_width=32,
-                                    teacher_layers=1, teacher_decoder_layers=1, teacher_heads=4, future=2), **model}),
+        task="parity",
+        length=12,
+        method="smt+dmt",
+        seed=5,
+        eval_batches=1,
+        model=ModelConfig(
+            **{
+                **dict(
+                    cell="tanh",
+                    memory_size=16,
+                    embed_dim=8,
+                    readout_hidden=16,
+                    teacher_width=32,
+                    teacher_layers=1,
+                    teacher_decoder_layers=1,
+                    teacher_heads=4,
+                    future=2,
+                ),
+                **model,
+            }
+        ),
         train=TrainConfig(steps=SMT_STEPS, batch_size=8, warmup=2, log_every=2, checkpoint_every=4),
         dmt_train=TrainConfig(steps=DMT_STEPS, batch_size=8, lr=3e-4, warmup=2, log_every=2, checkpoint_every=3),
     )
@@ -185,14 +264,68 @@ def reference(tmp_path_factory):
 
 def run_args(run_dir: Path) -> list[str]:
     """The CLI arguments that reproduce tiny_config() (for main())."""
-    return ["train", "--task", "parity", "--length", "12", "--method", "smt+dmt", "--seed", "5", "--eval-batches", "1",
-            "--cell", "tanh", "--memory-size", "16", "--embed-dim", "8", "--readout-hidden", "16",
-            "--teacher-width", "32", "--teacher-layers", "1", "--teacher-decoder-layers", "1", "--teacher-heads", "4",
-            "--future", "2", "--steps", str(SMT_STEPS), "--batch-size", "8", "--warmup", "2", "--log-every", "2",
-            "--checkpoint-every", "4", "--dmt-steps", str(DMT_STEPS), "--dmt-batch-size", "8", "--dmt-lr", "3e-4",
-            "--dmt-warmup", "2", "--dmt-log-every", "2", "--dmt-checkpoint-every", "3",
-            "--smt-uniformity-samples", "64", "--dmt-start", "teacher", "--dmt-rollout", "8", "--quiet",
-            "--out", str(run_dir)]
+    return [
+        "train",
+        "--task",
+        "parity",
+        "--length",
+        "12",
+        "--method",
+        "smt+dmt",
+        "--seed",
+        "5",
+        "--eval-batches",
+        "1",
+        "--cell",
+        "tanh",
+        "--memory-size",
+        "16",
+        "--embed-dim",
+        "8",
+        "--readout-hidden",
+        "16",
+        "--teacher-width",
+        "32",
+        "--teacher-layers",
+        "1",
+        "--teacher-decoder-layers",
+        "1",
+        "--teacher-heads",
+        "4",
+        "--future",
+        "2",
+        "--steps",
+        str(SMT_STEPS),
+        "--batch-size",
+        "8",
+        "--warmup",
+        "2",
+        "--log-every",
+        "2",
+        "--checkpoint-every",
+        "4",
+        "--dmt-steps",
+        str(DMT_STEPS),
+        "--dmt-batch-size",
+        "8",
+        "--dmt-lr",
+        "3e-4",
+        "--dmt-warmup",
+        "2",
+        "--dmt-log-every",
+        "2",
+        "--dmt-checkpoint-every",
+        "3",
+        "--smt-uniformity-samples",
+        "64",
+        "--dmt-start",
+        "teacher",
+        "--dmt-rollout",
+        "8",
+        "--quiet",
+        "--out",
+        str(run_dir),
+    ]
 
 
 def test_cli_arguments_reproduce_the_tiny_config(tmp_path):
@@ -202,7 +335,9 @@ def test_cli_arguments_reproduce_the_tiny_config(tmp_path):
     assert config.to_dict() == tiny_config().to_dict()
 
 
-@pytest.mark.parametrize("stop", [3, 7, SMT_STEPS + 3], ids=["before-any-checkpoint", "smt", "dmt-before-its-checkpoint"])
+@pytest.mark.parametrize(
+    "stop", [3, 7, SMT_STEPS + 3], ids=["before-any-checkpoint", "smt", "dmt-before-its-checkpoint"]
+)
 def test_leftovers_of_a_cut_write_do_not_break_resume(stop, reference, tmp_path):
     """A kill inside save_checkpoint leaves a .staging-* folder (and write_atomic a .latest.*
     temporary); a kill before the first checkpoint of a phase leaves log lines of that phase."""
@@ -213,15 +348,16 @@ def test_leftovers_of_a_cut_write_do_not_break_resume(stop, reference, tmp_path)
     root.mkdir(exist_ok=True)
     staging = root / ".staging-k1ll3d"
     staging.mkdir()
-    (staging / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":")  # cut short
+    (staging / "model.safetensors").write_bytes(b'\x08\x00\x00\x00\x00\x00\x00\x00{"a":')  # cut short
     (root / ".latest.x7q2").write_text("smt-99999999")
     (tmp_path / "metrics.jsonl").open("a").write('{"phase": "smt", "step": 99, "lo')  # a line cut by the kill
 
     result = run(tiny_config(), tmp_path, progress=False)
     assert_identical(final_tensors(tmp_path), final_tensors(reference_dir))
     assert records(tmp_path) == records(reference_dir)
-    assert {k: v for k, v in result.items() if "seconds" not in k} == \
-        {k: v for k, v in reference_result.items() if "seconds" not in k}
+    assert {k: v for k, v in result.items() if "seconds" not in k} == {
+        k: v for k, v in reference_result.items() if "seconds" not in k
+    }
     assert not [p.name for p in root.iterdir() if p.name.startswith(".")]  # cleaned up by the next save
 
 
@@ -240,8 +376,7 @@ def assert_one_line_error(code: int, capsys, *fragments: str) -> str:
     return lines[0]
 
 
-def test_nan_loss_exits_2_naming_the_step_and_keeps_the_last_good_checkpoint(reference, tmp_path, capsys,
-                                                                              monkeypatch):
+def test_nan_loss_exits_2_naming_the_step_and_keeps_the_last_good_checkpoint(reference, tmp_path, capsys, monkeypatch):
     original = run_module.smt_loss
 
     def poisoned(models, batch, config):
@@ -285,11 +420,15 @@ def edit_config(run_dir: Path, **model) -> None:
     path.write_text(json.dumps(config))
 
 
-@pytest.mark.parametrize("model, fragment", [
-    (dict(memory_size=24), "memory_size=16 (checkpoint) vs 24 (config)"),
-    (dict(cell="gru"), "cell='tanh' (checkpoint) vs 'gru' (config)"),
-    (dict(teacher_heads=2), "teacher_heads=4 (checkpoint) vs 2 (config)"),  # same names and shapes
-], ids=["sizes", "another-cell", "same-shapes"])
+@pytest.mark.parametrize(
+    "model, fragment",
+    [
+        (dict(memory_size=24), "memory_size=16 (checkpoint) vs 24 (config)"),
+        (dict(cell="gru"), "cell='tanh' (checkpoint) vs 'gru' (config)"),
+        (dict(teacher_heads=2), "teacher_heads=4 (checkpoint) vs 2 (config)"),  # same names and shapes
+    ],
+    ids=["sizes", "another-cell", "same-shapes"],
+)
 def test_config_json_that_does_not_match_the_checkpoint(model, fragment, reference, tmp_path, capsys):
     run_dir = copy_run(reference[0], tmp_path / "run")
     edit_config(run_dir, **model)
@@ -313,15 +452,19 @@ def test_weights_of_another_cell_without_recorded_config(reference, tmp_path, ca
     assert_one_line_error(main(["eval", str(run_dir)]), capsys, "shape")
 
 
-@pytest.mark.parametrize("content", [
-    '{"meta": ',
-    "[]",
-    '{"meta": {"phase": "dmt", "step": 6}}',
-    '{"meta": {"phase": "dmt", "step": -1, "seconds": 1}, "optimizer": {}}',
-    '{"meta": {"phase": 3, "step": 6, "seconds": 1}, "optimizer": {}}',
-    '{"meta": {"phase": "bptt", "step": 6, "seconds": 1}, "optimizer": {}}',
-    '{"meta": {"step": 6}, "optimizer": {}}',
-], ids=["cut", "list", "no-optimizer", "negative-step", "phase-number", "other-phase", "no-phase"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"meta": ',
+        "[]",
+        '{"meta": {"phase": "dmt", "step": 6}}',
+        '{"meta": {"phase": "dmt", "step": -1, "seconds": 1}, "optimizer": {}}',
+        '{"meta": {"phase": 3, "step": 6, "seconds": 1}, "optimizer": {}}',
+        '{"meta": {"phase": "bptt", "step": 6, "seconds": 1}, "optimizer": {}}',
+        '{"meta": {"step": 6}, "optimizer": {}}',
+    ],
+    ids=["cut", "list", "no-optimizer", "negative-step", "phase-number", "other-phase", "no-phase"],
+)
 def test_corrupt_state_json(content, reference, tmp_path, capsys):
     run_dir = copy_run(reference[0], tmp_path / "run")
     (checkpoint.latest_checkpoint(run_dir) / "state.json").write_text(content)
@@ -349,10 +492,16 @@ def test_optimizer_state_that_does_not_fit(reference, tmp_path, capsys):
 def test_nothing_is_ever_unpickled():
     """Checkpoints are safetensors + JSON: no torch.load/torch.save, no pickle, and none of the
     torch.distributed *_object collectives (they pickle)."""
-    forbidden = re.compile(r"torch\.load\b|torch\.save\b|\bimport pickle\b|\bfrom pickle\b|\bpickle\.|cloudpickle|"
-                           r"\bdill\b|allow_pickle|_object\(|_object_list\(|weights_only")
+    forbidden = re.compile(
+        r"torch\.load\b|torch\.save\b|\bimport pickle\b|\bfrom pickle\b|\bpickle\.|cloudpickle|"
+        r"\bdill\b|allow_pickle|_object\(|_object_list\(|weights_only"
+    )
     sources = sorted((ROOT / "src").rglob("*.py"))
     assert sources
-    hits = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}" for path in sources
-            for number, line in enumerate(path.read_text().splitlines(), 1) if forbidden.search(line)]
+    hits = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sources
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if forbidden.search(line)
+    ]
     assert not hits, "\n".join(hits)

@@ -1,4 +1,5 @@
 """Tests of the synthetic tasks: interface contract, determinism, labels against slow references."""
+
 from __future__ import annotations
 
 import math
@@ -199,19 +200,31 @@ def make(cls, data):
     if cls is StringCopy:
         return cls(values=data.draw(st.integers(2, 6)), reverse=data.draw(st.booleans()))
     if cls is Stack:
-        return cls(symbols=data.draw(st.integers(1, 4)), capacity=data.draw(st.integers(1, 5)),
-                   push_prob=data.draw(st.floats(0.1, 0.9)))
+        return cls(
+            symbols=data.draw(st.integers(1, 4)),
+            capacity=data.draw(st.integers(1, 5)),
+            push_prob=data.draw(st.floats(0.1, 0.9)),
+        )
     if cls is KeysValues:
         key_vocab = data.draw(st.integers(2, 5))
         key_tokens = data.draw(st.integers(1, 3))
         pairs = data.draw(st.integers(1, min(6, key_vocab**key_tokens)))
-        return cls(pairs=pairs, key_vocab=key_vocab, value_vocab=data.draw(st.integers(2, 5)),
-                   key_tokens=key_tokens, value_tokens=data.draw(st.integers(1, 3)))
+        return cls(
+            pairs=pairs,
+            key_vocab=key_vocab,
+            value_vocab=data.draw(st.integers(2, 5)),
+            key_tokens=key_tokens,
+            value_tokens=data.draw(st.integers(1, 3)),
+        )
     if cls is MQAR:
         key_vocab = data.draw(st.integers(1, 8))
-        return cls(pairs=data.draw(st.integers(1, key_vocab)), key_vocab=key_vocab,
-                   value_vocab=data.draw(st.integers(2, 5)), power_a=data.draw(st.sampled_from([0.01, 0.5, 1.0])),
-                   random_noise=data.draw(st.booleans()))
+        return cls(
+            pairs=data.draw(st.integers(1, key_vocab)),
+            key_vocab=key_vocab,
+            value_vocab=data.draw(st.integers(2, 5)),
+            power_a=data.draw(st.sampled_from([0.01, 0.5, 1.0])),
+            random_noise=data.draw(st.booleans()),
+        )
     if cls in (Recency, Primacy):
         return cls(values=data.draw(st.integers(2, 6)), lag=data.draw(st.integers(1, 6)))
     return cls()

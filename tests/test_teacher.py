@@ -1,5 +1,6 @@
 """The teacher: encode writes the memory of every prefix and is exactly causal; decode predicts the
 future from a memory and the true future inputs only, causally. Float64, tiny widths."""
+
 from __future__ import annotations
 
 import inspect
@@ -181,8 +182,9 @@ def test_decode_rows_are_independent():
     future = tokens(4, 3, seed=6)
     together = teacher.decode(memory, future)
     for n in range(4):
-        torch.testing.assert_close(teacher.decode(memory[n : n + 1], future[n : n + 1])[0], together[n],
-                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            teacher.decode(memory[n : n + 1], future[n : n + 1])[0], together[n], rtol=1e-10, atol=1e-10
+        )
 
 
 def test_decode_gradient_reaches_the_memory():

@@ -5,6 +5,7 @@ dynamics and the readout on x_1..x_Tc only; the decoder's true futures of m*_0..
 x_{Tc+Tf-1}. So tokens from index Tc + Tf - 1 (0-based) on change nothing, and tokens in
 [Tc, Tc + Tf - 1) change the decoder loss only.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -34,7 +35,9 @@ def changed(batch, start, stop, seed=7):
     """The batch with new tokens and labels at indices [start, stop)."""
     generator = torch.Generator().manual_seed(seed)
     x, y = batch["x"].clone(), batch["y"].clone()
-    x[:, start:stop] = (x[:, start:stop] + 1 + torch.randint(0, VOCAB - 1, x[:, start:stop].shape, generator=generator)) % VOCAB
+    x[:, start:stop] = (
+        x[:, start:stop] + 1 + torch.randint(0, VOCAB - 1, x[:, start:stop].shape, generator=generator)
+    ) % VOCAB
     y[:, start:stop] = (y[:, start:stop] + 2) % 5  # labels present everywhere in this window, all new
     return {"x": x, "y": y}
 
@@ -102,8 +105,11 @@ def test_decoder_positions_are_drawn_among_the_context_memories(monkeypatch):
     import smtrnn.methods.smt as smt_module
 
     drawn, choose = [], smt_module.choose_positions
-    monkeypatch.setattr(smt_module, "choose_positions",
-                        lambda targets, count: drawn.append((targets.shape, choose(targets, count))) or drawn[-1][1])
+    monkeypatch.setattr(
+        smt_module,
+        "choose_positions",
+        lambda targets, count: drawn.append((targets.shape, choose(targets, count))) or drawn[-1][1],
+    )
     models = make_models("tanh", future=FUTURE)
     batch = make_batch(batch=2, length=NEEDED + 3)
     for seed in range(8):
@@ -151,7 +157,7 @@ def test_dmt_rollout_from_a_teacher_memory_matches_a_reference():
         if offset % 2 == 1:  # m^_{s+2}, m^_{s+4}: every second memory
             errors.append(relative_memory_error(memory, expert[:, begin + offset + 1], spread))
     dyn = sum(errors) / len(errors)  # the mean over the supervised memories, nothing else
-    readout = masked_cross_entropy(models.rnn.logits(torch.stack(rollout, 1)), y[:, begin:begin + 4])[0]
+    readout = masked_cross_entropy(models.rnn.logits(torch.stack(rollout, 1)), y[:, begin : begin + 4])[0]
     torch.testing.assert_close(metrics["dyn"], dyn.detach(), **TIGHT)
     torch.testing.assert_close(loss.detach(), (dyn + 0.5 * readout).detach(), **TIGHT)
 
@@ -161,10 +167,19 @@ def test_smt_then_dmt_rolls_out_within_the_teacher_context(tmp_path, monkeypatch
     import smtrnn.run as run_module
 
     seen = []
-    monkeypatch.setattr(run_module, "dmt_loss", lambda models, batch, config: seen.append(batch["x"].shape)
-                        or dmt_loss(models, batch, config))
-    config = RunConfig(task="parity", length=NEEDED + 1, method="smt+dmt", eval_batches=1,
-                       smt=SMTConfig(context=CONTEXT), dmt=DMTConfig(start="teacher", rollout=3))
+    monkeypatch.setattr(
+        run_module,
+        "dmt_loss",
+        lambda models, batch, config: seen.append(batch["x"].shape) or dmt_loss(models, batch, config),
+    )
+    config = RunConfig(
+        task="parity",
+        length=NEEDED + 1,
+        method="smt+dmt",
+        eval_batches=1,
+        smt=SMTConfig(context=CONTEXT),
+        dmt=DMTConfig(start="teacher", rollout=3),
+    )
     config.model = make_models(future=FUTURE).config
     config.train.steps = config.dmt_train.steps = 1
     config.train.batch_size = config.dmt_train.batch_size = 2

@@ -19,6 +19,7 @@ How each number is taken (honest first, cheap second):
   formulas, halved when causal (the kernel skips the masked half).
 - sequential depth: cell applications in series in one step's gradient path: SMT its horizon K, BPTT T.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -71,9 +72,15 @@ class BenchConfig:
 
 def quick_config(**overrides) -> BenchConfig:
     """Lengths 64..1024 and contexts to 8k: a few minutes on two cores."""
-    quick = BenchConfig(lengths=(64, 256, 1024), cells=("tanh", "gru", "transformer"), repeats=3,
-                        contexts=(64, 256, 1024, 4096, 8192), matmul_size=2048, optimisation_length=512,
-                        encode_context=2048)
+    quick = BenchConfig(
+        lengths=(64, 256, 1024),
+        cells=("tanh", "gru", "transformer"),
+        repeats=3,
+        contexts=(64, 256, 1024, 4096, 8192),
+        matmul_size=2048,
+        optimisation_length=512,
+        encode_context=2048,
+    )
     return replace(quick, **overrides)
 
 
@@ -146,14 +153,17 @@ def _flash_cpu_forward(query, key, value, dropout_p=0.0, is_causal=False, *_, ou
     return flops // 2 if is_causal else flops
 
 
-def _flash_cpu_backward(grad_out, query, key, value, out, logsumexp, dropout_p=0.0, is_causal=False, *_,
-                        out_shape=None, **__):
+def _flash_cpu_backward(
+    grad_out, query, key, value, out, logsumexp, dropout_p=0.0, is_causal=False, *_, out_shape=None, **__
+):
     flops = sdpa_backward_flop_count(grad_out, query, key, value)
     return flops // 2 if is_causal else flops
 
 
-_CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _flash_cpu_forward,
-                        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _flash_cpu_backward}
+_CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _flash_cpu_forward,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _flash_cpu_backward,
+}
 
 
 def count_flops(call) -> int:
@@ -226,8 +236,9 @@ def sequential_depth(method: str, length: int) -> int:
 class TrainingStep:
     """One optimiser step of a method, as training runs it: loss, backward, clip to norm 1, AdamW."""
 
-    def __init__(self, method: str, cell: str, config: BenchConfig, vocab: int | None = None,
-                 classes: int | None = None):
+    def __init__(
+        self, method: str, cell: str, config: BenchConfig, vocab: int | None = None, classes: int | None = None
+    ):
         torch.manual_seed(config.seed)
         vocab = vocab or config.vocab
         model = ModelConfig(cell=cell, memory_size=config.memory_size)
@@ -237,8 +248,16 @@ class TrainingStep:
         self.loss_fn = smt_loss if smt else (bptt_loss if method == "bptt-fused" else loop_bptt_loss)
         sampled = method in ("smt-sampled", "smt-windowed")
         # the step as training runs it once the horizon has grown to K and the dynamics reach the teacher
-        self.loss_config = SMTConfig(decoder_positions=sampled_positions(config) if sampled else 0, horizon_grow=0,
-                                     teacher_delay=0, dyn_warmup=0) if smt else BPTTConfig(truncate=0)
+        self.loss_config = (
+            SMTConfig(
+                decoder_positions=sampled_positions(config) if sampled else 0,
+                horizon_grow=0,
+                teacher_delay=0,
+                dyn_warmup=0,
+            )
+            if smt
+            else BPTTConfig(truncate=0)
+        )
         if method == "smt-compiled":
             self.loss_fn = torch.compile(smt_loss)
         self.autocast = torch.autocast("cuda", torch.bfloat16) if method == "smt-bf16" else nullcontext()
@@ -271,35 +290,50 @@ def _set_peak(row: dict, call, device: str, base_mb: float = 0.0):
     def measure():
         step_mb = peak_memory_mb(call, device)
         row["peak_mb"] = None if step_mb is None else base_mb + step_mb
+
     return measure
 
 
-def training_rows(config: BenchConfig, peak_gflops: float | None = None, log=print,
-                  later: list | None = None) -> list[dict]:
+def training_rows(
+    config: BenchConfig, peak_gflops: float | None = None, log=print, later: list | None = None
+) -> list[dict]:
     """One row per (cell, length, method): time, throughput, FLOPs, memory, sequential depth."""
     rows, memory = [], []
     for cell in config.cells:
         steps = {method: TrainingStep(method, cell, config) for method in training_methods(cell, config)}
         for length in config.lengths:
-            batch = dense_batch(config.batch, length, config.vocab, torch.Generator().manual_seed(config.seed + length),
-                                config.device)
+            batch = dense_batch(
+                config.batch, length, config.vocab, torch.Generator().manual_seed(config.seed + length), config.device
+            )
             calls = {method: partial(step, batch) for method, step in steps.items()}
             context, crop = windowed(config, length)
             if "smt-windowed" in steps:  # a crop of the stream, the teacher seeing its first Tc tokens
                 steps["smt-windowed"].loss_config.context = context
-                calls["smt-windowed"] = partial(steps["smt-windowed"], {key: value[:, :crop] for key, value in batch.items()})
+                calls["smt-windowed"] = partial(
+                    steps["smt-windowed"], {key: value[:, :crop] for key, value in batch.items()}
+                )
             # the first warm-up step counts the FLOPs (the compiled step, which does the same, warms up plain)
-            flop_counts = {method: call() if method == "smt-compiled" else count_flops(call)
-                           for method, call in calls.items()}
+            flop_counts = {
+                method: call() if method == "smt-compiled" else count_flops(call) for method, call in calls.items()
+            }
             seconds = time_round_robin(calls, max(0, config.warmup - 1), config.repeats, config.device)
             for method, call in calls.items():
                 flops = flop_counts["smt" if method == "smt-compiled" else method]
-                row = {"method": method, "cell": cell, "length": length, "batch": config.batch,
-                       "seconds_per_step": seconds[method],
-                       # tokens whose memory transition the step trains (windowed: Tc per crop)
-                       "tokens_per_second": config.batch * (context if method == "smt-windowed" else length) / seconds[method],
-                       "peak_mb": None, "sequential_depth": sequential_depth(method, length),
-                       "gflop_per_step": flops / 1e9, "achieved_gflops": flops / 1e9 / seconds[method]}
+                row = {
+                    "method": method,
+                    "cell": cell,
+                    "length": length,
+                    "batch": config.batch,
+                    "seconds_per_step": seconds[method],
+                    # tokens whose memory transition the step trains (windowed: Tc per crop)
+                    "tokens_per_second": config.batch
+                    * (context if method == "smt-windowed" else length)
+                    / seconds[method],
+                    "peak_mb": None,
+                    "sequential_depth": sequential_depth(method, length),
+                    "gflop_per_step": flops / 1e9,
+                    "achieved_gflops": flops / 1e9 / seconds[method],
+                }
                 if peak_gflops:
                     row["peak_fraction"] = row["achieved_gflops"] / peak_gflops
                 if method == "smt-windowed":
@@ -320,7 +354,7 @@ def training_rows(config: BenchConfig, peak_gflops: float | None = None, log=pri
 def _token_window(times: list[float], context: int) -> float:
     """Median seconds of the tokens read with about ``context`` tokens of context (the last eighth)."""
     width = max(8, context // 8)
-    return statistics.median(times[max(0, context - width):context])
+    return statistics.median(times[max(0, context - width) : context])
 
 
 def _stream(stream, tokens: torch.Tensor, device: str, checkpoints=(), at_checkpoint=None) -> list[float]:
@@ -375,8 +409,14 @@ def uncached_teacher_logits(teacher, prefix: torch.Tensor) -> torch.Tensor:
 
 
 def _inference_row(model: str, context: int, seconds: float, state_bytes: int) -> dict:
-    return {"model": model, "context": context, "seconds_per_token": seconds, "tokens_per_second": 1 / seconds,
-            "state_mb": state_bytes / 2**20, "peak_mb": None}
+    return {
+        "model": model,
+        "context": context,
+        "seconds_per_token": seconds,
+        "tokens_per_second": 1 / seconds,
+        "state_mb": state_bytes / 2**20,
+        "peak_mb": None,
+    }
 
 
 @torch.no_grad()
@@ -389,8 +429,10 @@ def inference_rows(config: BenchConfig, log=print, later: list | None = None) ->
     longest = contexts[-1]
     tokens = torch.randint(0, config.vocab, (1, longest + 1), generator=torch.Generator().manual_seed(config.seed))
     tokens = tokens.to(config.device)
-    streams = {"rnn": lambda: RNNStream(models.rnn),
-               "teacher-kv-cache": lambda: CachedTeacherStream(models.teacher, longest + 2)}
+    streams = {
+        "rnn": lambda: RNNStream(models.rnn),
+        "teacher-kv-cache": lambda: CachedTeacherStream(models.teacher, longest + 2),
+    }
     rows = {}
     for name, make in streams.items():
         stream, states = make(), {}
@@ -399,12 +441,23 @@ def inference_rows(config: BenchConfig, log=print, later: list | None = None) ->
             rows[name, context] = _inference_row(name, context, _token_window(times, context), states[context])
     for context in contexts:
         prefix = tokens[:, :context]
-        seconds = time_round_robin({"encode": lambda: uncached_teacher_logits(models.teacher, prefix)}, 1,
-                                   config.inference_repeats, config.device)["encode"]
-        rows["teacher-no-cache", context] = _inference_row("teacher-no-cache", context, seconds,
-                                                           prefix.numel() * prefix.element_size())
-    log("inference " + "  ".join(f"{name}@{c} {row['seconds_per_token'] * 1e3:.2f}ms"
-                                 for (name, c), row in rows.items() if c in (contexts[0], longest)))
+        seconds = time_round_robin(
+            {"encode": lambda: uncached_teacher_logits(models.teacher, prefix)},
+            1,
+            config.inference_repeats,
+            config.device,
+        )["encode"]
+        rows["teacher-no-cache", context] = _inference_row(
+            "teacher-no-cache", context, seconds, prefix.numel() * prefix.element_size()
+        )
+    log(
+        "inference "
+        + "  ".join(
+            f"{name}@{c} {row['seconds_per_token'] * 1e3:.2f}ms"
+            for (name, c), row in rows.items()
+            if c in (contexts[0], longest)
+        )
+    )
 
     def stream_memory(name, make):
         def measure():
@@ -416,6 +469,7 @@ def inference_rows(config: BenchConfig, log=print, later: list | None = None) ->
                         _set_peak(row, lambda: stream(tokens[:, index]), config.device, row["state_mb"])()
                     else:
                         stream(tokens[:, index])
+
         return measure
 
     memory = [stream_memory(name, make) for name, make in streams.items()]
@@ -443,13 +497,23 @@ def _swapped(module, name: str, value):
 
 def _before_after(name, cell, length, before, after, config, repeats, exact, note, later) -> dict:
     seconds = time_round_robin({"before": before, "after": after}, config.warmup, repeats, config.device)
-    row = {"optimisation": name, "cell": cell, "length": length, "before_seconds": seconds["before"],
-           "after_seconds": seconds["after"], "speedup": seconds["before"] / seconds["after"],
-           "before_peak_mb": None, "after_peak_mb": None, "exact": exact, "note": note}
+    row = {
+        "optimisation": name,
+        "cell": cell,
+        "length": length,
+        "before_seconds": seconds["before"],
+        "after_seconds": seconds["after"],
+        "speedup": seconds["before"] / seconds["after"],
+        "before_peak_mb": None,
+        "after_peak_mb": None,
+        "exact": exact,
+        "note": note,
+    }
 
     def measure():
         row["before_peak_mb"] = peak_memory_mb(before, config.device)
         row["after_peak_mb"] = peak_memory_mb(after, config.device)
+
     _later([measure], later)
     return row
 
@@ -467,18 +531,38 @@ def optimisation_rows(config: BenchConfig, log=print, later: list | None = None)
         with _swapped(smt_module, "labelled_rows", lambda labelled, *tensors: tensors):
             step(batch)
 
-    rows.append(_before_after("smt: decode and read out labelled windows only", "tanh", length, before,
-                              partial(after_step, batch), config, config.repeats, True,
-                              "retrieval (one label per sequence), decoder on every window; same loss and gradients",
-                              later))
+    rows.append(
+        _before_after(
+            "smt: decode and read out labelled windows only",
+            "tanh",
+            length,
+            before,
+            partial(after_step, batch),
+            config,
+            config.repeats,
+            True,
+            "retrieval (one label per sequence), decoder on every window; same loss and gradients",
+            later,
+        )
+    )
     # the same with the decoder on sampled windows, which are drawn among labelled ones: the readout's share
-    before_step, after_step = (TrainingStep("smt-sampled", "tanh", config, task.vocab_size, task.num_classes)
-                               for _ in range(2))
-    rows.append(_before_after("smt-sampled: read out labelled positions only", "tanh", length,
-                              partial(before, before_step),
-                              partial(after_step, batch), config, config.repeats, True,
-                              f"retrieval, decoder on {sampled_positions(config)} sampled windows; same loss and "
-                              "gradients", later))
+    before_step, after_step = (
+        TrainingStep("smt-sampled", "tanh", config, task.vocab_size, task.num_classes) for _ in range(2)
+    )
+    rows.append(
+        _before_after(
+            "smt-sampled: read out labelled positions only",
+            "tanh",
+            length,
+            partial(before, before_step),
+            partial(after_step, batch),
+            config,
+            config.repeats,
+            True,
+            f"retrieval, decoder on {sampled_positions(config)} sampled windows; same loss and gradients",
+            later,
+        )
+    )
     # 2. teacher without a cache: PyTorch's fused inference path off in Teacher.encode
     models = Models(ModelConfig(), config.vocab, config.vocab).to(config.device).eval()
     prefix = torch.randint(0, config.vocab, (1, config.encode_context), generator=torch.Generator().manual_seed(1))
@@ -489,9 +573,20 @@ def optimisation_rows(config: BenchConfig, log=print, later: list | None = None)
         with _swapped(teacher_module, "_without_fused_inference_path", nullcontext):
             after()
 
-    rows.append(_before_after("teacher encode: no fused inference path (eval, no grad)", "-", config.encode_context,
-                              fused_path, after, config, config.inference_repeats, True,
-                              "one token of the teacher without a cache; same memories to 1e-5", later))
+    rows.append(
+        _before_after(
+            "teacher encode: no fused inference path (eval, no grad)",
+            "-",
+            config.encode_context,
+            fused_path,
+            after,
+            config,
+            config.inference_repeats,
+            True,
+            "one token of the teacher without a cache; same memories to 1e-5",
+            later,
+        )
+    )
     log("optimisations " + "  ".join(f"{r['optimisation'].split(':')[0]} x{r['speedup']:.2f}" for r in rows))
     return rows
 
@@ -499,20 +594,34 @@ def optimisation_rows(config: BenchConfig, log=print, later: list | None = None)
 def derived_rows(training: list[dict], config: BenchConfig) -> list[dict]:
     """Options compared inside the training matrix: decoder sampling, torch.compile, bf16 autocast."""
     table = {(r["method"], r["cell"], r["length"]): r for r in training}
-    variants = {"smt-sampled": (f"smt: decoder on {sampled_positions(config)} sampled windows per sequence", False,
-                                "changes the loss: fewer decoder windows"),
-                "smt-compiled": ("smt: torch.compile", True, "first call (compile) in first_call_seconds"),
-                "smt-bf16": ("smt: bf16 autocast (CUDA)", False, "bf16 numerics")}
+    variants = {
+        "smt-sampled": (
+            f"smt: decoder on {sampled_positions(config)} sampled windows per sequence",
+            False,
+            "changes the loss: fewer decoder windows",
+        ),
+        "smt-compiled": ("smt: torch.compile", True, "first call (compile) in first_call_seconds"),
+        "smt-bf16": ("smt: bf16 autocast (CUDA)", False, "bf16 numerics"),
+    }
     rows = []
     for (method, cell, length), after in table.items():
         if method in variants and ("smt", cell, length) in table:
             before = table["smt", cell, length]
             name, exact, note = variants[method]
-            rows.append({"optimisation": name, "cell": cell, "length": length,
-                         "before_seconds": before["seconds_per_step"], "after_seconds": after["seconds_per_step"],
-                         "speedup": before["seconds_per_step"] / after["seconds_per_step"],
-                         "before_peak_mb": before["peak_mb"], "after_peak_mb": after["peak_mb"], "exact": exact,
-                         "note": note})
+            rows.append(
+                {
+                    "optimisation": name,
+                    "cell": cell,
+                    "length": length,
+                    "before_seconds": before["seconds_per_step"],
+                    "after_seconds": after["seconds_per_step"],
+                    "speedup": before["seconds_per_step"] / after["seconds_per_step"],
+                    "before_peak_mb": before["peak_mb"],
+                    "after_peak_mb": after["peak_mb"],
+                    "exact": exact,
+                    "note": note,
+                }
+            )
     return rows
 
 
@@ -530,10 +639,14 @@ def machine() -> dict:
             return None
 
     memory_kb = first("/proc/meminfo", r"^MemTotal:\s+(\d+)")
-    info = {"cpu": first("/proc/cpuinfo", r"^model name\s*:(.*)$"), "logical_cpus": os.cpu_count(),
-            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "memory_gb": round(int(memory_kb) / 2**20, 1) if memory_kb else None,
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    info = {
+        "cpu": first("/proc/cpuinfo", r"^model name\s*:(.*)$"),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gb": round(int(memory_kb) / 2**20, 1) if memory_kb else None,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -550,28 +663,56 @@ def targets(result: dict) -> list[dict]:
         bptt = seconds["bptt", cell, last] / seconds["bptt", cell, first]
         for method in ("smt", "smt-sampled", "smt-windowed"):
             growth = seconds[method, cell, last] / seconds[method, cell, first]
-            rows.append({"target": f"{method} step grows less than bptt's from T={first} to T={last}", "cell": cell,
-                         "measured": f"{method} x{growth:.1f}, bptt x{bptt:.1f}", "met": growth < bptt})
+            rows.append(
+                {
+                    "target": f"{method} step grows less than bptt's from T={first} to T={last}",
+                    "cell": cell,
+                    "measured": f"{method} x{growth:.1f}, bptt x{bptt:.1f}",
+                    "met": growth < bptt,
+                }
+            )
         for method in ("smt", "smt-sampled", "smt-windowed"):
             ratio = seconds[method, cell, last] / seconds["bptt", cell, last]
-            rows.append({"target": f"{method} step no slower than the bptt loop at T={last}", "cell": cell,
-                         "measured": f"{ratio:.2f}x the bptt loop's time", "met": ratio <= 1})
+            rows.append(
+                {
+                    "target": f"{method} step no slower than the bptt loop at T={last}",
+                    "cell": cell,
+                    "measured": f"{ratio:.2f}x the bptt loop's time",
+                    "met": ratio <= 1,
+                }
+            )
         for method in ("smt", "smt-sampled"):
             smt = next(r for r in training if (r["method"], r["cell"], r["length"]) == (method, cell, last))
             if "peak_fraction" in smt:
-                rows.append({"target": f"{method} step at >= 30% of the matmul peak", "cell": cell,
-                             "measured": f"{100 * smt['peak_fraction']:.1f}% at T={last}",
-                             "met": smt["peak_fraction"] >= 0.3})
+                rows.append(
+                    {
+                        "target": f"{method} step at >= 30% of the matmul peak",
+                        "cell": cell,
+                        "measured": f"{100 * smt['peak_fraction']:.1f}% at T={last}",
+                        "met": smt["peak_fraction"] >= 0.3,
+                    }
+                )
     latency = {(r["model"], r["context"]): r["seconds_per_token"] for r in inference}
     contexts = sorted({r["context"] for r in inference})
     rnn, cell = [latency["rnn", c] for c in contexts], result["model_defaults"]["cell"]
-    rows.append({"target": "rnn per-token latency flat in context (max/min <= 1.5)", "cell": cell,
-                 "measured": f"max/min {max(rnn) / min(rnn):.2f} over {contexts[0]}..{contexts[-1]}",
-                 "met": max(rnn) / min(rnn) <= 1.5})
+    rows.append(
+        {
+            "target": "rnn per-token latency flat in context (max/min <= 1.5)",
+            "cell": cell,
+            "measured": f"max/min {max(rnn) / min(rnn):.2f} over {contexts[0]}..{contexts[-1]}",
+            "met": max(rnn) / min(rnn) <= 1.5,
+        }
+    )
     at = 8192 if 8192 in contexts else contexts[-1]
     ratio = latency["teacher-no-cache", at] / latency["rnn", at]
-    rows.append({"target": f"rnn >= 10x cheaper per token than the teacher without cache at {at}", "cell": cell,
-                 "measured": f"{ratio:.0f}x", "met": ratio >= 10})
+    rows.append(
+        {
+            "target": f"rnn >= 10x cheaper per token than the teacher without cache at {at}",
+            "cell": cell,
+            "measured": f"{ratio:.0f}x",
+            "met": ratio >= 10,
+        }
+    )
     return rows
 
 
@@ -589,11 +730,16 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     log(f"memory pass ({len(later)} measurements)")
     for measure in later:
         measure()
-    result = {"date": started.isoformat(timespec="seconds"),
-              "seconds": (datetime.now(timezone.utc) - started).total_seconds(),
-              "machine": {**machine(), "load_before": load_before, "load_after": os.getloadavg()},
-              "config": {**asdict(config), "decoder_positions": sampled_positions(config)},
-              "model_defaults": asdict(ModelConfig()), "matmul": peak, "training": training, "inference": inference,
-              "optimisations": optimisations + derived_rows(training, config)}
+    result = {
+        "date": started.isoformat(timespec="seconds"),
+        "seconds": (datetime.now(timezone.utc) - started).total_seconds(),
+        "machine": {**machine(), "load_before": load_before, "load_after": os.getloadavg()},
+        "config": {**asdict(config), "decoder_positions": sampled_positions(config)},
+        "model_defaults": asdict(ModelConfig()),
+        "matmul": peak,
+        "training": training,
+        "inference": inference,
+        "optimisations": optimisations + derived_rows(training, config),
+    }
     result["targets"] = targets(result)
     return result

@@ -1,10 +1,18 @@
 """Render a ``bench.run_bench`` result: docs/benchmarks.md (tables, targets) and two figures."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
-STYLE = {"smt": ("o", "C0"), "smt-sampled": ("s", "C1"), "smt-windowed": ("X", "C6"), "smt-compiled": ("D", "C4"), "smt-bf16": ("P", "C5"),
-         "bptt": ("^", "C2"), "bptt-fused": ("v", "C3")}
+STYLE = {
+    "smt": ("o", "C0"),
+    "smt-sampled": ("s", "C1"),
+    "smt-windowed": ("X", "C6"),
+    "smt-compiled": ("D", "C4"),
+    "smt-bf16": ("P", "C5"),
+    "bptt": ("^", "C2"),
+    "bptt-fused": ("v", "C3"),
+}
 
 
 def _number(value, digits: int = 3) -> str:
@@ -21,37 +29,60 @@ def _number(value, digits: int = 3) -> str:
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell if isinstance(cell, str) else _number(cell) for cell in row) + " |"
-              for row in rows]
+    lines += [
+        "| " + " | ".join(cell if isinstance(cell, str) else _number(cell) for cell in row) + " |" for row in rows
+    ]
     return lines + [""]
 
 
 def _training_section(result: dict) -> list[str]:
     training, defaults = result["training"], result["model_defaults"]
-    lines = ["## Training step: SMT against BPTT, side by side", "",
-             f"Batch {training[0]['batch']}, memory size {result['config']['memory_size']}, byte-level data (vocabulary "
-             f"{result['config']['vocab']}, every position labelled), every other size at ModelConfig's defaults "
-             f"(teacher width {defaults['teacher_width']}, {defaults['teacher_layers']} encoder and "
-             f"{defaults['teacher_decoder_layers']} decoder layers, future Tf={defaults['future']}). "
-             "A step is loss, backward, clipping and an AdamW step. `smt`: all-prefix SMT (`smt_loss`, decoder on "
-             f"every window); `smt-sampled`: the same with `decoder_positions={result['config']['decoder_positions']}`; "
-             f"`smt-windowed`: windowed SMT (docs/method.md section 3, windowed mode) on a crop of the stream, the encoder seeing its first "
-             f"Tc=min(T, {result['config'].get('window', 256)}) tokens, the decoder on the same sampled positions, so its "
-             "step stops growing with T (its tokens/s counts the Tc memory transitions it trains per sequence); "
-             "`bptt`: our own step loop (`cell.rollout` + readout); `bptt-fused`: `bptt_loss`, i.e. nn.RNN / nn.GRU / "
-             "nn.LSTM. Depth: cell applications in series. GFLOP: matmuls and attention, forward and backward.", ""]
+    lines = [
+        "## Training step: SMT against BPTT, side by side",
+        "",
+        f"Batch {training[0]['batch']}, memory size {result['config']['memory_size']}, byte-level data (vocabulary "
+        f"{result['config']['vocab']}, every position labelled), every other size at ModelConfig's defaults "
+        f"(teacher width {defaults['teacher_width']}, {defaults['teacher_layers']} encoder and "
+        f"{defaults['teacher_decoder_layers']} decoder layers, future Tf={defaults['future']}). "
+        "A step is loss, backward, clipping and an AdamW step. `smt`: all-prefix SMT (`smt_loss`, decoder on "
+        f"every window); `smt-sampled`: the same with `decoder_positions={result['config']['decoder_positions']}`; "
+        f"`smt-windowed`: windowed SMT (docs/method.md section 3, windowed mode) on a crop of the stream, the encoder seeing its first "
+        f"Tc=min(T, {result['config'].get('window', 256)}) tokens, the decoder on the same sampled positions, so its "
+        "step stops growing with T (its tokens/s counts the Tc memory transitions it trains per sequence); "
+        "`bptt`: our own step loop (`cell.rollout` + readout); `bptt-fused`: `bptt_loss`, i.e. nn.RNN / nn.GRU / "
+        "nn.LSTM. Depth: cell applications in series. GFLOP: matmuls and attention, forward and backward.",
+        "",
+    ]
     for cell in dict.fromkeys(r["cell"] for r in training):
         rows = [r for r in training if r["cell"] == cell]
         lines += [f"### {cell} cell", ""]
-        lines += _table(["T", "method", "s/step", "tokens/s", "peak MB", "depth", "GFLOP/step", "GFLOP/s", "% of peak"],
-                        [[r["length"], r["method"], r["seconds_per_step"], r["tokens_per_second"], r["peak_mb"],
-                          r["sequential_depth"], r["gflop_per_step"], r["achieved_gflops"],
-                          100 * r["peak_fraction"] if "peak_fraction" in r else None] for r in rows])
+        lines += _table(
+            ["T", "method", "s/step", "tokens/s", "peak MB", "depth", "GFLOP/step", "GFLOP/s", "% of peak"],
+            [
+                [
+                    r["length"],
+                    r["method"],
+                    r["seconds_per_step"],
+                    r["tokens_per_second"],
+                    r["peak_mb"],
+                    r["sequential_depth"],
+                    r["gflop_per_step"],
+                    r["achieved_gflops"],
+                    100 * r["peak_fraction"] if "peak_fraction" in r else None,
+                ]
+                for r in rows
+            ],
+        )
         methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "bptt"))
         seconds = {(r["method"], r["length"]): r["seconds_per_step"] for r in rows}
         lines += ["Step time relative to the bptt loop at the same T (below 1: faster than BPTT):", ""]
-        lines += _table(["T"] + methods, [[length] + [seconds[m, length] / seconds["bptt", length] for m in methods]
-                                          for length in dict.fromkeys(r["length"] for r in rows)])
+        lines += _table(
+            ["T"] + methods,
+            [
+                [length] + [seconds[m, length] / seconds["bptt", length] for m in methods]
+                for length in dict.fromkeys(r["length"] for r in rows)
+            ],
+        )
     return lines
 
 
@@ -60,18 +91,30 @@ def _inference_section(result: dict) -> list[str]:
     latency = {(r["model"], r["context"]): r for r in inference}
     contexts = sorted({r["context"] for r in inference})
     models = list(dict.fromkeys(r["model"] for r in inference))
-    lines = ["## Inference: one token at a time as the context grows", "",
-             f"Batch 1, ModelConfig's default sizes ({defaults['cell']} cell, memory {defaults['memory_size']}; teacher "
-             f"width {defaults['teacher_width']}, {defaults['teacher_layers']} encoder layers). Each token: "
-             "the RNN's `cell.step` and readout; the teacher's `encode_step` with a key-value cache and decoder; or, "
-             "without a cache, `encode` of the whole prefix and decoder. State: what is kept between tokens (the "
-             "memory; the keys and values; the token prefix). Peak: the state plus the peak of one token's work (on "
-             "CPU, work that fits in pages already resident does not show).", ""]
-    lines += _table(["context"] + [f"{m} ms/token" for m in models] + [f"{m} state MB" for m in models]
-                    + [f"{m} peak MB" for m in models],
-                    [[c] + [1e3 * latency[m, c]["seconds_per_token"] for m in models]
-                     + [latency[m, c]["state_mb"] for m in models] + [latency[m, c]["peak_mb"] for m in models]
-                     for c in contexts])
+    lines = [
+        "## Inference: one token at a time as the context grows",
+        "",
+        f"Batch 1, ModelConfig's default sizes ({defaults['cell']} cell, memory {defaults['memory_size']}; teacher "
+        f"width {defaults['teacher_width']}, {defaults['teacher_layers']} encoder layers). Each token: "
+        "the RNN's `cell.step` and readout; the teacher's `encode_step` with a key-value cache and decoder; or, "
+        "without a cache, `encode` of the whole prefix and decoder. State: what is kept between tokens (the "
+        "memory; the keys and values; the token prefix). Peak: the state plus the peak of one token's work (on "
+        "CPU, work that fits in pages already resident does not show).",
+        "",
+    ]
+    lines += _table(
+        ["context"]
+        + [f"{m} ms/token" for m in models]
+        + [f"{m} state MB" for m in models]
+        + [f"{m} peak MB" for m in models],
+        [
+            [c]
+            + [1e3 * latency[m, c]["seconds_per_token"] for m in models]
+            + [latency[m, c]["state_mb"] for m in models]
+            + [latency[m, c]["peak_mb"] for m in models]
+            for c in contexts
+        ],
+    )
     lines += ["Per-token time relative to the RNN:", ""]
     others = [m for m in models if m != "rnn"]
     per_token = lambda model, context: latency[model, context]["seconds_per_token"]
@@ -81,14 +124,42 @@ def _inference_section(result: dict) -> list[str]:
 
 
 def _optimisation_section(result: dict) -> list[str]:
-    lines = ["## Optimisations, before and after in the same run", "",
-             "Each pair was timed in turn in one process (same data, same weights). `exact`: the change leaves the "
-             "loss and gradients (or the memories) as they were.", ""]
-    lines += _table(["optimisation", "cell", "T / context", "before s", "after s", "speedup", "before peak MB",
-                     "after peak MB", "exact", "note"],
-                    [[r["optimisation"], r["cell"], r["length"], r["before_seconds"], r["after_seconds"], r["speedup"],
-                      r["before_peak_mb"], r["after_peak_mb"], "yes" if r["exact"] else "no", r["note"]]
-                     for r in result["optimisations"]])
+    lines = [
+        "## Optimisations, before and after in the same run",
+        "",
+        "Each pair was timed in turn in one process (same data, same weights). `exact`: the change leaves the "
+        "loss and gradients (or the memories) as they were.",
+        "",
+    ]
+    lines += _table(
+        [
+            "optimisation",
+            "cell",
+            "T / context",
+            "before s",
+            "after s",
+            "speedup",
+            "before peak MB",
+            "after peak MB",
+            "exact",
+            "note",
+        ],
+        [
+            [
+                r["optimisation"],
+                r["cell"],
+                r["length"],
+                r["before_seconds"],
+                r["after_seconds"],
+                r["speedup"],
+                r["before_peak_mb"],
+                r["after_peak_mb"],
+                "yes" if r["exact"] else "no",
+                r["note"],
+            ]
+            for r in result["optimisations"]
+        ],
+    )
     return lines
 
 
@@ -127,56 +198,78 @@ def _summary(result: dict) -> list[str]:
     for cell in dict.fromkeys(r["cell"] for r in training):
         smt, sampled, bptt = row["smt", cell], row["smt-sampled", cell], row["bptt", cell]
         fused = row.get(("bptt-fused", cell))
-        relative = lambda row: (f"{row['seconds_per_step'] / bptt['seconds_per_step']:.2f}x the bptt loop's time for "
-                                f"{row['gflop_per_step'] / bptt['gflop_per_step']:.1f}x its FLOPs")
-        lines.append(f"- {cell} cell, T={last}: smt {smt['seconds_per_step']:.3g} s/step, smt-sampled "
-                     f"{sampled['seconds_per_step']:.3g}, bptt loop {bptt['seconds_per_step']:.3g}"
-                     + (f", fused bptt {fused['seconds_per_step']:.3g}" if fused else "")
-                     + f". smt takes {relative(smt)}, smt-sampled {relative(sampled)}, both at "
-                     f"{smt['sequential_depth']}/{bptt['sequential_depth']} of its sequential depth.")
+        relative = lambda row: (
+            f"{row['seconds_per_step'] / bptt['seconds_per_step']:.2f}x the bptt loop's time for "
+            f"{row['gflop_per_step'] / bptt['gflop_per_step']:.1f}x its FLOPs"
+        )
+        lines.append(
+            f"- {cell} cell, T={last}: smt {smt['seconds_per_step']:.3g} s/step, smt-sampled "
+            f"{sampled['seconds_per_step']:.3g}, bptt loop {bptt['seconds_per_step']:.3g}"
+            + (f", fused bptt {fused['seconds_per_step']:.3g}" if fused else "")
+            + f". smt takes {relative(smt)}, smt-sampled {relative(sampled)}, both at "
+            f"{smt['sequential_depth']}/{bptt['sequential_depth']} of its sequential depth."
+        )
     latency = {(r["model"], r["context"]): r for r in inference}
     context = max(r["context"] for r in inference if r["context"] <= 8192)
     rnn = latency["rnn", context]
-    lines.append(f"- Inference at {context} tokens of context: the RNN takes {1e3 * rnn['seconds_per_token']:.3g} ms "
-                 f"per token and keeps {1024 * rnn['state_mb']:.3g} KB; the teacher with a key-value cache "
-                 f"{latency['teacher-kv-cache', context]['seconds_per_token'] / rnn['seconds_per_token']:.0f}x the "
-                 f"time and {latency['teacher-kv-cache', context]['state_mb']:.3g} MB; without a cache "
-                 f"{latency['teacher-no-cache', context]['seconds_per_token'] / rnn['seconds_per_token']:.0f}x the time.")
+    lines.append(
+        f"- Inference at {context} tokens of context: the RNN takes {1e3 * rnn['seconds_per_token']:.3g} ms "
+        f"per token and keeps {1024 * rnn['state_mb']:.3g} KB; the teacher with a key-value cache "
+        f"{latency['teacher-kv-cache', context]['seconds_per_token'] / rnn['seconds_per_token']:.0f}x the "
+        f"time and {latency['teacher-kv-cache', context]['state_mb']:.3g} MB; without a cache "
+        f"{latency['teacher-no-cache', context]['seconds_per_token'] / rnn['seconds_per_token']:.0f}x the time."
+    )
     return lines + [""]
 
 
 def markdown(result: dict, command: str | None = None, notes: str = NOTES) -> str:
     machine, matmul = result["machine"], result["matmul"]
-    lines = ["# Benchmarks", "",
-             f"Produced on {result['date']} in {result['seconds'] / 60:.1f} minutes by"
-             + (f"\n\n    {command}\n" if command else " `smtrnn bench`.\n"),
-             f"Machine: {machine.get('cpu')}, {machine.get('usable_cpus')} usable of {machine.get('logical_cpus')} logical "
-             f"CPUs, {machine.get('memory_gb')} GB, PyTorch {machine.get('torch')} on {machine.get('torch_threads')} "
-             f"thread{'s' if machine.get('torch_threads') != 1 else ''}{', ' + machine['gpu'] if machine.get('gpu') else ''}. "
-             f"Load average (1, 5, 15 min) {'/'.join(f'{x:.1f}' for x in machine['load_before'])} at the start and "
-             f"{'/'.join(f'{x:.1f}' for x in machine['load_after'])} at the end"
-             + (": above the CPU count, other work shared the machine and absolute times are noisy"
-                if max(machine["load_before"] + machine["load_after"]) > (machine.get("usable_cpus") or 1) else "")
-             + ". The methods of one row group were timed in turn, so the ratios between them are the numbers to "
-             "read.", "",
-             f"Matmul peak, measured in the same run: {matmul['gflops']:.1f} GFLOP/s (float32, "
-             f"{matmul['size']}x{matmul['size']} @ {matmul['size']}x{matmul['size']}, best of 5).", "",
-             "![seconds per training step against T](figures/bench_step_time.png)", "",
-             "![per-token inference against context](figures/bench_inference.png)", ""]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced on {result['date']} in {result['seconds'] / 60:.1f} minutes by"
+        + (f"\n\n    {command}\n" if command else " `smtrnn bench`.\n"),
+        f"Machine: {machine.get('cpu')}, {machine.get('usable_cpus')} usable of {machine.get('logical_cpus')} logical "
+        f"CPUs, {machine.get('memory_gb')} GB, PyTorch {machine.get('torch')} on {machine.get('torch_threads')} "
+        f"thread{'s' if machine.get('torch_threads') != 1 else ''}{', ' + machine['gpu'] if machine.get('gpu') else ''}. "
+        f"Load average (1, 5, 15 min) {'/'.join(f'{x:.1f}' for x in machine['load_before'])} at the start and "
+        f"{'/'.join(f'{x:.1f}' for x in machine['load_after'])} at the end"
+        + (
+            ": above the CPU count, other work shared the machine and absolute times are noisy"
+            if max(machine["load_before"] + machine["load_after"]) > (machine.get("usable_cpus") or 1)
+            else ""
+        )
+        + ". The methods of one row group were timed in turn, so the ratios between them are the numbers to "
+        "read.",
+        "",
+        f"Matmul peak, measured in the same run: {matmul['gflops']:.1f} GFLOP/s (float32, "
+        f"{matmul['size']}x{matmul['size']} @ {matmul['size']}x{matmul['size']}, best of 5).",
+        "",
+        "![seconds per training step against T](figures/bench_step_time.png)",
+        "",
+        "![per-token inference against context](figures/bench_inference.png)",
+        "",
+    ]
     lines += _summary(result) + ["## Targets", ""]
-    lines += _table(["target", "cell", "measured", "met"],
-                    [[r["target"], r["cell"], r["measured"], r["met"]] for r in result["targets"]])
+    lines += _table(
+        ["target", "cell", "measured", "met"],
+        [[r["target"], r["cell"], r["measured"], r["met"]] for r in result["targets"]],
+    )
     lines += _training_section(result) + _inference_section(result) + _optimisation_section(result)
-    lines += ["## How it is measured", "",
-              "- Time: median of the timed steps after warm-up; on CUDA with synchronisation around each step.",
-              "- Memory: on CPU the peak resident set during the call (VmHWM, reset via /proc/self/clear_refs) minus "
-              "the resident set before it, with glibc mapping every allocation over 64 KiB on its own so freed "
-              "tensors leave at once; measured in a pass after all timings. On CUDA, "
-              "torch.cuda.max_memory_allocated minus the memory allocated before.",
-              "- FLOPs: torch.utils.flop_counter over one step; PyTorch's CPU flash-attention kernels counted with "
-              "its SDPA formulas, halved when causal.",
-              "- Sequential depth: SMT applies the cell once to all (m*_t, x_{t+1}) pairs (depth 1); BPTT applies "
-              "it T times in series, fused kernel or not.", ""]
+    lines += [
+        "## How it is measured",
+        "",
+        "- Time: median of the timed steps after warm-up; on CUDA with synchronisation around each step.",
+        "- Memory: on CPU the peak resident set during the call (VmHWM, reset via /proc/self/clear_refs) minus "
+        "the resident set before it, with glibc mapping every allocation over 64 KiB on its own so freed "
+        "tensors leave at once; measured in a pass after all timings. On CUDA, "
+        "torch.cuda.max_memory_allocated minus the memory allocated before.",
+        "- FLOPs: torch.utils.flop_counter over one step; PyTorch's CPU flash-attention kernels counted with "
+        "its SDPA formulas, halved when causal.",
+        "- Sequential depth: SMT applies the cell once to all (m*_t, x_{t+1}) pairs (depth 1); BPTT applies "
+        "it T times in series, fused kernel or not.",
+        "",
+    ]
     if machine.get("torch_threads") == 1 and (machine.get("usable_cpus") or 1) > 1:
         notes += THREADS_NOTE
     if notes:
@@ -200,8 +293,13 @@ def figures(result: dict, folder: str | Path) -> list[Path]:
         for method in dict.fromkeys(r["method"] for r in training if r["cell"] == cell):
             rows = [r for r in training if r["cell"] == cell and r["method"] == method]
             marker, color = STYLE.get(method, ("x", "k"))
-            axis.plot([r["length"] for r in rows], [r["seconds_per_step"] for r in rows], marker=marker, color=color,
-                      label=method)
+            axis.plot(
+                [r["length"] for r in rows],
+                [r["seconds_per_step"] for r in rows],
+                marker=marker,
+                color=color,
+                label=method,
+            )
         axis.set(xscale="log", yscale="log", title=f"{cell} cell", xlabel="sequence length T")
         axis.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("seconds per training step")

@@ -9,6 +9,7 @@ memory head can always produce a reachable label) and offers:
 - ``forward(tokens, memory=None) -> (outputs[B, T, output_size], last[B, M])``: the sequential
   path, fused with nn.RNN / nn.GRU / nn.LSTM where PyTorch has a kernel, equal to the step loop.
 """
+
 from __future__ import annotations
 
 import torch
@@ -109,11 +110,12 @@ class TanhCell(Cell):
         self.rnn = nn.RNN(embed_dim, memory_size, nonlinearity="tanh", batch_first=True)
         self.reset_initial()
 
-
     def step(self, memory, token):
         memory, embedded, lead = _flat(memory, self.embed(token))
         r = self.rnn
-        out = torch.tanh(F.linear(embedded, r.weight_ih_l0, r.bias_ih_l0) + F.linear(memory, r.weight_hh_l0, r.bias_hh_l0))
+        out = torch.tanh(
+            F.linear(embedded, r.weight_ih_l0, r.bias_ih_l0) + F.linear(memory, r.weight_hh_l0, r.bias_hh_l0)
+        )
         return out.reshape(*lead, self.memory_size)
 
     def forward(self, tokens, memory=None):
@@ -131,7 +133,6 @@ class GRUCell(Cell):
         super().__init__(vocab_size, memory_size, embed_dim)
         self.rnn = nn.GRU(embed_dim, memory_size, batch_first=True)
         self.reset_initial()
-
 
     def step(self, memory, token):
         memory, embedded, lead = _flat(memory, self.embed(token))
@@ -162,7 +163,6 @@ class LSTMCell(Cell):
         self.hidden = memory_size // 2
         self.rnn = nn.LSTM(embed_dim, self.hidden, batch_first=True)
         self.reset_initial()
-
 
     def step(self, memory, token):
         memory, embedded, lead = _flat(memory, self.embed(token))
@@ -195,7 +195,6 @@ class MLPCell(Cell):
         self.mlp = nn.Sequential(nn.Linear(memory_size + embed_dim, hidden), nn.GELU(), nn.Linear(hidden, memory_size))
         self.reset_initial()
 
-
     def step(self, memory, token):
         embedded = self.embed(token)
         lead = torch.broadcast_shapes(memory.shape[:-1], embedded.shape[:-1])
@@ -222,7 +221,6 @@ class TransformerCell(Cell):
         layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
         self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.reset_initial()
-
 
     def step(self, memory, token):
         memory, embedded, lead = _flat(memory, self.embed(token))

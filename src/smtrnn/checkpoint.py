@@ -5,6 +5,7 @@ complete (model.safetensors, state.safetensors, state.json) before it is renamed
 file ``checkpoints/latest`` names the newest one and is itself replaced atomically. A kill at any
 moment therefore leaves the previous good checkpoint readable. Nothing is ever unpickled.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,9 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
 def _unflatten_optimizer(tensors: dict, plain: dict) -> dict:
     state = {}
     for index, values in plain["state"].items():
-        state[int(index)] = {name: tensors[f"optimizer.{index}.{name}"] if value == "tensor" else value
-                             for name, value in values.items()}
+        state[int(index)] = {
+            name: tensors[f"optimizer.{index}.{name}"] if value == "tensor" else value for name, value in values.items()
+        }
     return {"state": state, "param_groups": plain["param_groups"]}
 
 
@@ -85,11 +87,18 @@ MODEL_CONFIG_KEY = "smtrnn.model_config"  # safetensors metadata: the ModelConfi
 
 def _model_config(model: torch.nn.Module) -> dict | None:
     config = getattr(model, "config", None)
-    return asdict(config) if is_dataclass(config) else None
+    return asdict(config) if is_dataclass(config) and not isinstance(config, type) else None
 
 
-def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    rng: dict[str, torch.Tensor], meta: dict, keep: int = 1) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    name: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    rng: dict[str, torch.Tensor],
+    meta: dict,
+    keep: int = 1,
+) -> Path:
     """Write a complete checkpoint folder, point ``latest`` at it, prune older ones."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -99,7 +108,8 @@ def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module, optimizer:
         config = _model_config(model)
         metadata = {MODEL_CONFIG_KEY: json.dumps(config, sort_keys=True)} if config is not None else None
         save_file(weights, staging / "model.safetensors", metadata=metadata)
-        state_tensors, plain = {}, {}
+        state_tensors: dict[str, torch.Tensor] = {}
+        plain: dict = {}
         if optimizer is not None:
             state_tensors, plain = _flatten_optimizer(optimizer.state_dict())
         state_tensors.update({f"rng.{key}": value.cpu() for key, value in rng.items()})
@@ -150,10 +160,14 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:
-        raise UserError(f"checkpoint {folder} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise UserError(
+            f"checkpoint {folder} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     for key, value in weights.items():
         if value.shape != expected[key].shape:
-            raise UserError(f"checkpoint {folder}: {key} has shape {tuple(value.shape)}, the model wants {tuple(expected[key].shape)}")
+            raise UserError(
+                f"checkpoint {folder}: {key} has shape {tuple(value.shape)}, the model wants {tuple(expected[key].shape)}"
+            )
     model.load_state_dict(weights)
 
 
@@ -174,8 +188,11 @@ def _check_model_config(model: torch.nn.Module, folder: Path) -> None:
         raise UserError(f"corrupt checkpoint {folder}/model.safetensors: unreadable model config") from None
     if not isinstance(theirs, dict):
         raise UserError(f"corrupt checkpoint {folder}/model.safetensors: unreadable model config")
-    differ = [f"{key}={theirs[key]!r} (checkpoint) vs {mine[key]!r} (config)"
-              for key in sorted(set(theirs) & set(mine)) if theirs[key] != mine[key]]
+    differ = [
+        f"{key}={theirs[key]!r} (checkpoint) vs {mine[key]!r} (config)"
+        for key in sorted(set(theirs) & set(mine))
+        if theirs[key] != mine[key]
+    ]
     if differ:
         raise UserError(f"checkpoint {folder} was saved from another model: {', '.join(differ)}")
 
@@ -188,12 +205,18 @@ def load_state(folder: Path, optimizer: torch.optim.Optimizer | None) -> tuple[d
         raise UserError(f"corrupt checkpoint {folder}/state.safetensors: {error}") from None
     path = Path(folder) / "state.json"
     saved = read_json(path)
-    if not (isinstance(saved, dict) and isinstance(saved.get("meta"), dict) and isinstance(saved.get("optimizer"), dict)):
+    if not (
+        isinstance(saved, dict) and isinstance(saved.get("meta"), dict) and isinstance(saved.get("optimizer"), dict)
+    ):
         raise UserError(f"corrupt checkpoint {path}: expected an object with 'meta' and 'optimizer'")
     meta = saved["meta"]
     if "phase" in meta:  # written by the trainer: it resumes from these
-        good = (isinstance(meta["phase"], str) and isinstance(meta.get("step"), int) and meta["step"] >= 0
-                and isinstance(meta.get("seconds", 0.0), (int, float)))
+        good = (
+            isinstance(meta["phase"], str)
+            and isinstance(meta.get("step"), int)
+            and meta["step"] >= 0
+            and isinstance(meta.get("seconds", 0.0), (int, float))
+        )
         if not good:
             raise UserError(f"corrupt checkpoint {path}: bad meta {meta}")
     if optimizer is not None and saved["optimizer"]:
@@ -202,9 +225,12 @@ def load_state(folder: Path, optimizer: torch.optim.Optimizer | None) -> tuple[d
             for parameter, values in optimizer.state.items():
                 for name, value in values.items():
                     if torch.is_tensor(value) and value.dim() and value.shape != parameter.shape:
-                        raise ValueError(f"{name} has shape {tuple(value.shape)}, its parameter {tuple(parameter.shape)}")
+                        raise ValueError(
+                            f"{name} has shape {tuple(value.shape)}, its parameter {tuple(parameter.shape)}"
+                        )
         except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as error:
-            raise UserError(f"checkpoint {folder}: optimizer state does not fit this run "
-                            f"({type(error).__name__}: {error})") from None
-    rng = {key[len("rng."):]: value for key, value in tensors.items() if key.startswith("rng.")}
+            raise UserError(
+                f"checkpoint {folder}: optimizer state does not fit this run ({type(error).__name__}: {error})"
+            ) from None
+    rng = {key[len("rng.") :]: value for key, value in tensors.items() if key.startswith("rng.")}
     return meta, rng

@@ -1,5 +1,6 @@
 """Command line: a thin layer over the library. Options of ``train`` are generated from the config
 dataclasses, so every field of every config is settable and the names never drift apart."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,13 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
     base = RunConfig()
     for name in TOP_LEVEL:
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_type_of(getattr(base, name)), default=None,
-                            help=f"(default: {getattr(base, name)})")
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=_type_of(getattr(base, name)),
+            default=None,
+            help=f"(default: {getattr(base, name)})",
+        )
     seen = set()
     for section, prefix in SECTIONS:
         group = parser.add_argument_group(section)
@@ -53,10 +59,20 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                 raise RuntimeError(f"duplicate option {option}")
             seen.add(option)
             default = getattr(getattr(base, section), item.name)
-            group.add_argument(option, dest=f"{section}.{item.name}", type=_type_of(default), default=None,
-                               help=f"(default: {default})")
-    parser.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a parameter of the task, e.g. values=4 (repeatable)")
+            group.add_argument(
+                option,
+                dest=f"{section}.{item.name}",
+                type=_type_of(default),
+                default=None,
+                help=f"(default: {default})",
+            )
+    parser.add_argument(
+        "--task-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter of the task, e.g. values=4 (repeatable)",
+    )
 
 
 def _parse_task_options(pairs: list[str]) -> dict:
@@ -85,6 +101,13 @@ def config_from_args(args: argparse.Namespace, base=None):
             section, name = key.split(".")
             setattr(getattr(config, section), name, value)
     config.task_options.update(_parse_task_options(args.task_option))
+    from smtrnn.tasks.files import file_form
+
+    if (
+        file_form(config.task) is not None and config.task.partition(":")[2]
+    ):  # text:PATH etc.: saved with an absolute path, so a resume works anywhere
+        form, _, path = config.task.partition(":")
+        config.task = f"{form}:{Path(path).expanduser().resolve()}"
     return config
 
 
@@ -101,8 +124,19 @@ def _write_json(path: str | None, value) -> None:
 
 
 def _print_result(result: dict) -> None:
-    keys = ["task", "method", "cell", "length", "accuracy", "loss", "teacher_accuracy", "drift", "seconds", "steps",
-            "sequential_depth"]
+    keys = [
+        "task",
+        "method",
+        "cell",
+        "length",
+        "accuracy",
+        "loss",
+        "teacher_accuracy",
+        "drift",
+        "seconds",
+        "steps",
+        "sequential_depth",
+    ]
     for key in keys:
         if key in result:
             value = result[key]
@@ -117,7 +151,7 @@ def cmd_train(args) -> None:
         raise UserError("train needs --out DIR")
     config = config_from_args(args)
     with distributed.session(config.device):  # several processes under torchrun, else a no-op
-        result = run(config, args.out, progress=not args.quiet)
+        result = run(config, args.out, progress=not args.quiet, tensorboard=args.tensorboard)
         main_process = distributed.rank() == 0
     if main_process:
         _print_result(result)
@@ -136,8 +170,14 @@ def cmd_eval(args) -> None:
     length = args.length or config.length
     if hasattr(task, "check_length"):
         task.check_length(length)
-    result = {"run": str(args.run), "task": config.task, "method": config.method, "cell": config.model.cell,
-              "trained_length": config.length, "length": length}
+    result = {
+        "run": str(args.run),
+        "task": config.task,
+        "method": config.method,
+        "cell": config.model.cell,
+        "trained_length": config.length,
+        "length": length,
+    }
     result.update(evaluate_rnn(models.rnn, task, length, args.batches, 64, config.seed, args.device))
     if config.method not in ("bptt", "tbptt"):
         teacher = evaluate_teacher(models, task, length, max(1, args.batches // 2), 64, config.seed, args.device)
@@ -148,12 +188,22 @@ def cmd_eval(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from smtrnn.generate import generate, save_png
     from smtrnn.run import load_run
+    from smtrnn.sampling import generate, save_png
 
     config, task, models = load_run(args.run, args.device)
-    generated = generate(config, task, models, mode=args.mode, prompt=args.prompt, steps=args.steps,
-                         count=args.count, temperature=args.temperature, seed=args.seed, prime_rows=args.prime_rows)
+    generated = generate(
+        config,
+        task,
+        models,
+        mode=args.mode,
+        prompt=args.prompt,
+        steps=args.steps,
+        count=args.count,
+        temperature=args.temperature,
+        seed=args.seed,
+        prime_rows=args.prime_rows,
+    )
     if generated.grid is not None:
         out = args.out or str(Path(args.run) / f"samples-{args.mode}.png")
         save_png(generated.grid, out)
@@ -168,6 +218,19 @@ def cmd_generate(args) -> None:
             write_atomic(Path(args.out), (generated.text + "\n").encode())
         except OSError as error:
             raise UserError(f"cannot write {args.out}: {error.strerror}") from None
+
+
+def cmd_export(args) -> None:
+    from smtrnn.api import export
+
+    out = export(args.run, args.dir)
+    print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'} (the RNN alone)")
+
+
+def cmd_plot(args) -> None:
+    from smtrnn.plot import plot_runs
+
+    print(f"wrote {plot_runs(args.runs, args.out)}")
 
 
 def cmd_demo(args) -> None:
@@ -206,10 +269,14 @@ def cmd_bench(args) -> None:
         from smtrnn.checkpoint import write_atomic
 
         flags = [("--quick", args.quick), ("--compile", args.compile), ("--autocast", args.autocast)]
-        command = " ".join(["smtrnn bench"] + [flag for flag, given in flags if given]
-                           + [f"--device {args.device}"] * (args.device != "cpu")
-                           + [f"--threads {args.threads}"] * bool(args.threads)
-                           + [f"--json {args.json}"] * bool(args.json) + [f"--out-md {args.out_md}"])
+        command = " ".join(
+            ["smtrnn bench"]
+            + [flag for flag, given in flags if given]
+            + [f"--device {args.device}"] * (args.device != "cpu")
+            + [f"--threads {args.threads}"] * bool(args.threads)
+            + [f"--json {args.json}"] * bool(args.json)
+            + [f"--out-md {args.out_md}"]
+        )
         target = Path(args.out_md)
         target.parent.mkdir(parents=True, exist_ok=True)
         figures(result, target.parent / "figures")
@@ -237,14 +304,22 @@ def cmd_compare(args) -> None:
     from smtrnn.demo import machine
     from smtrnn.report import figures, markdown
 
-    grid = customise(preset(args.preset), tasks=_comma_list(args.tasks, str, "--tasks"),
-                     cells=_comma_list(args.cells, str, "--cells"), methods=_comma_list(args.methods, str, "--methods"),
-                     lengths=_comma_list(args.lengths, int, "--lengths"), seeds=_comma_list(args.seeds, int, "--seeds"),
-                     steps=args.steps, dmt_steps=args.dmt_steps,
-                     generalisation=False if args.no_generalisation else None)
+    grid = customise(
+        preset(args.preset),
+        tasks=_comma_list(args.tasks, str, "--tasks"),
+        cells=_comma_list(args.cells, str, "--cells"),
+        methods=_comma_list(args.methods, str, "--methods"),
+        lengths=_comma_list(args.lengths, int, "--lengths"),
+        seeds=_comma_list(args.seeds, int, "--seeds"),
+        steps=args.steps,
+        dmt_steps=args.dmt_steps,
+        generalisation=False if args.no_generalisation else None,
+    )
     result = compare(grid, args.out, jobs=args.jobs, threads_per_job=args.threads_per_job, progress=not args.quiet)
-    print(f"{len(result['rows'])} runs ({result['trained']} trained, {result['reused']} reused) in "
-          f"{result['wall_seconds']:.0f} s; rows in {Path(args.out) / 'results.json'}")
+    print(
+        f"{len(result['rows'])} runs ({result['trained']} trained, {result['reused']} reused) in "
+        f"{result['wall_seconds']:.0f} s; rows in {Path(args.out) / 'results.json'}"
+    )
     _write_json(args.json, result["rows"])
     if args.figures:
         figures(result["rows"], args.figures)
@@ -262,14 +337,26 @@ def cmd_realdata(args) -> None:
     from smtrnn.demo import machine
     from smtrnn.realdata import customise, preset, realdata, write_outputs
 
-    chosen = customise(preset(args.preset), datasets=_comma_list(args.datasets, str, "--datasets"),
-                       methods=_comma_list(args.methods, str, "--methods"), cells=_comma_list(args.cells, str, "--cells"))
+    chosen = customise(
+        preset(args.preset),
+        datasets=_comma_list(args.datasets, str, "--datasets"),
+        methods=_comma_list(args.methods, str, "--methods"),
+        cells=_comma_list(args.cells, str, "--cells"),
+    )
     result = realdata(chosen, args.out, jobs=args.jobs, progress=not args.quiet)
     for row in result["rows"]:
         bits = "diverged" if row["bits_per_byte"] is None else f"{row['bits_per_byte']:.3f} bits/byte"
         print(f"{row['dataset']:>10} {row['cell']:>6} {row['method']:>8}: {bits}")
-    write_outputs(chosen, result, args.out, shlex.join(["smtrnn", *args.argv]), machine(), json_path=args.json,
-                  markdown_path=args.markdown, figures_dir=args.figures)
+    write_outputs(
+        chosen,
+        result,
+        args.out,
+        shlex.join(["smtrnn", *args.argv]),
+        machine(),
+        json_path=args.json,
+        markdown_path=args.markdown,
+        figures_dir=args.figures,
+    )
 
 
 def cmd_horizon(args) -> None:
@@ -282,10 +369,13 @@ def cmd_horizon(args) -> None:
 
     if args.jobs < 1:
         raise UserError(f"jobs must be positive, got {args.jobs}")
-    result = run_study(preset(args.preset), args.out, jobs=args.jobs, progress=not args.quiet,
-                       train=not args.report_only)
-    print(f"{len(result['rows'])} runs ({result['trained']} trained, {result['reused']} reused) in "
-          f"{result['wall_seconds']:.0f} s")
+    result = run_study(
+        preset(args.preset), args.out, jobs=args.jobs, progress=not args.quiet, train=not args.report_only
+    )
+    print(
+        f"{len(result['rows'])} runs ({result['trained']} trained, {result['reused']} reused) in "
+        f"{result['wall_seconds']:.0f} s"
+    )
     _write_json(args.json, result)
     if args.figures:
         figures(result, args.figures)
@@ -304,7 +394,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train an RNN with smt, dmt, smt+dmt, bptt or tbptt")
     _add_config_options(train)
-    train.add_argument("--out", help="run directory (re-running the same command resumes it)")
+    train.add_argument(
+        "--out",
+        help="run directory (re-running the same command resumes it; a larger --steps or --dmt-steps continues it)",
+    )
+    train.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write the logged metrics as TensorBoard scalars to OUT/tensorboard (needs the tensorboard extra)",
+    )
     train.add_argument("--json", help="also write the result here")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=cmd_train)
@@ -319,20 +417,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="sample text, images (PNG grid) or token ids from a run's RNN")
     generate.add_argument("run", help="run directory")
-    generate.add_argument("--mode", choices=("rnn", "teacher"), default="rnn",
-                          help="rnn: the RNN alone reads the prompt and continues; teacher: the teacher encodes the "
-                               "prompt and the RNN continues from its memory (not for bptt runs)")
+    generate.add_argument(
+        "--mode",
+        choices=("rnn", "teacher"),
+        default="rnn",
+        help="rnn: the RNN alone reads the prompt and continues; teacher: the teacher encodes the "
+        "prompt and the RNN continues from its memory (not for bptt runs)",
+    )
     generate.add_argument("--prompt", help="text to continue (text tasks), or token ids separated by spaces")
     generate.add_argument("--steps", type=int, default=None, help="tokens to generate after the prompt (default: 200)")
     generate.add_argument("--count", type=int, default=1, help="samples (images: a grid of this many)")
     generate.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
     generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--prime-rows", type=int, default=None,
-                          help="images: given top rows of held-out images, shown beside the completion (default: "
-                               "none in rnn mode, starting from a black first pixel; half the rows in teacher mode)")
+    generate.add_argument(
+        "--prime-rows",
+        type=int,
+        default=None,
+        help="images: given top rows of held-out images, shown beside the completion (default: "
+        "none in rnn mode, starting from a black first pixel; half the rows in teacher mode)",
+    )
     generate.add_argument("--out", help="write the text here, or the PNG (default for images: RUN/samples-MODE.png)")
     generate.add_argument("--device", default="cpu")
     generate.set_defaults(handler=cmd_generate)
+
+    export = commands.add_parser("export", help="write a run's RNN as config.json + model.safetensors (no teacher)")
+    export.add_argument("run", help="run directory (finished)")
+    export.add_argument("dir", help="output directory: new, empty or an earlier export")
+    export.set_defaults(handler=cmd_export)
+
+    plot = commands.add_parser("plot", help="draw the loss and accuracy curves of one or more runs to a PNG")
+    plot.add_argument("runs", nargs="+", help="run directories (their metrics.jsonl)")
+    plot.add_argument("--out", default="curves.png", help="the PNG to write (default: curves.png)")
+    plot.set_defaults(handler=cmd_plot)
 
     demo = commands.add_parser("demo", help="BPTT against SMT->DMT on long-range retrieval, same cell, three seeds")
     demo.add_argument("--out", default="runs/demo", help="where the two runs are kept (resumable)")
@@ -355,8 +471,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     grid = commands.add_parser("compare", help="a grid of runs: tasks x cells x methods x lengths x seeds (resumable)")
     grid.add_argument("--preset", default="cpu", help="cpu (the committed grid) or smoke (seconds; default: cpu)")
-    for option, example in (("tasks", "retrieval,copy"), ("cells", "tanh,gru"), ("methods", "bptt,smt+dmt"),
-                            ("lengths", "32,128"), ("seeds", "0,1")):
+    for option, example in (
+        ("tasks", "retrieval,copy"),
+        ("cells", "tanh,gru"),
+        ("methods", "bptt,smt+dmt"),
+        ("lengths", "32,128"),
+        ("seeds", "0,1"),
+    ):
         grid.add_argument("--" + option, help=f"comma list replacing the preset's, e.g. {example}")
     grid.add_argument("--steps", type=int, help="total optimiser steps of every run (default: the preset's by length)")
     grid.add_argument("--dmt-steps", type=int, help="of which smt+dmt spends this many in DMT")
@@ -371,15 +492,22 @@ def build_parser() -> argparse.ArgumentParser:
     grid.set_defaults(handler=cmd_compare)
 
     horizon = commands.add_parser("horizon", help="the horizon study on needle retrieval (docs/horizon.md; resumable)")
-    horizon.add_argument("--preset", default="cpu", help="cpu (the committed study, about 2 h on 2 cores), full (every variant, about 6 h) or smoke (seconds; default: cpu)")
+    horizon.add_argument(
+        "--preset",
+        default="cpu",
+        help="cpu (the committed study, about 2 h on 2 cores), full (every variant, about 6 h) or smoke (seconds; default: cpu)",
+    )
     horizon.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process with one thread")
     horizon.add_argument("--out", default="runs/horizon", help="run directories (re-running resumes)")
     horizon.add_argument("--json", help="write the rows here")
     horizon.add_argument("--markdown", help="write the page here")
     horizon.add_argument("--figures", help="write the horizon-*.png figures into this folder")
     horizon.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
-    horizon.add_argument("--report-only", action="store_true",
-                         help="train nothing: write the outputs from the points already finished in --out")
+    horizon.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the outputs from the points already finished in --out",
+    )
     horizon.set_defaults(handler=cmd_horizon)
 
     real = commands.add_parser("realdata", help="BPTT against SMT->DMT on MNIST, Quick, Draw! and Brown (resumable)")

@@ -10,12 +10,13 @@ through sweep.py, longest first, ``jobs`` at a time in spawned worker processes.
     grid = customise(preset("cpu"), cells=["tanh"])
     result = compare(grid, "runs/compare", jobs=2)   # {"rows": [...], "wall_seconds": ..., ...}
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from smtrnn import checkpoint
 from smtrnn.cells import CELLS
@@ -32,8 +33,14 @@ METHODS = ("bptt", "tbptt", "smt", "smt+dmt", "bptt-10x")
 # SMT step with the horizon costs ~10 BPTT steps there): the equal-wall-time baseline
 LONG_BPTT = {"bptt-10x": 10}
 RESULT_KEYS = ("accuracy", "seconds", "steps", "chance", "teacher_accuracy", "loss", "sequential_depth")
-DIAGNOSTICS = ("rnn_effective_rank", "teacher_effective_rank", "rnn_pairwise_distance", "teacher_pairwise_distance",
-               "drift", "relative_drift")
+DIAGNOSTICS = (
+    "rnn_effective_rank",
+    "teacher_effective_rank",
+    "rnn_pairwise_distance",
+    "teacher_pairwise_distance",
+    "drift",
+    "relative_drift",
+)
 
 
 @dataclass
@@ -48,8 +55,11 @@ class Budget:
 # T=256 gets less than the recipe's 2,300 steps to fit the grid in about 100 minutes on two cores.
 # Measured on one core, an SMT step with the horizon (K=16, S=8) takes ~0.1 s at T <= 64 and ~0.4 s
 # at T=256, a BPTT step ~0.01 s and ~0.04 s.
-CPU_BUDGETS = {16: Budget(steps=500, dmt_steps=100), 64: Budget(steps=1500, dmt_steps=300),
-               256: Budget(steps=1250, dmt_steps=250)}
+CPU_BUDGETS = {
+    16: Budget(steps=500, dmt_steps=100),
+    64: Budget(steps=1500, dmt_steps=300),
+    256: Budget(steps=1250, dmt_steps=250),
+}
 
 
 def cpu_budget(length: int) -> Budget:
@@ -94,9 +104,15 @@ class Grid:
     include: Callable[[str, str, str, int], bool] | None = field(default=None, compare=False)
 
     def points(self) -> list[Point]:
-        return [Point(task, cell, method, length, seed) for task, _ in self.tasks for cell in self.cells
-                for method in self.methods for length in self.lengths for seed in self.seeds
-                if self.include is None or self.include(task, cell, method, length)]
+        return [
+            Point(task, cell, method, length, seed)
+            for task, _ in self.tasks
+            for cell in self.cells
+            for method in self.methods
+            for length in self.lengths
+            for seed in self.seeds
+            if self.include is None or self.include(task, cell, method, length)
+        ]
 
     def budget_at(self, length: int) -> Budget:
         planned = self.budget(length)
@@ -112,19 +128,26 @@ class Grid:
         factor = LONG_BPTT.get(point.method, 1)
         if factor > 1:
             budget = Budget(budget.steps * factor, budget.dmt_steps)
-        config = RunConfig(task=point.task, length=point.length, method="bptt" if factor > 1 else point.method,
-                           seed=point.seed,
-                           task_options=copy.deepcopy(dict(self.tasks)[point.task]), eval_batches=self.eval_batches,
-                           length_generalisation=self.generalisation,
-                           # the decoder's future window cannot be longer than the sequence
-                           model=replace(self.model, cell=point.cell, future=min(self.model.future, point.length)),
-                           smt=replace(self.smt), dmt=replace(self.dmt))
+        config = RunConfig(
+            task=point.task,
+            length=point.length,
+            method="bptt" if factor > 1 else point.method,
+            seed=point.seed,
+            task_options=copy.deepcopy(dict(self.tasks)[point.task]),
+            eval_batches=self.eval_batches,
+            length_generalisation=self.generalisation,
+            # the decoder's future window cannot be longer than the sequence
+            model=replace(self.model, cell=point.cell, future=min(self.model.future, point.length)),
+            smt=replace(self.smt),
+            dmt=replace(self.dmt),
+        )
         smt_steps = budget.steps - budget.dmt_steps if point.method == "smt+dmt" else budget.steps
         # warm-ups scale down with short budgets: at most a tenth of the phase (SMT's dynamics ramp, the
         # teacher's delay and the horizon's growth: half; at T=64 all three are the recipe's)
         config.train = replace(self.train, steps=smt_steps, warmup=min(self.train.warmup, smt_steps // 10))
-        config.dmt_train = replace(self.dmt_train, steps=budget.dmt_steps,
-                                   warmup=min(self.dmt_train.warmup, budget.dmt_steps // 10))
+        config.dmt_train = replace(
+            self.dmt_train, steps=budget.dmt_steps, warmup=min(self.dmt_train.warmup, budget.dmt_steps // 10)
+        )
         config.smt.dyn_warmup = min(self.smt.dyn_warmup, smt_steps // 2)
         config.smt.teacher_delay = min(self.smt.teacher_delay, smt_steps // 2)
         config.smt.horizon_grow = min(self.smt.horizon_grow, smt_steps // 2)
@@ -132,8 +155,13 @@ class Grid:
 
     def validate(self) -> None:
         names = [name for name, _ in self.tasks]
-        for option, values in (("tasks", names), ("cells", self.cells), ("methods", self.methods),
-                               ("lengths", self.lengths), ("seeds", self.seeds)):
+        for option, values in (
+            ("tasks", names),
+            ("cells", self.cells),
+            ("methods", self.methods),
+            ("lengths", self.lengths),
+            ("seeds", self.seeds),
+        ):
             if not values:
                 raise UserError(f"compare: --{option} is empty")
             if len(set(values)) != len(values):
@@ -158,8 +186,10 @@ class Grid:
         for length in self.lengths:
             budget = self.budget_at(length)
             if budget.steps < 1 or not 0 <= budget.dmt_steps < budget.steps:
-                raise UserError(f"compare at length {length}: need steps >= 1 and 0 <= dmt steps < steps, "
-                                f"got {budget.steps} steps and {budget.dmt_steps} dmt steps")
+                raise UserError(
+                    f"compare at length {length}: need steps >= 1 and 0 <= dmt steps < steps, "
+                    f"got {budget.steps} steps and {budget.dmt_steps} dmt steps"
+                )
 
 
 def _cpu_points(task: str, cell: str, method: str, length: int) -> bool:
@@ -178,29 +208,55 @@ def cpu_grid() -> Grid:
     """The committed CPU grid: the five synthetic task families and parity (docs/method.md section 9), the
     library's default SMT->DMT recipe against BPTT with the same cell and optimiser steps, three lengths,
     three seeds, the points chosen by ``_cpu_points``. (Truncated BPTT is one --methods away.)"""
-    return Grid(tasks=[("retrieval", {"values": 8}),
-                       ("copy", {"values": 8, "reverse": False}),
-                       ("stack", {"symbols": 4, "capacity": 10}),
-                       ("kv", {"pairs": 4, "key_vocab": 16, "value_vocab": 16}),
-                       ("modular", {"modulus": 7}),
-                       ("parity", {})],
-                cells=["tanh", "gru", "mlp"], methods=["bptt", "smt+dmt", "bptt-10x"], lengths=[16, 64, 256],
-                seeds=[0, 1, 2], include=_cpu_points)
+    return Grid(
+        tasks=[
+            ("retrieval", {"values": 8}),
+            ("copy", {"values": 8, "reverse": False}),
+            ("stack", {"symbols": 4, "capacity": 10}),
+            ("kv", {"pairs": 4, "key_vocab": 16, "value_vocab": 16}),
+            ("modular", {"modulus": 7}),
+            ("parity", {}),
+        ],
+        cells=["tanh", "gru", "mlp"],
+        methods=["bptt", "smt+dmt", "bptt-10x"],
+        lengths=[16, 64, 256],
+        seeds=[0, 1, 2],
+        include=_cpu_points,
+    )
+
+
+def full_grid() -> Grid:
+    """Every family, cell and length of the CPU grid with every method, and the recipe's full budget at
+    T=256 (2,300 steps): about 12 hours on two cores (not run for the committed page)."""
+    budgets = {**CPU_BUDGETS, 256: Budget(steps=2300, dmt_steps=300)}
+    grid = cpu_grid()
+    return replace(
+        grid,
+        include=lambda task, cell, method, length: method != "bptt-10x" or length <= 64,
+        budget=lambda length: budgets[min((key for key in budgets if key >= length), default=max(budgets))],
+    )
 
 
 def smoke_grid() -> Grid:
     """Seconds-long: a tiny model, a few steps, to check the machinery (not a result)."""
-    return Grid(tasks=[("retrieval", {"values": 4}), ("parity", {})], cells=["tanh"], methods=["bptt", "smt+dmt"],
-                lengths=[16], seeds=[0],
-                model=ModelConfig(memory_size=8, embed_dim=4, readout_hidden=8, teacher_width=8, teacher_layers=1,
-                                  teacher_heads=2, future=2),
-                budget=lambda length: Budget(steps=6, dmt_steps=2),
-                train=TrainConfig(batch_size=4, warmup=1, log_every=2),
-                dmt_train=TrainConfig(batch_size=4, lr=1e-3, warmup=1, log_every=2),
-                smt=SMTConfig(dyn_warmup=2, horizon=4, horizon_grow=2), eval_batches=1)
+    return Grid(
+        tasks=[("retrieval", {"values": 4}), ("parity", {})],
+        cells=["tanh"],
+        methods=["bptt", "smt+dmt"],
+        lengths=[16],
+        seeds=[0],
+        model=ModelConfig(
+            memory_size=8, embed_dim=4, readout_hidden=8, teacher_width=8, teacher_layers=1, teacher_heads=2, future=2
+        ),
+        budget=lambda length: Budget(steps=6, dmt_steps=2),
+        train=TrainConfig(batch_size=4, warmup=1, log_every=2),
+        dmt_train=TrainConfig(batch_size=4, lr=1e-3, warmup=1, log_every=2),
+        smt=SMTConfig(dyn_warmup=2, horizon=4, horizon_grow=2),
+        eval_batches=1,
+    )
 
 
-PRESETS = {"cpu": cpu_grid, "smoke": smoke_grid}
+PRESETS = {"cpu": cpu_grid, "full": full_grid, "smoke": smoke_grid}
 
 
 def preset(name: str) -> Grid:
@@ -223,19 +279,27 @@ def row_from_result(config: RunConfig, result: dict, method: str | None = None) 
     """One results.json row from a run's outcome (see sweep.outcome; a key the result lacks is null).
     ``method``: the grid's name of the method when it differs from the config's (bptt-10x)."""
     diagnostics = result.get("diagnostics") or {}
-    row = {"task": config.task, "cell": config.model.cell, "method": method or config.method, "length": config.length,
-           "seed": config.seed}
+    row = {
+        "task": config.task,
+        "cell": config.model.cell,
+        "method": method or config.method,
+        "length": config.length,
+        "seed": config.seed,
+    }
     row.update({key: result.get(key) for key in RESULT_KEYS})
     row.update({key: diagnostics.get(key) for key in DIAGNOSTICS})
     row.update(generalisation=result.get("generalisation"), note=result.get("diverged"))
     if "diverged" in result:
-        row.update(steps=planned_steps(config),
-                   chance=getattr(make_task(config.task, **config.task_options), "chance_accuracy", None))
+        row.update(
+            steps=planned_steps(config),
+            chance=getattr(make_task(config.task, **config.task_options), "chance_accuracy", None),
+        )
     return row
 
 
-def compare(grid: Grid, out: str | Path = "runs/compare", jobs: int = 1, threads_per_job: int = 1,
-            progress: bool = True) -> dict:
+def compare(
+    grid: Grid, out: str | Path = "runs/compare", jobs: int = 1, threads_per_job: int = 1, progress: bool = True
+) -> dict:
     """Run every point of ``grid`` not yet finished under ``out``; write and return its rows.
 
     Returns {"rows", "task_options", "wall_seconds", "trained", "reused", "jobs", "threads_per_job"};
@@ -252,10 +316,23 @@ def compare(grid: Grid, out: str | Path = "runs/compare", jobs: int = 1, threads
         seconds = "" if row["seconds"] is None else f" in {row['seconds']:.0f} s"
         return f"{point.task} {point.cell} {point.method} T={point.length} seed {point.seed}: {accuracy}{seconds}"
 
-    done = sweep([(point, config, point.directory(out)) for point, config in configs.items()], jobs, threads_per_job,
-                 progress, "compare", describe)
+    done = sweep(
+        [(point, config, point.directory(out)) for point, config in configs.items()],
+        jobs,
+        threads_per_job,
+        progress,
+        "compare",
+        describe,
+    )
     ordered = [row_from_result(configs[point], done["outcomes"][point], point.method) for point in configs]
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.write_json(out / "results.json", ordered)
-    return {"rows": ordered, "task_options": dict(grid.tasks), "wall_seconds": done["wall_seconds"],
-            "trained": done["trained"], "reused": done["reused"], "jobs": jobs, "threads_per_job": threads_per_job}
+    return {
+        "rows": ordered,
+        "task_options": dict(grid.tasks),
+        "wall_seconds": done["wall_seconds"],
+        "trained": done["trained"],
+        "reused": done["reused"],
+        "jobs": jobs,
+        "threads_per_job": threads_per_job,
+    }

@@ -24,6 +24,7 @@ here is then the identity. Under torchrun:
 - Global torch RNG (methods draw random positions, permutations and DMT start points from it):
   each rank keeps its own; checkpoints store every rank's state so that resuming is exact.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,8 +71,10 @@ def session(device: str = "cpu"):
             raise UserError(f"device {device} asked for, but CUDA is not available")
         local_rank = int(os.environ["LOCAL_RANK"])
         if local_rank >= torch.cuda.device_count():
-            raise UserError(f"local rank {local_rank} has no GPU: this node has {torch.cuda.device_count()}; "
-                            f"start at most that many processes per node")
+            raise UserError(
+                f"local rank {local_rank} has no GPU: this node has {torch.cuda.device_count()}; "
+                f"start at most that many processes per node"
+            )
         torch.cuda.set_device(local_rank)  # "cuda" now means this process's own GPU
     dist.init_process_group("nccl" if cuda else "gloo")
     finished = False
@@ -100,7 +103,7 @@ def shard(batch: dict) -> dict:
             if value.shape[0] % count:
                 raise UserError(f"batch of {value.shape[0]} sequences cannot be split over {count} processes")
             size = value.shape[0] // count
-            value = value[rank() * size:(rank() + 1) * size]
+            value = value[rank() * size : (rank() + 1) * size]
         out[key] = value
     return out
 
@@ -116,7 +119,9 @@ def wrap(objective: nn.Module) -> nn.Module:
     if world_size() == 1:
         return objective
     device = next(objective.parameters()).device
-    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    device_ids = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    )
     return nn.parallel.DistributedDataParallel(objective, device_ids=device_ids, find_unused_parameters=True)
 
 
@@ -190,5 +195,7 @@ def check_same_start(phase: str, step: int, where) -> None:
     mine = torch.tensor([zlib.crc32(phase.encode()), step], dtype=torch.int64)
     starts = {tuple(piece.tolist()) for piece in _gather(mine)}
     if len(starts) > 1:
-        raise UserError(f"the processes found different checkpoints in {where}: on several nodes the run "
-                        f"directory must be one shared folder")
+        raise UserError(
+            f"the processes found different checkpoints in {where}: on several nodes the run "
+            f"directory must be one shared folder"
+        )

@@ -4,6 +4,7 @@ generalisation; memory collapse (effective rank, pairwise distance).
 
 Evaluation data come from a generator seeded apart from training (a held-out stream).
 """
+
 from __future__ import annotations
 
 import math
@@ -54,7 +55,9 @@ def first_prediction_accuracy(teacher, memories: torch.Tensor, y: torch.Tensor) 
 
 
 @torch.no_grad()
-def evaluate_teacher(models, task, length: int, batches: int = 4, batch_size: int = 64, seed: int = 0, device="cpu") -> dict:
+def evaluate_teacher(
+    models, task, length: int, batches: int = 4, batch_size: int = 64, seed: int = 0, device="cpu"
+) -> dict:
     """The rungs of docs/method.md section 8, each as one number (drift also as a curve over t)."""
     models.eval()
     rnn, teacher = models.rnn, models.teacher
@@ -71,10 +74,18 @@ def evaluate_teacher(models, task, length: int, batches: int = 4, batch_size: in
         drift = (rollout - memories[:, 1:]).pow(2).sum(-1).sqrt().mean(0)
         drift_curve = drift if drift_curve is None else drift_curve + drift
         scale = memories[:, 1:].pow(2).sum(-1).sqrt().mean()
-        records.append({"teacher_accuracy": teacher_accuracy.item(), "readout_accuracy": readout_accuracy.item(),
-                        "one_step_accuracy": one_step_accuracy.item(), "drift": drift.mean().item(),
-                        "drift_final": drift[-1].item(), "memory_norm": scale.item()})
+        records.append(
+            {
+                "teacher_accuracy": teacher_accuracy.item(),
+                "readout_accuracy": readout_accuracy.item(),
+                "one_step_accuracy": one_step_accuracy.item(),
+                "drift": drift.mean().item(),
+                "drift_final": drift[-1].item(),
+                "memory_norm": scale.item(),
+            }
+        )
     result = _mean(records)
+    assert drift_curve is not None  # batches >= 1
     result["drift_curve"] = (drift_curve / batches).tolist()
     return result
 
@@ -86,15 +97,23 @@ def _networks(models_or_rnn):
 
 
 @torch.no_grad()
-def length_generalisation(models_or_rnn, task, length: int, factors=(2, 4, 8), batches: int = 2,
-                          batch_size: int = 8, seed: int = 0, device="cpu") -> dict:
+def length_generalisation(
+    models_or_rnn,
+    task,
+    length: int,
+    factors=(2, 4, 8),
+    batches: int = 2,
+    batch_size: int = 8,
+    seed: int = 0,
+    device="cpu",
+) -> dict:
     """Trained at ``length``, tested at factor * length (docs/method.md section 9): per factor
     ``{"length", "rnn": teacher-free accuracy, "teacher": first-prediction accuracy or None}``, or None
     where the task refuses that length. Pass Models to include the teacher, an RNN alone for BPTT runs.
     Small batches by default: at 8T the teacher's attention costs O((8T)^2) per sequence."""
     rnn, teacher = _networks(models_or_rnn)
     rnn.eval()
-    results = {}
+    results: dict[int, dict | None] = {}
     for factor in factors:
         longer = factor * length
         try:
@@ -140,29 +159,36 @@ def mean_pairwise_distance(matrix: torch.Tensor, samples: int = 512, seed: int =
 
 
 @torch.no_grad()
-def memory_diagnostics(models_or_rnn, task, length: int, batches: int = 2, batch_size: int = 32, seed: int = 0,
-                       device="cpu") -> dict:
+def memory_diagnostics(
+    models_or_rnn, task, length: int, batches: int = 2, batch_size: int = 32, seed: int = 0, device="cpu"
+) -> dict:
     """Memory collapse and drift (docs/method.md sections 8 and 9): effective rank and mean pairwise distance
     of the RNN's own rollout memories m^_t and, given Models, of the teacher's m*_t, plus the rollout
     drift mean ||m^_t - m*_t||, also relative to the mean teacher memory norm. An RNN alone (BPTT)
     reports its own side only."""
     rnn, teacher = _networks(models_or_rnn)
     rnn.eval()
-    rollouts, expert = [], []
+    rollouts: list[torch.Tensor] = []
+    experts: list[torch.Tensor] = []
     for batch in _batches(task, length, batches, batch_size, seed):
         x = batch["x"].to(device)
         rollouts.append(rnn.cell.rollout(x).flatten(0, 1).cpu())
         if teacher is not None:
             teacher.eval()
-            expert.append(teacher.encode(x)[:, 1:].flatten(0, 1).cpu())
+            experts.append(teacher.encode(x)[:, 1:].flatten(0, 1).cpu())
     rollout = torch.cat(rollouts)
-    result = {"rnn_effective_rank": effective_rank(rollout),
-              "rnn_pairwise_distance": mean_pairwise_distance(rollout, seed=seed)}
+    result = {
+        "rnn_effective_rank": effective_rank(rollout),
+        "rnn_pairwise_distance": mean_pairwise_distance(rollout, seed=seed),
+    }
     if teacher is None:
         return result
-    expert = torch.cat(expert)
+    expert = torch.cat(experts)
     drift = (rollout - expert).norm(dim=-1).mean().item()
-    result.update(teacher_effective_rank=effective_rank(expert),
-                  teacher_pairwise_distance=mean_pairwise_distance(expert, seed=seed),
-                  drift=drift, relative_drift=drift / max(expert.norm(dim=-1).mean().item(), 1e-12))
+    result.update(
+        teacher_effective_rank=effective_rank(expert),
+        teacher_pairwise_distance=mean_pairwise_distance(expert, seed=seed),
+        drift=drift,
+        relative_drift=drift / max(expert.norm(dim=-1).mean().item(), 1e-12),
+    )
     return result

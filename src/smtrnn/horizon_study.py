@@ -15,18 +15,18 @@ eigenvalues of the cell in the subspace where the teacher stores the needle.
     study = preset("cpu")                     # or "smoke" for a seconds-long check of the machinery
     result = run_study(study, "runs/horizon", jobs=2)
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from smtrnn import checkpoint
 from smtrnn.models import ModelConfig
 from smtrnn.run import RunConfig, load_run
 from smtrnn.sweep import outcome, sweep
 from smtrnn.tasks.base import UserError
-from smtrnn.train import TrainConfig
 
 DIAGNOSTICS_FILE = "needle.json"
 PROBE_LAGS = (0, 1, 3, 8, 16, 32, 64)
@@ -59,6 +59,7 @@ def recipe(cell: str, length: int, seed: int) -> RunConfig:
 
 def _set(**changes) -> Callable[[RunConfig], None]:
     """A change to a config: ``section__field=value`` (e.g. smt__horizon=8) or a top-level field."""
+
     def change(config: RunConfig) -> None:
         for key, value in changes.items():
             if "__" in key:
@@ -66,6 +67,7 @@ def _set(**changes) -> Callable[[RunConfig], None]:
                 setattr(getattr(config, section), name, value)
             else:
                 setattr(config, key, value)
+
     return change
 
 
@@ -73,6 +75,7 @@ def _chain(*changes) -> Callable[[RunConfig], None]:
     def change(config: RunConfig) -> None:
         for one in changes:
             one(config)
+
     return change
 
 
@@ -81,6 +84,7 @@ def _bptt(factor: int = 1) -> Callable[[RunConfig], None]:
         steps = factor * (config.train.steps + config.dmt_train.steps)
         config.method = "bptt"
         config.train = replace(config.train, steps=steps)
+
     return change
 
 
@@ -111,8 +115,12 @@ VARIANTS = [
     # the ladder: one change at a time, from the paper's loss to the recipe
     Variant("paper", "ladder", "one-step dynamics loss (K=1), sinusoidal positions, DMT batch 32", PAPER),
     Variant("K8-sinusoid", "ladder", "+ horizon K=8 from the start", _chain(PAPER, _set(smt__horizon=8))),
-    Variant("K8", "ladder", "+ teacher without position codes",
-            _chain(NO_DELAY, OLD_DMT, _set(smt__horizon=8, smt__horizon_grow=0))),
+    Variant(
+        "K8",
+        "ladder",
+        "+ teacher without position codes",
+        _chain(NO_DELAY, OLD_DMT, _set(smt__horizon=8, smt__horizon_grow=0)),
+    ),
     Variant("K16-grown", "ladder", "+ K=16, grown from 1 over the first half of SMT", _chain(NO_DELAY, OLD_DMT)),
     Variant("dmt-128", "ladder", "+ DMT batch 128", NO_DELAY),
     Variant("recipe", "ladder", "+ the dynamics reach the teacher only after 500 steps (the default recipe)"),
@@ -126,14 +134,20 @@ VARIANTS = [
     Variant("half-steps", "factors", "half the SMT steps (and growth)", _halve_smt),
     Variant("lr-4e-3", "factors", "SMT learning rate 4e-3", _set(train__lr=4e-3)),
     Variant("weight-0.3", "factors", "horizon weight 0.3", _set(smt__c_horizon=0.3)),
-    Variant("joint", "factors", "horizon labels not detached (gradient into the teacher)", _set(smt__horizon_detach=False)),
+    Variant(
+        "joint", "factors", "horizon labels not detached (gradient into the teacher)", _set(smt__horizon_detach=False)
+    ),
     Variant("burn-in", "factors", "16 free-running steps before the K supervised ones", _set(smt__horizon_burnin=16)),
     Variant("sinusoid", "factors", "teacher with sinusoidal position codes", _set(model__teacher_positions="sinusoid")),
     Variant("no-delay", "factors", "the dynamics reach the teacher from the start", NO_DELAY),
     Variant("no-dmt", "factors", "SMT only, DMT's steps given to SMT", _smt_only),
     Variant("dmt-readout", "factors", "DMT trains the readout only (no memory pull)", _set(dmt__c_dyn=0.0)),
-    Variant("dmt-official", "factors", "DMT as the paper's code: lr 3e-5, c_dyn 10, every 16th step, batch 32",
-            _set(dmt_train__lr=3e-5, dmt_train__batch_size=32, dmt__c_dyn=10.0, dmt__every=16, dmt__start="teacher")),
+    Variant(
+        "dmt-official",
+        "factors",
+        "DMT as the paper's code: lr 3e-5, c_dyn 10, every 16th step, batch 32",
+        _set(dmt_train__lr=3e-5, dmt_train__batch_size=32, dmt__c_dyn=10.0, dmt__every=16, dmt__start="teacher"),
+    ),
     # baselines for the scale part
     Variant("bptt", "scale", "BPTT, same cell and number of optimiser steps", _bptt(1)),
     Variant("bptt-4x", "scale", "BPTT with four times the optimiser steps", _bptt(4)),
@@ -165,10 +179,16 @@ def full_study() -> Study:
     """Every variant: the whole ladder and every factor at T=64, the scale part at T=64/128/256 for
     tanh, GRU and MLP (about 6 h on 2 cores)."""
     ladder = [(variant.name, "tanh", 64) for variant in VARIANTS if variant.part == "ladder"]
-    factors = [(variant.name, "tanh", 64) for variant in VARIANTS if variant.part == "factors" and variant.name != "no-delay"]
+    factors = [
+        (variant.name, "tanh", 64) for variant in VARIANTS if variant.part == "factors" and variant.name != "no-delay"
+    ]
     longer = [("K8-grown", "tanh", 128), ("no-dmt", "tanh", 128), ("no-delay", "tanh", 256), ("K32", "tanh", 256)]
-    scale = [(name, cell, length) for length in (64, 128, 256) for cell in ("tanh", "gru", "mlp")
-             for name in ("recipe", "bptt")] + [("recipe", "transformer", 64), ("bptt", "transformer", 64)]
+    scale = [
+        (name, cell, length)
+        for length in (64, 128, 256)
+        for cell in ("tanh", "gru", "mlp")
+        for name in ("recipe", "bptt")
+    ] + [("recipe", "transformer", 64), ("bptt", "transformer", 64)]
     scale += [("bptt-4x", "tanh", length) for length in (64, 128)]
     points = list(dict.fromkeys(ladder + factors + longer + scale))  # the T=64 tanh recipe once
     return Study(points=points, seeds=[0, 1, 2])
@@ -181,27 +201,45 @@ def cpu_study() -> Study:
     Transformer cell at T=64, each against BPTT."""
     ladder = [(name, "tanh", 64) for name in ("paper", "K8-sinusoid", "K8", "K16-grown", "recipe")]
     factors = [(name, "tanh", 64) for name in ("K1", "no-dmt")] + [(name, "tanh", 256) for name in ("no-delay", "K32")]
-    scale = [(name, cell, length) for length in (64, 128) for cell in ("tanh", "gru", "mlp")
-             for name in ("recipe", "bptt")]
+    scale = [
+        (name, cell, length) for length in (64, 128) for cell in ("tanh", "gru", "mlp") for name in ("recipe", "bptt")
+    ]
     scale += [(name, cell, 256) for cell in ("tanh", "gru") for name in ("recipe", "bptt")]
     scale += [("recipe", "transformer", 64), ("bptt", "transformer", 64), ("bptt-4x", "tanh", 64)]
     return Study(points=list(dict.fromkeys(ladder + factors + scale)), seeds=[0, 1, 2])
 
 
 def _shrink(config: RunConfig) -> None:
-    config.model = replace(config.model, memory_size=8, embed_dim=4, readout_hidden=8, teacher_width=8,
-                           teacher_layers=1, teacher_heads=2, future=2, memory_tokens=2, cell_layers=1)
+    config.model = replace(
+        config.model,
+        memory_size=8,
+        embed_dim=4,
+        readout_hidden=8,
+        teacher_width=8,
+        teacher_layers=1,
+        teacher_heads=2,
+        future=2,
+        memory_tokens=2,
+        cell_layers=1,
+    )
     config.train = replace(config.train, steps=max(2, config.train.steps // 400), batch_size=4, warmup=1, log_every=1)
     config.dmt_train = replace(config.dmt_train, steps=2, batch_size=4, warmup=1, log_every=1)
-    config.smt = replace(config.smt, dyn_warmup=1, teacher_delay=1, horizon=min(config.smt.horizon, 4), horizon_grow=1,
-                         horizon_burnin=min(config.smt.horizon_burnin, 2))
+    config.smt = replace(
+        config.smt,
+        dyn_warmup=1,
+        teacher_delay=1,
+        horizon=min(config.smt.horizon, 4),
+        horizon_grow=1,
+        horizon_burnin=min(config.smt.horizon_burnin, 2),
+    )
     config.eval_batches = 1
 
 
 def smoke_study() -> Study:
     """Seconds-long: tiny models, a few steps, two variants and the baseline (checks the machinery)."""
-    return Study(points=[("paper", "tanh", 16), ("recipe", "tanh", 16), ("bptt", "tanh", 16)], seeds=[0],
-                 adjust=_shrink)
+    return Study(
+        points=[("paper", "tanh", 16), ("recipe", "tanh", 16), ("bptt", "tanh", 16)], seeds=[0], adjust=_shrink
+    )
 
 
 PRESETS = {"cpu": cpu_study, "full": full_study, "smoke": smoke_study}
@@ -227,19 +265,31 @@ def measure_needle(config: RunConfig, run_dir: str) -> None:
     _, task, models = load_run(run_dir)
     lags = tuple(lag for lag in PROBE_LAGS if lag < config.length)
     size = 2048 if config.model.memory_size > 8 else 64  # the smoke preset: a handful of sequences
-    report = {"probe": needle_probe(models, task, config.length, lags, train=size, test=size // 4),
-              "error_curve": rollout_error_curve(models, task, config.length),
-              "stability": needle_stability(models, task, config.length, count=16 if size > 64 else 2)}
+    report = {
+        "probe": needle_probe(models, task, config.length, lags, train=size, test=size // 4),
+        "error_curve": rollout_error_curve(models, task, config.length),
+        "stability": needle_stability(models, task, config.length, count=16 if size > 64 else 2),
+    }
     checkpoint.write_json(Path(run_dir) / DIAGNOSTICS_FILE, report)
 
 
 def row(key: tuple, config: RunConfig, outcome: dict, run_dir: Path) -> dict:
     name, cell, length, seed = key
-    entry = {"variant": name, "part": BY_NAME[name].part, "cell": cell, "length": length, "seed": seed,
-             "method": config.method, "accuracy": outcome.get("accuracy"), "seconds": outcome.get("seconds"),
-             "steps": outcome.get("steps"), "teacher_accuracy": outcome.get("teacher_accuracy"),
-             "sequential_depth": outcome.get("sequential_depth"), "drift": outcome.get("drift"),
-             "note": outcome.get("diverged")}
+    entry = {
+        "variant": name,
+        "part": BY_NAME[name].part,
+        "cell": cell,
+        "length": length,
+        "seed": seed,
+        "method": config.method,
+        "accuracy": outcome.get("accuracy"),
+        "seconds": outcome.get("seconds"),
+        "steps": outcome.get("steps"),
+        "teacher_accuracy": outcome.get("teacher_accuracy"),
+        "sequential_depth": outcome.get("sequential_depth"),
+        "drift": outcome.get("drift"),
+        "note": outcome.get("diverged"),
+    }
     needle = run_dir / DIAGNOSTICS_FILE
     if config.method != "bptt" and "diverged" not in outcome:
         if not needle.exists():  # a run whose measurement was interrupted: measure it now
@@ -248,20 +298,37 @@ def row(key: tuple, config: RunConfig, outcome: dict, run_dir: Path) -> dict:
     return entry
 
 
-def run_study(study: Study, out: str | Path = "runs/horizon", jobs: int = 1, progress: bool = True,
-              train: bool = True) -> dict:
+def run_study(
+    study: Study, out: str | Path = "runs/horizon", jobs: int = 1, progress: bool = True, train: bool = True
+) -> dict:
     """Train every point not yet finished (``jobs`` at a time) and return {"rows", "wall_seconds", ...}.
     With ``train=False`` nothing is trained: the rows are the points already finished in ``out``."""
     configs = study.configs()
     planned = len(configs)
     if not train:
         configs = {key: config for key, config in configs.items() if outcome(config, directory(out, key)) is not None}
-    describe = lambda key, outcome: "{} {} T={} seed {}: ".format(*key) + (
-        "diverged" if "diverged" in outcome else f"accuracy {outcome['accuracy']:.3f}")
-    done = sweep([(key, config, directory(out, key)) for key, config in configs.items()], jobs, 1, progress,
-                 "horizon", describe, finish=measure_needle)
+    describe = lambda key, outcome: (
+        "{} {} T={} seed {}: ".format(*key)
+        + ("diverged" if "diverged" in outcome else f"accuracy {outcome['accuracy']:.3f}")
+    )
+    done = sweep(
+        [(key, config, directory(out, key)) for key, config in configs.items()],
+        jobs,
+        1,
+        progress,
+        "horizon",
+        describe,
+        finish=measure_needle,
+    )
     rows = [row(key, config, done["outcomes"][key], directory(out, key)) for key, config in configs.items()]
-    return {"rows": rows, "planned": planned, "seeds": study.seeds, "wall_seconds": done["wall_seconds"], "trained": done["trained"],
-            "reused": done["reused"], "jobs": jobs, "descriptions": {v.name: v.description for v in VARIANTS},
-            "budgets": {str(length): vars(plan) for length, plan in BUDGETS.items()}}
-
+    return {
+        "rows": rows,
+        "planned": planned,
+        "seeds": study.seeds,
+        "wall_seconds": done["wall_seconds"],
+        "trained": done["trained"],
+        "reused": done["reused"],
+        "jobs": jobs,
+        "descriptions": {v.name: v.description for v in VARIANTS},
+        "budgets": {str(length): vars(plan) for length, plan in BUDGETS.items()},
+    }

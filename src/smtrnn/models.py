@@ -1,4 +1,5 @@
 """The networks of one run: the RNN that is the product, and the teacher that SMT trains with it."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -36,7 +37,9 @@ class ModelConfig:
         if self.teacher_positions not in ("sinusoid", "none"):
             raise UserError(f"teacher positions must be sinusoid or none, got {self.teacher_positions!r}")
         if self.teacher_width % self.teacher_heads:
-            raise UserError(f"teacher width {self.teacher_width} is not divisible by teacher heads {self.teacher_heads}")
+            raise UserError(
+                f"teacher width {self.teacher_width} is not divisible by teacher heads {self.teacher_heads}"
+            )
 
 
 class Models(nn.Module):
@@ -46,14 +49,29 @@ class Models(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.rnn = RNN(config.cell, vocab_size, num_classes, config.memory_size, config.readout_hidden,
-                       embed_dim=config.embed_dim, memory_tokens=config.memory_tokens,
-                       layers=config.cell_layers, heads=config.cell_heads)
+        self.rnn = RNN(
+            config.cell,
+            vocab_size,
+            num_classes,
+            config.memory_size,
+            config.readout_hidden,
+            embed_dim=config.embed_dim,
+            memory_tokens=config.memory_tokens,
+            layers=config.cell_layers,
+            heads=config.cell_heads,
+        )
         cell = self.rnn.cell
-        teacher_config = TeacherConfig(config.teacher_width, config.teacher_layers, config.teacher_decoder_layers,
-                                       config.teacher_heads, config.future, config.teacher_positions)
-        self.teacher = Teacher(vocab_size, num_classes, config.memory_size, cell.memory_space,
-                               cell.memory_tokens, teacher_config)
+        teacher_config = TeacherConfig(
+            config.teacher_width,
+            config.teacher_layers,
+            config.teacher_decoder_layers,
+            config.teacher_heads,
+            config.future,
+            config.teacher_positions,
+        )
+        self.teacher = Teacher(
+            vocab_size, num_classes, config.memory_size, cell.memory_space, cell.memory_tokens, teacher_config
+        )
 
     @torch.no_grad()
     def hand_off_initial_memory(self) -> None:

@@ -12,6 +12,7 @@
 
 Needle retrieval only (the task of the horizon study): the needle is the token after the marker.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,8 +41,14 @@ def _memories(models, x):
     return teacher[:, 1:], models.rnn.cell.step(teacher[:, :-1], x), models.rnn.cell.rollout(x)
 
 
-def _fit_probe(train: torch.Tensor, labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
-               classes: int, steps: int = 300) -> float:
+def _fit_probe(
+    train: torch.Tensor,
+    labels: torch.Tensor,
+    test: torch.Tensor,
+    test_labels: torch.Tensor,
+    classes: int,
+    steps: int = 300,
+) -> float:
     """Accuracy on ``test`` of a linear classifier fitted (Adam, standardised inputs) on ``train``."""
     with torch.enable_grad():
         generator = torch.Generator().manual_seed(0)
@@ -60,8 +67,9 @@ def _fit_probe(train: torch.Tensor, labels: torch.Tensor, test: torch.Tensor, te
 
 
 @torch.no_grad()
-def needle_probe(models, task, length: int, lags=(0, 1, 3, 8, 16, 32), train: int = 2048, test: int = 512,
-                 device="cpu") -> list[dict]:
+def needle_probe(
+    models, task, length: int, lags=(0, 1, 3, 8, 16, 32), train: int = 2048, test: int = 512, device="cpu"
+) -> list[dict]:
     """Per lag L: {"lag", "teacher", "one_step", "rollout"}, probe accuracies on memories L steps after
     the needle (clamped to the last step)."""
     _retrieval(task)
@@ -74,7 +82,7 @@ def needle_probe(models, task, length: int, lags=(0, 1, 3, 8, 16, 32), train: in
     rows = []
     for lag in lags:
         picked = []
-        for memories, needle, marker in sets:
+        for memories, _needle, marker in sets:
             index = (marker + 1 + lag).clamp(max=length - 1)
             every = torch.arange(len(index), device=index.device)
             picked.append([memory[every, index] for memory in memories])
@@ -108,8 +116,9 @@ def needle_stability(models, task, length: int, count: int = 16, top: int = 3, d
     after = torch.arange(length, device=x.device).unsqueeze(0) > (marker + 1).unsqueeze(1)  # [B, T]
     memories = teacher[:, 1:]
     centre = memories[after].mean(0)
-    means = torch.stack([memories[(needle == value).unsqueeze(1) & after].mean(0) - centre
-                         for value in range(task.values)])
+    means = torch.stack(
+        [memories[(needle == value).unsqueeze(1) & after].mean(0) - centre for value in range(task.values)]
+    )
     basis = torch.linalg.qr(means.T)[0][:, : task.values - 1]  # where the teacher stores the needle
     step = (length // 2 + length - 1) // 2  # after every needle (first half), before the query (last step)
     cell = models.rnn.cell

@@ -15,10 +15,10 @@ curves put that held-out bits per byte against training tokens and against seque
     write_outputs(preset("cpu"), result, "runs/realdata", "smtrnn realdata --jobs 2", machine(),
                   json_path="docs/realdata.json", markdown_path="docs/realdata.md", figures_dir="docs/figures")
 """
+
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import time
@@ -28,15 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smtrnn import checkpoint
+from smtrnn import checkpoint, metrics
 from smtrnn.cells import CELLS
 from smtrnn.evaluate import EVAL_SEED_OFFSET
-from smtrnn.generate import decode_text, image_grid, sample_images, sample_sequences, text_tokens
 from smtrnn.methods import DMTConfig, SMTConfig
 from smtrnn.methods.common import masked_cross_entropy
 from smtrnn.models import ModelConfig
-from smtrnn.report import _duration, _table
+from smtrnn.report import duration, table
 from smtrnn.run import RunConfig, depths, load_run, phase_crop
+from smtrnn.sampling import decode_text, image_grid, sample_images, sample_sequences, text_tokens
 from smtrnn.sweep import DIVERGED_FILE, sweep
 from smtrnn.tasks import make_task
 from smtrnn.tasks.base import UserError
@@ -95,25 +95,71 @@ def cpu_preset() -> Preset:
     same 2 x 64 held-out crops each time (0.3-0.8 s; standard error over crops about 0.03 bits/byte
     on MNIST, 0.015 on Brown); the final one scores 8 x 64."""
     image = lambda: DatasetPlan(context=784, rollout=256, options={"align": True})  # whole images
-    return Preset(datasets={"mnist": image(), "quickdraw": image(), "brown": DatasetPlan(context=256, rollout=128)},
-                  cells=["mlp"], methods=["bptt", "smt+dmt"],
-                  model=ModelConfig(cell="mlp", memory_size=64, embed_dim=32, readout_hidden=128, teacher_width=64,
-                                    teacher_layers=2, teacher_decoder_layers=1, teacher_heads=4, future=16),
-                  batch_size=16, smt_steps=600, dmt_steps=150, lr=2e-3, dmt_lr=1e-3, warmup=50, dmt_warmup=10,
-                  decoder_positions=32, dyn_warmup=150, dmt_every=16, eval_every=25, eval_batches=8,
-                  image_samples=16, image_temperature=1.0, text_steps=300, text_temperature=0.8)
+    return Preset(
+        datasets={"mnist": image(), "quickdraw": image(), "brown": DatasetPlan(context=256, rollout=128)},
+        cells=["mlp"],
+        methods=["bptt", "smt+dmt"],
+        model=ModelConfig(
+            cell="mlp",
+            memory_size=64,
+            embed_dim=32,
+            readout_hidden=128,
+            teacher_width=64,
+            teacher_layers=2,
+            teacher_decoder_layers=1,
+            teacher_heads=4,
+            future=16,
+        ),
+        batch_size=16,
+        smt_steps=600,
+        dmt_steps=150,
+        lr=2e-3,
+        dmt_lr=1e-3,
+        warmup=50,
+        dmt_warmup=10,
+        decoder_positions=32,
+        dyn_warmup=150,
+        dmt_every=16,
+        eval_every=25,
+        eval_batches=8,
+        image_samples=16,
+        image_temperature=1.0,
+        text_steps=300,
+        text_temperature=0.8,
+    )
 
 
 def smoke_preset() -> Preset:
     """Seconds-long: tiny slices, short unaligned crops, a few steps (checks the machinery, not a result)."""
-    return replace(cpu_preset(), datasets={"mnist": DatasetPlan(16, 8, {"limit": 200, "align": False}),
-                                           "quickdraw": DatasetPlan(16, 8, {"limit": 200, "align": False,
-                                                                            "classes": 2}),
-                                           "brown": DatasetPlan(16, 8, {"limit": 20000})},
-                   model=ModelConfig(cell="mlp", memory_size=8, embed_dim=4, readout_hidden=8, teacher_width=8,
-                                     teacher_layers=1, teacher_heads=2, future=2),
-                   batch_size=4, smt_steps=3, dmt_steps=2, warmup=1, dmt_warmup=1, dyn_warmup=2, dmt_every=2,
-                   eval_every=1, eval_batches=1, image_samples=4, text_steps=40)
+    return replace(
+        cpu_preset(),
+        datasets={
+            "mnist": DatasetPlan(16, 8, {"limit": 200, "align": False}),
+            "quickdraw": DatasetPlan(16, 8, {"limit": 200, "align": False, "classes": 2}),
+            "brown": DatasetPlan(16, 8, {"limit": 20000}),
+        },
+        model=ModelConfig(
+            cell="mlp",
+            memory_size=8,
+            embed_dim=4,
+            readout_hidden=8,
+            teacher_width=8,
+            teacher_layers=1,
+            teacher_heads=2,
+            future=2,
+        ),
+        batch_size=4,
+        smt_steps=3,
+        dmt_steps=2,
+        warmup=1,
+        dmt_warmup=1,
+        dyn_warmup=2,
+        dmt_every=2,
+        eval_every=1,
+        eval_batches=1,
+        image_samples=4,
+        text_steps=40,
+    )
 
 
 PRESETS = {"cpu": cpu_preset, "smoke": smoke_preset}
@@ -125,8 +171,9 @@ def preset(name: str) -> Preset:
     return PRESETS[name]()
 
 
-def customise(chosen: Preset, datasets: list[str] | None = None, methods: list[str] | None = None,
-              cells: list[str] | None = None) -> Preset:
+def customise(
+    chosen: Preset, datasets: list[str] | None = None, methods: list[str] | None = None, cells: list[str] | None = None
+) -> Preset:
     """``chosen`` narrowed to these datasets (each keeps its plan) and given these methods and cells."""
     if datasets is not None:
         if len(set(datasets)) != len(datasets):
@@ -135,8 +182,11 @@ def customise(chosen: Preset, datasets: list[str] | None = None, methods: list[s
             if name not in chosen.datasets:
                 raise UserError(f"unknown dataset {name!r} for realdata; choose from {', '.join(chosen.datasets)}")
         chosen = replace(chosen, datasets={name: chosen.datasets[name] for name in datasets})
-    return replace(chosen, methods=methods if methods is not None else chosen.methods,
-                   cells=cells if cells is not None else chosen.cells)
+    return replace(
+        chosen,
+        methods=methods if methods is not None else chosen.methods,
+        cells=cells if cells is not None else chosen.cells,
+    )
 
 
 def check(chosen: Preset) -> None:
@@ -152,8 +202,10 @@ def check(chosen: Preset) -> None:
         if cell not in CELLS:
             raise UserError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
     if chosen.eval_every < 1 or chosen.smt_steps % chosen.eval_every or chosen.dmt_steps % chosen.eval_every:
-        raise UserError(f"realdata: SMT steps ({chosen.smt_steps}) and DMT steps ({chosen.dmt_steps}) must be positive "
-                        f"multiples of eval_every ({chosen.eval_every}), so that every curve ends at the trained RNN")
+        raise UserError(
+            f"realdata: SMT steps ({chosen.smt_steps}) and DMT steps ({chosen.dmt_steps}) must be positive "
+            f"multiples of eval_every ({chosen.eval_every}), so that every curve ends at the trained RNN"
+        )
     for name, plan in chosen.datasets.items():
         if not 1 <= plan.rollout <= plan.context:
             raise UserError(f"realdata {name}: DMT rollout {plan.rollout} must lie in 1..context ({plan.context})")
@@ -167,12 +219,17 @@ def run_config(chosen: Preset, dataset: str, cell: str, method: str) -> RunConfi
     """One point: the same model, crops, batch and total optimiser steps for every method."""
     plan = chosen.datasets[dataset]
     schedule = dict(batch_size=chosen.batch_size, log_every=chosen.eval_every, eval_every=chosen.eval_every)
-    config = RunConfig(task=dataset, length=plan.context + chosen.model.future - 1, method=method, seed=chosen.seed,
-                       task_options=dict(plan.options), eval_batches=chosen.eval_batches,
-                       model=replace(chosen.model, cell=cell),
-                       smt=SMTConfig(context=plan.context, decoder_positions=chosen.decoder_positions,
-                                     dyn_warmup=chosen.dyn_warmup),
-                       dmt=DMTConfig(start="teacher", rollout=plan.rollout, every=chosen.dmt_every))
+    config = RunConfig(
+        task=dataset,
+        length=plan.context + chosen.model.future - 1,
+        method=method,
+        seed=chosen.seed,
+        task_options=dict(plan.options),
+        eval_batches=chosen.eval_batches,
+        model=replace(chosen.model, cell=cell),
+        smt=SMTConfig(context=plan.context, decoder_positions=chosen.decoder_positions, dyn_warmup=chosen.dyn_warmup),
+        dmt=DMTConfig(start="teacher", rollout=plan.rollout, every=chosen.dmt_every),
+    )
     main_steps = chosen.smt_steps if method == "smt+dmt" else chosen.smt_steps + chosen.dmt_steps
     config.train = TrainConfig(steps=main_steps, lr=chosen.lr, warmup=chosen.warmup, **schedule)
     config.dmt_train = TrainConfig(steps=chosen.dmt_steps, lr=chosen.dmt_lr, warmup=chosen.dmt_warmup, **schedule)
@@ -181,8 +238,12 @@ def run_config(chosen: Preset, dataset: str, cell: str, method: str) -> RunConfi
 
 def grid(chosen: Preset, out: str | Path) -> list[tuple[tuple, RunConfig, Path]]:
     """(dataset, cell, method), its config, its directory: for every point, in report order."""
-    return [((dataset, cell, method), run_config(chosen, dataset, cell, method), Path(out) / dataset / cell / method)
-            for dataset in chosen.datasets for cell in chosen.cells for method in chosen.methods]
+    return [
+        ((dataset, cell, method), run_config(chosen, dataset, cell, method), Path(out) / dataset / cell / method)
+        for dataset in chosen.datasets
+        for cell in chosen.cells
+        for method in chosen.methods
+    ]
 
 
 def realdata(chosen: Preset, out: str | Path = "runs/realdata", jobs: int = 1, progress: bool = True) -> dict:
@@ -201,8 +262,14 @@ def realdata(chosen: Preset, out: str | Path = "runs/realdata", jobs: int = 1, p
         rows = [row(chosen, key, config, directory) for key, config, directory in points]
     finally:
         torch.set_num_threads(previous)
-    return {"rows": rows, "preset": asdict(chosen), "wall_seconds": round(time.perf_counter() - started, 3),
-            "trained": done["trained"], "reused": done["reused"], "jobs": jobs}
+    return {
+        "rows": rows,
+        "preset": asdict(chosen),
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "trained": done["trained"],
+        "reused": done["reused"],
+        "jobs": jobs,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,18 +295,18 @@ def curve(config: RunConfig, directory: Path) -> list[dict]:
         offsets[name] = (tokens, sequential, step_tokens, step_depth)
         tokens, sequential = tokens + steps * step_tokens, sequential + steps * step_depth
     points = []
-    path = directory / "metrics.jsonl"
-    for line in (path.read_text().splitlines() if path.exists() else []):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
+    for record in metrics.read(directory):
         if "eval_bits_per_token" in record:
             base_tokens, base_sequential, step_tokens, step_depth = offsets[record["phase"]]
-            points.append({"phase": record["phase"], "step": record["step"],
-                           "tokens": base_tokens + record["step"] * step_tokens,
-                           "sequential": base_sequential + record["step"] * step_depth,
-                           "bits_per_byte": record["eval_bits_per_token"]})
+            points.append(
+                {
+                    "phase": record["phase"],
+                    "step": record["step"],
+                    "tokens": base_tokens + record["step"] * step_tokens,
+                    "sequential": base_sequential + record["step"] * step_depth,
+                    "bits_per_byte": record["eval_bits_per_token"],
+                }
+            )
     return points
 
 
@@ -273,8 +340,9 @@ def unigram_bits_per_byte(task) -> float:
 def text_sample(models, chosen: Preset) -> str:
     """The fixed prompt continued by the RNN alone, fixed seed and temperature."""
     generator = torch.Generator().manual_seed(chosen.seed)
-    tokens = sample_sequences(models, text_tokens(TEXT_PROMPT), chosen.text_steps, 1, "rnn",
-                              chosen.text_temperature, generator)
+    tokens = sample_sequences(
+        models, text_tokens(TEXT_PROMPT), chosen.text_steps, 1, "rnn", chosen.text_temperature, generator
+    )
     return decode_text(tokens[0].tolist())
 
 
@@ -282,24 +350,45 @@ def row(chosen: Preset, key: tuple, config: RunConfig, directory: Path) -> dict:
     """The report's row of a finished point: read back from its directory, the extras measured here."""
     dataset, cell, method = key
     plan = phase_plan(config)
-    entry = {"dataset": dataset, "cell": cell, "method": method, "bits_per_byte": None,
-             "tokens": sum(steps * tokens for _, steps, tokens, _ in plan), "seconds": None,
-             "teacher_bits_per_byte": None, "unigram_bits_per_byte": None, "accuracy": None,
-             "sequential_depth": depths(config)["sequential_depth"],
-             "sequential_compute": sum(steps * depth for _, steps, _, depth in plan),
-             "parameters": None, "teacher_parameters": None, "steps": {name: steps for name, steps, _, _ in plan},
-             "batch_size": config.train.batch_size, "crop_length": config.length, "context": config.smt.context,
-             "curve": curve(config, directory), "sample_text": None, "note": None}
+    entry = {
+        "dataset": dataset,
+        "cell": cell,
+        "method": method,
+        "bits_per_byte": None,
+        "tokens": sum(steps * tokens for _, steps, tokens, _ in plan),
+        "seconds": None,
+        "teacher_bits_per_byte": None,
+        "unigram_bits_per_byte": None,
+        "accuracy": None,
+        "sequential_depth": depths(config)["sequential_depth"],
+        "sequential_compute": sum(steps * depth for _, steps, _, depth in plan),
+        "parameters": None,
+        "teacher_parameters": None,
+        "steps": {name: steps for name, steps, _, _ in plan},
+        "batch_size": config.train.batch_size,
+        "crop_length": config.length,
+        "context": config.smt.context,
+        "curve": curve(config, directory),
+        "sample_text": None,
+        "note": None,
+    }
     if not (directory / "result.json").exists():
         entry["note"] = checkpoint.read_json(directory / DIVERGED_FILE).get("note")
         return entry
     result = checkpoint.read_json(directory / "result.json")
     _, task, models = load_run(directory)
-    entry.update(bits_per_byte=result["bits_per_token"], accuracy=result["accuracy"], seconds=result["seconds"],
-                 parameters=result["parameters"]["rnn_parameters"], unigram_bits_per_byte=unigram_bits_per_byte(task))
+    entry.update(
+        bits_per_byte=result["bits_per_token"],
+        accuracy=result["accuracy"],
+        seconds=result["seconds"],
+        parameters=result["parameters"]["rnn_parameters"],
+        unigram_bits_per_byte=unigram_bits_per_byte(task),
+    )
     if method == "smt+dmt":
-        entry.update(teacher_bits_per_byte=teacher_bits_per_byte(models, task, config),
-                     teacher_parameters=result["parameters"]["teacher_parameters"])
+        entry.update(
+            teacher_bits_per_byte=teacher_bits_per_byte(models, task, config),
+            teacher_parameters=result["parameters"]["teacher_parameters"],
+        )
     if getattr(task, "text", False):
         entry["sample_text"] = text_sample(models, chosen)
     return entry
@@ -325,11 +414,17 @@ def curve_figure(rows: list[dict], path: Path) -> None:
         label = entry["method"] if len({r["cell"] for r in rows}) == 1 else f"{entry['cell']} {entry['method']}"
         color = STYLE.get(entry["method"], "k")
         for axis, x_key in zip(axes[0], ("tokens", "sequential")):
-            axis.plot([p[x_key] for p in entry["curve"]], [p["bits_per_byte"] for p in entry["curve"]],
-                      marker=".", color=color, label=label)
+            axis.plot(
+                [p[x_key] for p in entry["curve"]],
+                [p["bits_per_byte"] for p in entry["curve"]],
+                marker=".",
+                color=color,
+                label=label,
+            )
             if entry["teacher_bits_per_byte"] is not None:
-                axis.axhline(entry["teacher_bits_per_byte"], color=color, linestyle=":", linewidth=1,
-                             label=f"{label} teacher")
+                axis.axhline(
+                    entry["teacher_bits_per_byte"], color=color, linestyle=":", linewidth=1, label=f"{label} teacher"
+                )
     for axis, xlabel in zip(axes[0], ("training tokens seen", "sequential compute (cell applications in series)")):
         axis.set_xscale("log")
         axis.set(xlabel=xlabel, ylabel="held-out bits/byte, RNN alone")
@@ -343,8 +438,11 @@ def curve_figure(rows: list[dict], path: Path) -> None:
 def sample_figure(chosen: Preset, rows: list[dict], out: Path, path: Path) -> None:
     """Per method: images drawn by the RNN alone from m_0; held-out top halves completed by the RNN
     reading them; and (a trained teacher only) completed from the teacher's memory of the top half."""
-    columns = [("rnn", False, "RNN alone from m_0"), ("rnn", True, "top half read by the RNN"),
-               ("teacher", True, "top half encoded by the teacher")]
+    columns = [
+        ("rnn", False, "RNN alone from m_0"),
+        ("rnn", True, "top half read by the RNN"),
+        ("teacher", True, "top half encoded by the teacher"),
+    ]
     figure, axes = _figure(len(rows), len(columns), 3.4, 3.6)
     for axes_row, entry in zip(axes, rows):
         if entry["bits_per_byte"] is None:
@@ -386,7 +484,7 @@ def figures(chosen: Preset, result: dict, out: str | Path, folder: str | Path) -
 # the page
 
 
-def _number(value, digits: int = 3) -> str:
+def _fixed(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
@@ -394,17 +492,22 @@ def _notes(rows: list[dict]) -> list[str]:
     """What the numbers say, per dataset and cell: which method scored lower, at what sequential compute."""
     notes = []
     for dataset, cell in dict.fromkeys((entry["dataset"], entry["cell"]) for entry in rows):
-        group = {entry["method"]: entry for entry in rows
-                 if (entry["dataset"], entry["cell"]) == (dataset, cell) and entry["bits_per_byte"] is not None}
+        group = {
+            entry["method"]: entry
+            for entry in rows
+            if (entry["dataset"], entry["cell"]) == (dataset, cell) and entry["bits_per_byte"] is not None
+        }
         if "bptt" not in group or "smt+dmt" not in group:
             continue
         bptt, smt = group["bptt"], group["smt+dmt"]
         lower = "smt+dmt" if smt["bits_per_byte"] < bptt["bits_per_byte"] else "bptt"
-        notes.append(f"- {dataset} ({cell}): {lower} is lower, smt+dmt {smt['bits_per_byte']:.3f} against bptt "
-                     f"{bptt['bits_per_byte']:.3f} bits/byte (its teacher: {_number(smt['teacher_bits_per_byte'])}; "
-                     f"byte frequencies alone: {smt['unigram_bits_per_byte']:.3f}). SMT->DMT took "
-                     f"{bptt['sequential_compute'] / max(1, smt['sequential_compute']):.0f}x less sequential compute "
-                     f"and {smt['seconds'] / max(1e-9, bptt['seconds']):.2f}x BPTT's wall time.")
+        notes.append(
+            f"- {dataset} ({cell}): {lower} is lower, smt+dmt {smt['bits_per_byte']:.3f} against bptt "
+            f"{bptt['bits_per_byte']:.3f} bits/byte (its teacher: {_fixed(smt['teacher_bits_per_byte'])}; "
+            f"byte frequencies alone: {smt['unigram_bits_per_byte']:.3f}). SMT->DMT took "
+            f"{bptt['sequential_compute'] / max(1, smt['sequential_compute']):.0f}x less sequential compute "
+            f"and {smt['seconds'] / max(1e-9, bptt['seconds']):.2f}x BPTT's wall time."
+        )
     return notes
 
 
@@ -412,52 +515,109 @@ def markdown(chosen: Preset, result: dict, command: str, machine: str, figure_li
     """The page: how and where it was measured, the table, notes, figures (``figure_links``: per
     dataset the PNG paths as seen from the page) and the text samples."""
     rows, model = result["rows"], chosen.model
-    crops = "; ".join(f"{name}: Tc {plan.context}, crops of {plan.context + model.future - 1}, Td {plan.rollout}"
-                      for name, plan in chosen.datasets.items())
-    table = [[e["dataset"], e["cell"], e["method"], _number(e["bits_per_byte"]), _number(e["teacher_bits_per_byte"]),
-              _number(e["accuracy"]), f"{e['tokens']:,}", " + ".join(map(str, e["steps"].values())),
-              _number(e["seconds"], 0), str(e["sequential_depth"]), f"{e['sequential_compute']:,}"] for e in rows]
+    crops = "; ".join(
+        f"{name}: Tc {plan.context}, crops of {plan.context + model.future - 1}, Td {plan.rollout}"
+        for name, plan in chosen.datasets.items()
+    )
+    body = [
+        [
+            e["dataset"],
+            e["cell"],
+            e["method"],
+            _fixed(e["bits_per_byte"]),
+            _fixed(e["teacher_bits_per_byte"]),
+            _fixed(e["accuracy"]),
+            f"{e['tokens']:,}",
+            " + ".join(map(str, e["steps"].values())),
+            _fixed(e["seconds"], 0),
+            str(e["sequential_depth"]),
+            f"{e['sequential_compute']:,}",
+        ]
+        for e in rows
+    ]
     steps = chosen.smt_steps + chosen.dmt_steps
-    lines = ["# Real data: BPTT against SMT->DMT", "", f"Command: `{command}`  ",
-             f"Machine: {machine}; {result['jobs']} job(s) x {chosen.threads_per_job} thread(s)  ",
-             f"Date: {datetime.date.today().isoformat()}  ",
-             f"Wall time: {_duration(result['wall_seconds'])} for this invocation ({result['trained']} runs trained, "
-             f"{result['reused']} reused); training time of all runs summed: "
-             f"{_duration(sum(e['seconds'] or 0 for e in rows))}", "",
-             f"Setup: memory {model.memory_size}, teacher width {model.teacher_width} x {model.teacher_layers} "
-             f"layers, Tf {model.future}, batch {chosen.batch_size}; smt+dmt trains {chosen.smt_steps} SMT + "
-             f"{chosen.dmt_steps} DMT steps, BPTT {steps} steps on the same crops ({crops}); DMT starts from a "
-             f"teacher memory and supervises one memory in {chosen.dmt_every} of its rollout.", "",
-             *_table(["dataset", "cell", "method", "bits/byte (RNN alone)", "teacher bits/byte", "next-byte accuracy",
-                      "training tokens", "steps", "train s", "gradient depth", "sequential compute"], table),
-             "Bits per byte: the RNN alone, rolled out from its own m_0 over held-out crops "
-             f"({chosen.eval_batches} x 64, no teacher). Teacher: the Transformer's prediction of the next byte from "
-             "its memory alone, on the first Tc tokens of the same crops. Sequential compute: cell applications in "
-             "series over all of training (per step BPTT = crop length, SMT = 1, DMT = its rollout Td; the teacher's "
-             "layers run in parallel over time and are not counted). Train seconds include the periodic evaluations, "
-             "as many for every method.", "", "## Notes", "", *_notes(rows),
-             "- Every number is measured on held-out data (MNIST's test set, the last 10 sketches of each Quick, "
-             "Draw! category, 13 held-out Brown samples) that no training crop touches.",
-             f"- The budget is small ({steps} steps of {chosen.batch_size} crops): the numbers compare the methods at "
-             "this budget, far from convergence. Uniform guessing is 8 bits/byte.", ""]
+    lines = [
+        "# Real data: BPTT against SMT->DMT",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine}; {result['jobs']} job(s) x {chosen.threads_per_job} thread(s)  ",
+        f"Date: {datetime.date.today().isoformat()}  ",
+        f"Wall time: {duration(result['wall_seconds'])} for this invocation ({result['trained']} runs trained, "
+        f"{result['reused']} reused); training time of all runs summed: "
+        f"{duration(sum(e['seconds'] or 0 for e in rows))}",
+        "",
+        f"Setup: memory {model.memory_size}, teacher width {model.teacher_width} x {model.teacher_layers} "
+        f"layers, Tf {model.future}, batch {chosen.batch_size}; smt+dmt trains {chosen.smt_steps} SMT + "
+        f"{chosen.dmt_steps} DMT steps, BPTT {steps} steps on the same crops ({crops}); DMT starts from a "
+        f"teacher memory and supervises one memory in {chosen.dmt_every} of its rollout.",
+        "",
+        *table(
+            [
+                "dataset",
+                "cell",
+                "method",
+                "bits/byte (RNN alone)",
+                "teacher bits/byte",
+                "next-byte accuracy",
+                "training tokens",
+                "steps",
+                "train s",
+                "gradient depth",
+                "sequential compute",
+            ],
+            body,
+        ),
+        "Bits per byte: the RNN alone, rolled out from its own m_0 over held-out crops "
+        f"({chosen.eval_batches} x 64, no teacher). Teacher: the Transformer's prediction of the next byte from "
+        "its memory alone, on the first Tc tokens of the same crops. Sequential compute: cell applications in "
+        "series over all of training (per step BPTT = crop length, SMT = 1, DMT = its rollout Td; the teacher's "
+        "layers run in parallel over time and are not counted). Train seconds include the periodic evaluations, "
+        "as many for every method.",
+        "",
+        "## Notes",
+        "",
+        *_notes(rows),
+        "- Every number is measured on held-out data (MNIST's test set, the last 10 sketches of each Quick, "
+        "Draw! category, 13 held-out Brown samples) that no training crop touches.",
+        f"- The budget is small ({steps} steps of {chosen.batch_size} crops): the numbers compare the methods at "
+        "this budget, far from convergence. Uniform guessing is 8 bits/byte.",
+        "",
+    ]
     for dataset in chosen.datasets:
         lines += [f"## {dataset}", ""]
         for link in (figure_links or {}).get(dataset, []):
             lines += [f"![{dataset} {Path(link).stem.rsplit('-', 1)[-1]}]({link})", ""]
         for entry in (e for e in rows if e["dataset"] == dataset and e["sample_text"] is not None):
-            lines += [f"{entry['method']} ({entry['cell']}), the RNN alone continuing {TEXT_PROMPT!r} at temperature "
-                      f"{chosen.text_temperature}, seed {chosen.seed}:", "", "```text", entry["sample_text"], "```", ""]
+            lines += [
+                f"{entry['method']} ({entry['cell']}), the RNN alone continuing {TEXT_PROMPT!r} at temperature "
+                f"{chosen.text_temperature}, seed {chosen.seed}:",
+                "",
+                "```text",
+                entry["sample_text"],
+                "```",
+                "",
+            ]
     return "\n".join(lines)
 
 
-def write_outputs(chosen: Preset, result: dict, out: str | Path, command: str, machine: str, json_path: str | None = None,
-                  markdown_path: str | None = None, figures_dir: str | None = None) -> None:
+def write_outputs(
+    chosen: Preset,
+    result: dict,
+    out: str | Path,
+    command: str,
+    machine: str,
+    json_path: str | None = None,
+    markdown_path: str | None = None,
+    figures_dir: str | None = None,
+) -> None:
     """The JSON (command, machine, date, preset, rows), the figures and the page, each where asked."""
     try:
         if json_path:
             Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-            checkpoint.write_json(Path(json_path), {"command": command, "machine": machine,
-                                                    "date": datetime.date.today().isoformat(), **result})
+            checkpoint.write_json(
+                Path(json_path),
+                {"command": command, "machine": machine, "date": datetime.date.today().isoformat(), **result},
+            )
         paths = figures(chosen, result, out, figures_dir) if figures_dir else {}
         if markdown_path:
             target = Path(markdown_path)

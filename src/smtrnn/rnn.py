@@ -1,4 +1,5 @@
 """The recurrent network that SMT, DMT and BPTT all train: a cell plus a readout."""
+
 from __future__ import annotations
 
 import torch
@@ -12,7 +13,9 @@ class Readout(nn.Module):
 
     def __init__(self, features: int, num_classes: int, hidden: int = 128):
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(features), nn.Linear(features, hidden), nn.GELU(), nn.Linear(hidden, num_classes))
+        self.net = nn.Sequential(
+            nn.LayerNorm(features), nn.Linear(features, hidden), nn.GELU(), nn.Linear(hidden, num_classes)
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features)
@@ -21,8 +24,15 @@ class Readout(nn.Module):
 class RNN(nn.Module):
     """m_t = cell.step(m_{t-1}, x_t), p(y_t | x_<=t) = softmax(readout(cell.output(m_t)))."""
 
-    def __init__(self, cell_name: str, vocab_size: int, num_classes: int, memory_size: int,
-                 readout_hidden: int = 128, **cell_options):
+    def __init__(
+        self,
+        cell_name: str,
+        vocab_size: int,
+        num_classes: int,
+        memory_size: int,
+        readout_hidden: int = 128,
+        **cell_options,
+    ):
         super().__init__()
         self.cell = make_cell(cell_name, vocab_size, memory_size, **cell_options)
         self.readout = Readout(self.cell.output_size, num_classes, readout_hidden)

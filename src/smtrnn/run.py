@@ -4,18 +4,23 @@ trainer (resuming where a checkpoint says), evaluate the RNN alone, write result
     config = RunConfig(task="retrieval", length=128, method="smt+dmt")
     result = run(config, "runs/retrieval-smt")
 """
+
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from smtrnn import checkpoint
+from smtrnn import checkpoint, metrics
 from smtrnn.evaluate import evaluate_rnn, evaluate_teacher, length_generalisation, memory_diagnostics
 from smtrnn.methods import BPTTConfig, DMTConfig, SMTConfig, bptt_loss, dmt_loss, smt_loss
 from smtrnn.models import ModelConfig, Models
@@ -57,8 +62,10 @@ class RunConfig:
         if self.smt.context < 0:
             raise UserError(f"smt context must be 0 (all prefixes) or positive, got {self.smt.context}")
         if self.smt.context and self.length < self.smt.context + self.model.future - 1:
-            raise UserError(f"smt context {self.smt.context} with future {self.model.future} needs crops of length >= "
-                            f"{self.smt.context + self.model.future - 1} (context + future - 1), got {self.length}")
+            raise UserError(
+                f"smt context {self.smt.context} with future {self.model.future} needs crops of length >= "
+                f"{self.smt.context + self.model.future - 1} (context + future - 1), got {self.length}"
+            )
         if self.dmt.every < 1 or self.dmt.truncate < 1:
             raise UserError("dmt every and truncate must be positive")
         if self.dmt.start not in ("initial", "teacher"):
@@ -71,9 +78,8 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "RunConfig":
-        nested = {f.name: f.default_factory for f in fields(cls) if f.name in
-                  ("model", "train", "dmt_train", "smt", "dmt", "bptt")}
+    def from_dict(cls, values: dict) -> RunConfig:
+        nested = SECTIONS
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -81,7 +87,7 @@ class RunConfig:
         kwargs = {}
         for key, value in values.items():
             if key in nested:
-                sub_type = type(nested[key]())
+                sub_type = nested[key]
                 sub_known = {f.name for f in fields(sub_type)}
                 if not isinstance(value, dict) or set(value) - sub_known:
                     raise UserError(f"bad config section {key!r}: {value}")
@@ -89,6 +95,17 @@ class RunConfig:
             else:
                 kwargs[key] = value
         return cls(**kwargs)
+
+
+# the nested sections of a RunConfig and their types (config.json stores each as a dict)
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "dmt_train": TrainConfig,
+    "smt": SMTConfig,
+    "dmt": DMTConfig,
+    "bptt": BPTTConfig,
+}
 
 
 class Objective(nn.Module):
@@ -103,17 +120,28 @@ class Objective(nn.Module):
         return self.loss_fn(self.models, batch, self.method_config)
 
 
-def phases(config: RunConfig, models: Models) -> list[tuple]:
-    """(name, loss function, method config, train config, parameters) for each phase in order."""
+@dataclass
+class Phase:
+    """One phase of a method: the loss it minimises (with its config), for how long, over which parameters."""
+
+    name: str  # smt | dmt | bptt | tbptt: also the checkpoints' and metrics' phase name
+    loss: Callable  # loss(models, batch, method_config) -> (loss, metrics)
+    method_config: Any
+    train: TrainConfig
+    parameters: list[nn.Parameter]
+    trains_teacher: bool = False
+
+
+def phases(config: RunConfig, models: Models) -> list[Phase]:
+    """The phases of ``config.method``, in order: the one table of what each method is."""
     everything, rnn_only = list(models.parameters()), list(models.rnn.parameters())
-    tbptt = BPTTConfig(truncate=config.bptt.truncate or 16)
+    smt = Phase("smt", smt_loss, config.smt, config.train, everything, trains_teacher=True)
     table = {
-        "smt": [("smt", smt_loss, config.smt, config.train, everything)],
-        "dmt": [("dmt", dmt_loss, config.dmt, config.train, rnn_only)],
-        "smt+dmt": [("smt", smt_loss, config.smt, config.train, everything),
-                    ("dmt", dmt_loss, config.dmt, config.dmt_train, rnn_only)],
-        "bptt": [("bptt", bptt_loss, BPTTConfig(truncate=0), config.train, rnn_only)],
-        "tbptt": [("tbptt", bptt_loss, tbptt, config.train, rnn_only)],
+        "smt": [smt],
+        "dmt": [Phase("dmt", dmt_loss, config.dmt, config.train, rnn_only)],
+        "smt+dmt": [smt, Phase("dmt", dmt_loss, config.dmt, config.dmt_train, rnn_only)],
+        "bptt": [Phase("bptt", bptt_loss, BPTTConfig(truncate=0), config.train, rnn_only)],
+        "tbptt": [Phase("tbptt", bptt_loss, BPTTConfig(truncate=config.bptt.truncate or 16), config.train, rnn_only)],
     }
     return table[config.method]
 
@@ -133,8 +161,12 @@ def depths(config: RunConfig) -> dict:
     smt_length = config.smt.context or length
     horizon = min(max(1, config.smt.horizon), smt_length)
     burnin = min(config.smt.horizon_burnin, smt_length - horizon)
-    per_phase = {"smt": (horizon, burnin + horizon), "dmt": (config.dmt.truncate, rollout), "bptt": (length, length),
-                 "tbptt": (min(config.bptt.truncate or 16, length), length)}
+    per_phase = {
+        "smt": (horizon, burnin + horizon),
+        "dmt": (config.dmt.truncate, rollout),
+        "bptt": (length, length),
+        "tbptt": (min(config.bptt.truncate or 16, length), length),
+    }
     names = config.method.split("+")
     gradient = max(per_phase[name][0] for name in names)
     forward = {name: per_phase[name][1] for name in names}
@@ -165,21 +197,58 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     return config, task, models
 
 
-def _phase_seconds(run_dir: Path) -> dict:
-    seconds = {}
-    path = run_dir / "metrics.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            seconds[record["phase"]] = record["seconds"]
-    return seconds
+EXTENSIBLE = (("train", "steps", "--steps"), ("dmt_train", "steps", "--dmt-steps"))
+
+
+def _comparable(config: RunConfig) -> dict:
+    """The config as saved to config.json, device aside (it may change between sessions)."""
+    values = RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))).to_dict()
+    values.pop("device")
+    return values
+
+
+def _extension(config: RunConfig, run_dir: Path) -> list[str] | None:
+    """How ``config`` extends the run saved in ``run_dir`` (e.g. ["--steps 2000 -> 3000"]); None when it
+    changes anything but a larger --steps / --dmt-steps. UserError when the extension cannot be honoured."""
+    saved = RunConfig.from_dict(checkpoint.read_json(run_dir / "config.json"))
+    mine, theirs = _comparable(config), _comparable(saved)
+    changes = []
+    for section, name, flag in EXTENSIBLE:
+        old, new = theirs[section][name], mine[section][name]
+        if new < old:
+            return None  # fewer steps: a different run, not a longer one
+        if new > old:
+            changes.append(f"{flag} {old} -> {new}")
+        theirs[section][name] = new
+    if theirs != mine or not changes:
+        return None
+    latest = checkpoint.latest_checkpoint(run_dir)
+    done_phase = checkpoint.load_state(latest, None)[0].get("phase") if latest is not None else None
+    if config.method == "smt+dmt" and done_phase == "dmt" and config.train.steps > saved.train.steps:
+        raise UserError(
+            f"{run_dir}: SMT has finished and DMT started from it, so SMT cannot be extended; extend "
+            "--dmt-steps, or train a new SMT run and fine-tune it with --method dmt --init"
+        )
+    return changes
 
 
 def _prepare(config: RunConfig, run_dir: Path) -> None:
-    """Create or check the run directory: a resumed run must have the same config."""
+    """Create or check the run directory: a resumed run must have the same config, except that a larger
+    --steps or --dmt-steps extends a run from its last checkpoint (the learning-rate schedule is then that
+    of the new total: warm-up, cosine decay to the new last step)."""
+    saved_path = run_dir / "config.json"
+    if saved_path.exists() and not saved_config_matches(config, run_dir):
+        changes = _extension(config, run_dir)
+        if changes is None:
+            raise UserError(
+                f"{run_dir} holds a run with a different config; use another --out or the same arguments "
+                "(only --steps and --dmt-steps may grow, to continue the run)"
+            )
+        if is_main_process():
+            checkpoint.write_json(saved_path, config.to_dict())
+            (run_dir / "result.json").unlink(missing_ok=True)  # the longer run's result replaces it at the end
+            print(f"continuing {run_dir}: {', '.join(changes)}", file=sys.stderr)
+        return
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         handle, probe = tempfile.mkstemp(dir=run_dir, prefix=".write-test-")  # unique: ranks probe at once
@@ -187,11 +256,7 @@ def _prepare(config: RunConfig, run_dir: Path) -> None:
         os.unlink(probe)
     except OSError as error:
         raise UserError(f"cannot write to output directory {run_dir}: {error.strerror}") from None
-    saved_path = run_dir / "config.json"
-    if saved_path.exists():
-        if not saved_config_matches(config, run_dir):
-            raise UserError(f"{run_dir} holds a run with a different config; use another --out or the same arguments")
-    elif is_main_process():
+    if not saved_path.exists() and is_main_process():
         checkpoint.write_json(saved_path, config.to_dict())
 
 
@@ -201,74 +266,130 @@ def saved_config_matches(config: RunConfig, run_dir: Path) -> bool | None:
     saved_path = Path(run_dir) / "config.json"
     if not saved_path.exists():
         return None
-    saved = RunConfig.from_dict(checkpoint.read_json(saved_path)).to_dict()
-    mine = RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))).to_dict()
-    return {k: v for k, v in saved.items() if k != "device"} == {k: v for k, v in mine.items() if k != "device"}
+    return _comparable(RunConfig.from_dict(checkpoint.read_json(saved_path))) == _comparable(config)
 
 
-def run(config: RunConfig, run_dir: str | Path, progress: bool = True, sample_hook=None) -> dict:
-    """Train (or resume) the run in ``run_dir`` and return its result (also in result.json)."""
+def _summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install 'smtrnn[tensorboard]'") from None
+    return SummaryWriter
+
+
+def tensorboard_writer(run_dir: Path):
+    """(writer, hook): a TensorBoard SummaryWriter into RUN/tensorboard and a log hook that writes every
+    logged number of a record as the scalar ``phase/key`` at its step."""
+    writer = _summary_writer()(str(run_dir / "tensorboard"))
+
+    def hook(record: dict) -> None:
+        for key, value in record.items():
+            if key not in ("phase", "step") and isinstance(value, (int, float)):
+                writer.add_scalar(f"{record['phase']}/{key}", value, record["step"])
+        writer.flush()
+
+    return writer, hook
+
+
+def run(
+    config: RunConfig, run_dir: str | Path, progress: bool = True, sample_hook=None, tensorboard: bool = False
+) -> dict:
+    """Train (or resume) the run in ``run_dir`` and return its result (also in result.json).
+    ``tensorboard``: also write the logged metrics as TensorBoard scalars under RUN/tensorboard."""
     config.validate()
     run_dir = Path(run_dir)
-    _prepare(config, run_dir)
+    if tensorboard:
+        _summary_writer()  # a missing package is refused before the directory is touched
+    # everything that can refuse the command runs before the directory is touched: a typo leaves nothing behind
     task, models = build(config)
-    latest = checkpoint.latest_checkpoint(run_dir)
-    if latest is not None:
-        checkpoint.load_weights(models, latest)
-    elif config.init:
+    init_models = None
+    if config.init and checkpoint.latest_checkpoint(run_dir) is None:
         init_config, _, init_models = load_run(config.init, config.device)
         if asdict(init_config.model) != asdict(config.model):
             raise UserError(f"--init {config.init} has a different model config")
+    _prepare(config, run_dir)
+    writer, log_hook = tensorboard_writer(run_dir) if tensorboard and is_main_process() else (None, None)
+    latest = checkpoint.latest_checkpoint(run_dir)
+    if latest is not None:
+        checkpoint.load_weights(models, latest)
+    elif init_models is not None:
         models.load_state_dict(init_models.state_dict())
     done_phase = checkpoint.load_state(latest, None)[0].get("phase") if latest is not None else None
     plan = phases(config, models)
-    names = [name for name, *_ in plan]
+    names = [phase.name for phase in plan]
     if latest is not None and done_phase not in names:
         raise UserError(f"checkpoint {latest} is from phase {done_phase!r}, not one of this run's ({', '.join(names)})")
     generator = torch.Generator().manual_seed(config.seed)
 
-    def sample(gen, batch_size, phase):
+    def sample(gen: torch.Generator, batch_size: int, phase: str) -> dict:
         batch = task.sample(batch_size, config.length, gen)
         if sample_hook is not None:
             batch = sample_hook(batch)
         crop = phase_crop(config, phase)
         return {key: (value[:, :crop] if crop else value).to(config.device) for key, value in batch.items()}
 
-    for index, (name, loss_fn, method_config, train_config, parameters) in enumerate(plan):
+    def evaluate() -> dict:
+        scores = evaluate_rnn(models.rnn, task, config.length, 2, 64, config.seed, config.device)
+        return {"eval_" + key: value for key, value in scores.items()}
+
+    for index, phase in enumerate(plan):
         if done_phase in names and names.index(done_phase) > index:
             continue  # finished before the checkpoint we resumed from
-        if name == "dmt" and done_phase != "dmt":
+        if phase.name == "dmt" and done_phase != "dmt":
             models.hand_off_initial_memory()  # DMT rolls out from m*_0 (not resumed: still exact)
-        for module, trains in ((models.teacher, name == "smt"), (models.rnn, True)):
-            module.requires_grad_(trains)
-        evaluate = lambda: {"eval_" + k: v for k, v in evaluate_rnn(models.rnn, task, config.length, 2, 64, config.seed, config.device).items()}
+        models.teacher.requires_grad_(phase.trains_teacher)
+        models.rnn.requires_grad_(True)
         # the RNN leaves SMT starting exactly where the teacher's memories begin (in the final checkpoint)
-        finish = models.hand_off_initial_memory if name == "smt" else None
-        train(Objective(models, loss_fn, method_config), parameters,
-              lambda gen, size=train_config.batch_size, phase=name: sample(gen, size, phase), train_config,
-              model=models, phase=name, earlier_phases=tuple(names[:index]), run_dir=run_dir,
-              generator=generator, evaluate=evaluate, progress=progress, finish=finish)
+        finish = models.hand_off_initial_memory if phase.name == "smt" else None
+        train(
+            Objective(models, phase.loss, phase.method_config),
+            phase.parameters,
+            functools.partial(sample, batch_size=phase.train.batch_size, phase=phase.name),
+            phase.train,
+            model=models,
+            phase=phase.name,
+            earlier_phases=tuple(names[:index]),
+            run_dir=run_dir,
+            generator=generator,
+            evaluate=evaluate,
+            progress=progress,
+            finish=finish,
+            log_hook=log_hook,
+        )
     models.requires_grad_(True)
+    if writer is not None:
+        writer.close()
 
-    result = {"task": config.task, "length": config.length, "method": config.method, "cell": config.model.cell,
-              "seed": config.seed, **depths(config)}
+    result = {
+        "task": config.task,
+        "length": config.length,
+        "method": config.method,
+        "cell": config.model.cell,
+        "seed": config.seed,
+        **depths(config),
+    }
     rnn_metrics = evaluate_rnn(models.rnn, task, config.length, config.eval_batches, 64, config.seed, config.device)
     result.update(rnn_metrics)
     if config.method != "bptt" and config.method != "tbptt":
-        teacher_metrics = evaluate_teacher(models, task, config.length, max(1, config.eval_batches // 2), 64, config.seed, config.device)
+        teacher_metrics = evaluate_teacher(
+            models, task, config.length, max(1, config.eval_batches // 2), 64, config.seed, config.device
+        )
         teacher_metrics.pop("drift_curve")
         result.update(teacher_metrics)
     result["chance"] = getattr(task, "chance_accuracy", None)
     trained = models.rnn if config.method in ("bptt", "tbptt") else models  # BPTT's teacher is never trained
     result["diagnostics"] = memory_diagnostics(trained, task, config.length, seed=config.seed, device=config.device)
     if config.length_generalisation:
-        result["generalisation"] = {str(factor): entry for factor, entry in
-                                    length_generalisation(trained, task, config.length, seed=config.seed,
-                                                          device=config.device).items()}
-    seconds = _phase_seconds(run_dir)
+        result["generalisation"] = {
+            str(factor): entry
+            for factor, entry in length_generalisation(
+                trained, task, config.length, seed=config.seed, device=config.device
+            ).items()
+        }
+    seconds = metrics.phase_seconds(run_dir)
     result["phase_seconds"] = {name: seconds.get(name, 0.0) for name in names}
     result["seconds"] = round(sum(result["phase_seconds"].values()), 3)
-    result["steps"] = sum(train_config.steps for _, _, _, train_config, _ in plan)
+    result["steps"] = sum(phase.train.steps for phase in plan)
     result["parameters"] = models.describe()
     if is_main_process():
         checkpoint.write_json(run_dir / "result.json", result)

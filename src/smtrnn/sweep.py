@@ -9,14 +9,15 @@ study are each a list of points plus a report over this runner.
     done = sweep([(key, config, Path("runs/x") / name), ...], jobs=2)
     done["outcomes"][key]   # the point's result.json, or {"diverged": note}
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import closing
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Hashable, Iterable
 
 import torch
 from tqdm import tqdm
@@ -95,8 +96,9 @@ def _execute(work: list[Point], jobs: int, threads: int, finish=None):
             torch.set_num_threads(previous)
         return
     # spawn: workers must not inherit this process's torch threads or locks (fork is unsafe with them)
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_start_worker,
-                               initargs=(threads,))
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(threads,)
+    )
     try:
         futures = {pool.submit(train_point, config, str(directory), finish): key for key, config, directory in work}
         for future in as_completed(futures):
@@ -107,9 +109,15 @@ def _execute(work: list[Point], jobs: int, threads: int, finish=None):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def sweep(points: list[Point], jobs: int = 1, threads_per_job: int = 1, progress: bool = True, name: str = "sweep",
-          describe: Callable[[Hashable, dict], str] | None = None,
-          finish: Callable[[RunConfig, str], None] | None = None) -> dict:
+def sweep(
+    points: list[Point],
+    jobs: int = 1,
+    threads_per_job: int = 1,
+    progress: bool = True,
+    name: str = "sweep",
+    describe: Callable[[Hashable, dict], str] | None = None,
+    finish: Callable[[RunConfig, str], None] | None = None,
+) -> dict:
     """Train every point not yet finished, longest first. Returns {"outcomes": {key: outcome} in the
     points' order, "trained", "reused", "wall_seconds"}.
 
@@ -121,12 +129,17 @@ def sweep(points: list[Point], jobs: int = 1, threads_per_job: int = 1, progress
     by_key = {key: (config, Path(directory)) for key, config, directory in points}
     if len(by_key) != len(points):
         raise ValueError("sweep: two points share a key")
-    pending = sorted((key for key in by_key if outcome(*by_key[key]) is None),
-                     key=lambda key: -estimated_work(by_key[key][0]))
+    pending = sorted(
+        (key for key in by_key if outcome(*by_key[key]) is None), key=lambda key: -estimated_work(by_key[key][0])
+    )
     work = {key: estimated_work(by_key[key][0]) for key in pending}
     # the bar counts estimated work, not runs, so that its ETA weighs a long run above a short one
-    bar = tqdm(total=sum(work.values()), disable=not (progress and pending), dynamic_ncols=True,
-               bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+    bar = tqdm(
+        total=sum(work.values()),
+        disable=not (progress and pending),
+        dynamic_ncols=True,
+        bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
+    )
     counter = lambda count: f"{name}: {count}/{len(pending)} runs ({len(by_key) - len(pending)} done before)"
     bar.set_description_str(counter(0))
     started = time.perf_counter()
@@ -136,6 +149,10 @@ def sweep(points: list[Point], jobs: int = 1, threads_per_job: int = 1, progress
             bar.update(work[key])
             bar.set_description_str(counter(count))
             if progress and describe is not None:
-                bar.write(describe(key, outcome(*by_key[key])))
-    return {"outcomes": {key: outcome(*by_key[key]) for key in by_key}, "trained": len(pending),
-            "reused": len(by_key) - len(pending), "wall_seconds": round(time.perf_counter() - started, 3)}
+                bar.write(describe(key, outcome(*by_key[key]) or {}))
+    return {
+        "outcomes": {key: outcome(*by_key[key]) for key in by_key},
+        "trained": len(pending),
+        "reused": len(by_key) - len(pending),
+        "wall_seconds": round(time.perf_counter() - started, 3),
+    }

@@ -6,6 +6,7 @@ memories[:, 0] is the memory of the empty prefix (the encoding of a start token)
 decode(memory[N, M], future[N, F]) -> logits[N, F+1, C]: logits[:, k] predicts y_{t+k} from m*_t
 and the true inputs x_{t+1}..x_{t+k} (teacher forcing); nothing else reaches the decoder.
 """
+
 from __future__ import annotations
 
 import math
@@ -102,8 +103,15 @@ def _layer_step(layer: nn.TransformerEncoderLayer, hidden: torch.Tensor, cache: 
 
 
 class Teacher(nn.Module):
-    def __init__(self, vocab_size: int, num_classes: int, memory_size: int, memory_space: str,
-                 memory_tokens: int = 1, config: TeacherConfig | None = None):
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        memory_size: int,
+        memory_space: str,
+        memory_tokens: int = 1,
+        config: TeacherConfig | None = None,
+    ):
         super().__init__()
         config = config or TeacherConfig()
         self.config, self.memory_size = config, memory_size
@@ -136,8 +144,9 @@ class Teacher(nn.Module):
             hidden = self.encoder(hidden, mask=_causal(tokens.shape[1], x.device), is_causal=True)
         return project_memory(self.memory_head(self.encoder_norm(hidden)), self.memory_space, self.memory_tokens)
 
-    def encode_step(self, token: torch.Tensor | None, cache: EncoderCache | None = None,
-                    batch: int = 1, capacity: int = 256):
+    def encode_step(
+        self, token: torch.Tensor | None, cache: EncoderCache | None = None, batch: int = 1, capacity: int = 256
+    ):
         """Incremental ``encode`` with a key-value cache: O(context) work per token instead of
         re-encoding the prefix. ``encode_step(None, batch=B)`` -> (m*_0 [B, M], cache); then
         ``encode_step(x_t, cache)`` -> (memories[:, t] of ``encode(x)`` [B, M], cache), the cache
@@ -149,6 +158,8 @@ class Teacher(nn.Module):
             empty = lambda: self.embed.weight.new_empty(batch, heads, capacity, width // heads)
             token = torch.full((batch,), self.start, dtype=torch.long, device=device)
             cache = EncoderCache([empty() for _ in self.encoder.layers], [empty() for _ in self.encoder.layers], token)
+        elif token is None:
+            raise ValueError("encode_step: a token is needed once the cache exists")
         hidden = self.embed(token) + self.previous_embed(cache.previous)
         if self.config.positions == "sinusoid":
             hidden = hidden + sinusoid(1, width, token.device, cache.length)
@@ -166,4 +177,4 @@ class Teacher(nn.Module):
         length = sequence.shape[1]
         sequence = sequence + self.decoder_positions[:length]
         hidden = self.decoder(sequence, mask=_causal(length, memory.device), is_causal=True)
-        return self.head(self.decoder_norm(hidden[:, self.memory_tokens - 1:]))
+        return self.head(self.decoder_norm(hidden[:, self.memory_tokens - 1 :]))

@@ -3,21 +3,21 @@ atomic checkpoints, exact resume, DistributedDataParallel under torchrun (see di
 does not know which method it runs: it minimises whatever ``objective(batch) -> (loss, metrics)``
 returns over the parameters it is given.
 """
+
 from __future__ import annotations
 
-import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from smtrnn import checkpoint, distributed
+from smtrnn import checkpoint, distributed, metrics
 from smtrnn.tasks.base import UserError
 
 
@@ -76,37 +76,34 @@ def _set_rng_state(state: dict[str, torch.Tensor], generator: torch.Generator) -
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _log(run_dir: Path | None, record: dict) -> None:
-    if run_dir is not None and is_main_process():
-        with open(Path(run_dir) / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+def _log(run_dir: Path | None, record: dict, hook: Callable[[dict], None] | None = None) -> None:
+    if is_main_process():
+        if run_dir is not None:
+            metrics.append(run_dir, record)
+        if hook is not None:
+            hook(record)
 
 
-def _truncate_log(run_dir: Path, phase: str, step: int, earlier_phases: list[str]) -> None:
-    """Drop log lines written after the checkpoint we resume from (they will be written again)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists() or not is_main_process():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-        if record.get("phase") in earlier_phases or (record.get("phase") == phase and record.get("step", 0) <= step):
-            kept.append(line)
-    text = ("\n".join(kept) + "\n") if kept else ""
-    if text != path.read_text():
-        checkpoint.write_atomic(path, text.encode())
-
-
-def train(objective: nn.Module, parameters: list[nn.Parameter], sample: Callable[[torch.Generator], dict],
-          config: TrainConfig, *, model: nn.Module, phase: str = "train", earlier_phases: tuple = (),
-          run_dir: Path | None = None, generator: torch.Generator, evaluate: Callable[[], dict] | None = None,
-          progress: bool = True, finish: Callable[[], None] | None = None) -> dict:
+def train(
+    objective: nn.Module,
+    parameters: list[nn.Parameter],
+    sample: Callable[[torch.Generator], dict],
+    config: TrainConfig,
+    *,
+    model: nn.Module,
+    phase: str = "train",
+    earlier_phases: tuple = (),
+    run_dir: Path | None = None,
+    generator: torch.Generator,
+    evaluate: Callable[[], dict] | None = None,
+    progress: bool = True,
+    finish: Callable[[], None] | None = None,
+    log_hook: Callable[[dict], None] | None = None,
+) -> dict:
     """Minimise ``objective`` for ``config.steps`` steps; resume from ``run_dir`` when it holds a
     checkpoint of this phase. ``model`` is what checkpoints save; ``finish`` runs after the last step,
-    before the final checkpoint (so a resumed run never repeats it); returns the last logged metrics."""
+    before the final checkpoint (so a resumed run never repeats it); ``log_hook`` also receives every logged
+    record (e.g. a TensorBoard writer); returns the last logged metrics."""
     config.validate()
     distributed.check_batch_size(config.batch_size)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
@@ -120,20 +117,32 @@ def train(objective: nn.Module, parameters: list[nn.Parameter], sample: Callable
             step, elapsed = meta["step"], meta.get("seconds", 0.0)
     if run_dir is not None:
         # also when starting this phase afresh: drop lines of an attempt killed before its first checkpoint
-        _truncate_log(run_dir, phase, step, list(earlier_phases))
+        if is_main_process():
+            metrics.truncate(run_dir, phase, step, list(earlier_phases))
         distributed.check_same_start(phase, step, run_dir)
 
     def save(at_step: int, seconds: float) -> None:
         if run_dir is not None:
             rng = distributed.gather_rng(_rng_state(generator))  # collective: every rank takes part
             if is_main_process():
-                meta = {"phase": phase, "step": at_step, "steps": config.steps, "seconds": seconds,
-                        "world_size": distributed.world_size()}
+                meta = {
+                    "phase": phase,
+                    "step": at_step,
+                    "steps": config.steps,
+                    "seconds": seconds,
+                    "world_size": distributed.world_size(),
+                }
                 checkpoint.save_checkpoint(run_dir, f"{phase}-{at_step:08d}", model, optimizer, rng, meta)
 
     last: dict = {}
-    bar = tqdm(total=config.steps, initial=step, desc=phase, disable=not (progress and is_main_process()),
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=config.steps,
+        initial=step,
+        desc=phase,
+        disable=not (progress and is_main_process()),
+        dynamic_ncols=True,
+        leave=False,
+    )
     started = time.perf_counter() - elapsed
     step_fn = distributed.wrap(objective)  # DistributedDataParallel under torchrun, else objective
     step_fn.train()
@@ -143,11 +152,13 @@ def train(objective: nn.Module, parameters: list[nn.Parameter], sample: Callable
         # every rank draws the global batch and keeps its slice: see distributed.py
         batch = distributed.shard(sample(generator))
         batch["step"] = step  # for methods with schedules of their own (SMT's dynamics warm-up)
-        loss, metrics = step_fn(batch)
+        loss, step_metrics = step_fn(batch)
         global_loss = distributed.mean(loss)  # the loss itself for one process
         if not torch.isfinite(global_loss):
             bar.close()
-            raise Diverged(f"{phase}: loss became {global_loss.item()} at step {step + 1}; the last good checkpoint is kept")
+            raise Diverged(
+                f"{phase}: loss became {global_loss.item()} at step {step + 1}; the last good checkpoint is kept"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.clip:
@@ -156,13 +167,18 @@ def train(objective: nn.Module, parameters: list[nn.Parameter], sample: Callable
         step += 1
         bar.update(1)
         if step % config.log_every == 0 or step == config.steps:
-            last = {"phase": phase, "step": step, "lr": optimizer.param_groups[0]["lr"], "loss": global_loss.item(),
-                    **distributed.mean_metrics(metrics),
-                    "seconds": round(time.perf_counter() - started, 3)}
+            last = {
+                "phase": phase,
+                "step": step,
+                "lr": optimizer.param_groups[0]["lr"],
+                "loss": global_loss.item(),
+                **distributed.mean_metrics(step_metrics),
+                "seconds": round(time.perf_counter() - started, 3),
+            }
             if evaluate is not None and config.eval_every and step % config.eval_every == 0:
                 last.update(evaluate())
                 step_fn.train()
-            _log(run_dir, last)
+            _log(run_dir, last, log_hook)
             bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
         if step == config.steps and finish is not None:
             finish()

@@ -1,4 +1,5 @@
 """Backpropagation through time, full or truncated (docs/method.md section 6): the baseline."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ def bptt_loss(models, batch, config: BPTTConfig):
     else:
         memory, pieces = None, []
         for begin in range(0, x.shape[1], config.truncate):
-            window_logits, memory = rnn(x[:, begin:begin + config.truncate], memory)
+            window_logits, memory = rnn(x[:, begin : begin + config.truncate], memory)
             memory = memory.detach()
             pieces.append(window_logits)
         logits = torch.cat(pieces, 1)

@@ -1,4 +1,5 @@
 """Loss pieces shared by the methods."""
+
 from __future__ import annotations
 
 import math
@@ -63,5 +64,7 @@ def whitening(memories: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
     flat = memories.reshape(-1, memories.shape[-1]).double()
     centred = flat - flat.mean(0)
     covariance = centred.T @ centred / max(1, flat.shape[0] - 1)
-    covariance = covariance + ridge * covariance.diagonal().mean() * torch.eye(flat.shape[-1], dtype=flat.dtype, device=flat.device)
+    covariance = covariance + ridge * covariance.diagonal().mean() * torch.eye(
+        flat.shape[-1], dtype=flat.dtype, device=flat.device
+    )
     return torch.linalg.inv(torch.linalg.cholesky(covariance)).to(memories.dtype)

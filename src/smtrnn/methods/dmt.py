@@ -5,6 +5,7 @@ m^_t; every k-th one is pulled towards the frozen teacher's m*_t. By default the
 before each supervised update, so each gradient still crosses one cell application: on-policy
 states, expert labels, no BPTT. The readout learns on the detached rollout memories.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -63,7 +64,7 @@ def dmt_loss(models, batch, config: DMTConfig):
         memories.append(memory.detach())
     dyn = dyn / max(1, terms)  # the mean over the supervised memories (and m_0 when the rollout starts there)
     rollout = torch.stack(memories, 1)
-    readout, accuracy = masked_cross_entropy(models.rnn.logits(rollout), y[:, begin:begin + steps])
-    drift = (rollout - expert[:, begin + 1:begin + steps + 1]).pow(2).sum(-1).sqrt().mean()
+    readout, accuracy = masked_cross_entropy(models.rnn.logits(rollout), y[:, begin : begin + steps])
+    drift = (rollout - expert[:, begin + 1 : begin + steps + 1]).pow(2).sum(-1).sqrt().mean()
     loss = config.c_dyn * dyn + config.c_readout * readout
     return loss, {"dyn": dyn.detach(), "readout": readout.detach(), "rollout_acc": accuracy, "drift": drift}

@@ -9,6 +9,7 @@ tokens of a crop gives the memory of each of their prefixes: the encoder, the dy
 see x_1..x_Tc only, while the decoder's true futures come from the rest of the crop (a crop of length
 Tc + Tf - 1 gives every memory m*_0..m*_Tc a full window of Tf targets).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -81,7 +82,9 @@ def predictive_loss(teacher, memories, x, y, config: SMTConfig):
     inputs, targets = (window[:, : memories.shape[1]] for window in future_windows(x, y, teacher.config.future))
     if config.decoder_positions and config.decoder_positions < memories.shape[1]:
         index = choose_positions(targets, config.decoder_positions)
-        pick = lambda tensor: tensor.gather(1, index.view(*index.shape, *[1] * (tensor.dim() - 2)).expand(-1, -1, *tensor.shape[2:]))
+        pick = lambda tensor: tensor.gather(
+            1, index.view(*index.shape, *[1] * (tensor.dim() - 2)).expand(-1, -1, *tensor.shape[2:])
+        )
         memories, inputs, targets = pick(memories), pick(inputs), pick(targets)
     memories, inputs, targets = (tensor.reshape(-1, tensor.shape[-1]) for tensor in (memories, inputs, targets))
     memories, inputs, targets = labelled_rows((targets != IGNORE).any(-1), memories, inputs, targets)
@@ -108,9 +111,18 @@ def horizon_starts(batch_size: int, length: int, steps: int, count: int, device)
     return starts
 
 
-def rollout_error(cell, memories: torch.Tensor, x: torch.Tensor, starts: torch.Tensor, steps: int,
-                  spread: torch.Tensor, labels: torch.Tensor | None = None, decay: float = 1.0,
-                  burnin: int = 0, noise: float = 0.0) -> torch.Tensor:
+def rollout_error(
+    cell,
+    memories: torch.Tensor,
+    x: torch.Tensor,
+    starts: torch.Tensor,
+    steps: int,
+    spread: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    decay: float = 1.0,
+    burnin: int = 0,
+    noise: float = 0.0,
+) -> torch.Tensor:
     """Relative memory error of K-step rollouts of the cell, averaged over starts and steps.
 
     From ``memories[b, s]`` for each start s in ``starts`` [B, S], the cell reads x_{s+1}..x_{s+K} (0-based
@@ -164,22 +176,45 @@ def smt_loss(models, batch, config: SMTConfig):
     if horizon > 1 or burnin or config.horizon_noise:  # K-step rollouts from (detached) teacher memories
         starts = horizon_starts(x.shape[0], steps, burnin + horizon, config.horizon_starts, x.device)
         labels = memories.detach() if config.horizon_detach else joint
-        rolled = rollout_error(rnn.cell, memories.detach(), x, starts, horizon, spread.detach(), labels,
-                               config.horizon_decay, burnin, config.horizon_noise)
+        rolled = rollout_error(
+            rnn.cell,
+            memories.detach(),
+            x,
+            starts,
+            horizon,
+            spread.detach(),
+            labels,
+            config.horizon_decay,
+            burnin,
+            config.horizon_noise,
+        )
     else:
         rolled = dyn.new_zeros(())
 
     unif = uniformity(memories[:, 1:], rnn.cell.memory_tokens, config.uniformity_samples)
     flat = lambda memory: memory.detach().reshape(-1, memory.shape[-1])
-    teacher_memories, step_memories, labels = labelled_rows((y != IGNORE).reshape(-1), flat(memories[:, 1:]),
-                                                            flat(predicted), y.reshape(-1))
+    teacher_memories, step_memories, labels = labelled_rows(
+        (y != IGNORE).reshape(-1), flat(memories[:, 1:]), flat(predicted), y.reshape(-1)
+    )
     read_teacher, readout_accuracy = masked_cross_entropy(rnn.logits(teacher_memories), labels)
     read_step, one_step_accuracy = masked_cross_entropy(rnn.logits(step_memories), labels)
     readout = 0.5 * (read_teacher + read_step)
 
     ramp = min(1.0, (step + 1) / config.dyn_warmup) if config.dyn_warmup else 1.0
-    loss = (config.c_pred * pred + ramp * (config.c_dyn * dyn + config.c_horizon * rolled) + config.c_unif * unif
-            + config.c_readout * readout)
-    metrics = {"pred": pred, "dyn": dyn, "horizon": rolled, "unif": unif, "readout": readout,
-               "teacher_acc": teacher_accuracy, "readout_acc": readout_accuracy, "one_step_acc": one_step_accuracy}
+    loss = (
+        config.c_pred * pred
+        + ramp * (config.c_dyn * dyn + config.c_horizon * rolled)
+        + config.c_unif * unif
+        + config.c_readout * readout
+    )
+    metrics = {
+        "pred": pred,
+        "dyn": dyn,
+        "horizon": rolled,
+        "unif": unif,
+        "readout": readout,
+        "teacher_acc": teacher_accuracy,
+        "readout_acc": readout_accuracy,
+        "one_step_acc": one_step_accuracy,
+    }
     return loss, {name: value.detach() for name, value in metrics.items()}

@@ -1,10 +1,12 @@
-"""Task registry: built-in tasks by name, or a user's class from ``path/to/file.py:ClassName``."""
+"""Task registry: built-in tasks by name, a user's class from ``path/to/file.py:ClassName``, or the
+user's data from ``text:PATH``, ``tokens:PATH.npy`` or ``sequences:PATH.npz`` (see tasks/files.py)."""
+
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
-from smtrnn.tasks import pixels, synthetic, text
+from smtrnn.tasks import files, pixels, synthetic, text
 from smtrnn.tasks.base import IGNORE, Task, UserError
 
 TASKS: dict[str, type[Task]] = {}
@@ -20,13 +22,19 @@ for _name, _cls in {**synthetic.REGISTRY, **pixels.REGISTRY, **text.REGISTRY}.it
 
 
 def load_task_class(spec: str) -> type[Task]:
-    """A registered name, or ``FILE.py:ClassName`` loaded from the user's file."""
+    """A registered name, ``FILE.py:ClassName`` loaded from the user's file, or the class of a data
+    file form (``text:PATH`` and the like; ``make_task`` gives it the path)."""
+    form = files.file_form(spec)
+    if form is not None:
+        return form[0]
     if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
         path, class_name = spec.rsplit(":", 1)
         file = Path(path)
         if not file.is_file():
             raise UserError(f"task file not found: {path}")
         module_spec = importlib.util.spec_from_file_location(f"smtrnn_user_task_{file.stem}", file)
+        if module_spec is None or module_spec.loader is None:
+            raise UserError(f"task file {path} cannot be imported as a Python module")
         module = importlib.util.module_from_spec(module_spec)
         try:
             module_spec.loader.exec_module(module)
@@ -37,15 +45,18 @@ def load_task_class(spec: str) -> type[Task]:
             raise UserError(f"task file {path} has no class {class_name}")
         return cls
     if spec not in TASKS:
-        raise UserError(f"unknown task {spec!r}; choose one of {', '.join(sorted(TASKS))} or FILE.py:ClassName")
+        raise UserError(
+            f"unknown task {spec!r}; choose one of {', '.join(sorted(TASKS))} or FILE.py:ClassName, {files.FORMS_HELP}"
+        )
     return TASKS[spec]
 
 
 def make_task(spec: str, **params) -> Task:
     """Instantiate a task from its name (or file spec) and keyword parameters."""
     cls = load_task_class(spec)
+    form = files.file_form(spec)
     try:
-        task = cls(**params)
+        task = cls(**params) if form is None else cls(path=form[1], **params)  # type: ignore[call-arg]
     except TypeError as error:
         raise UserError(f"task {spec}: bad parameters {params}: {error}") from error
     for attribute in ("vocab_size", "sample"):

@@ -1,4 +1,5 @@
 """The task interface: a seeded generator of token sequences with sparse labels."""
+
 from __future__ import annotations
 
 import torch
@@ -26,7 +27,7 @@ class Task:
         """Return ``{"x": LongTensor[B, T], "y": LongTensor[B, T]}``; y = -1 where unlabelled."""
         raise NotImplementedError
 
-    def evaluation(self) -> "Task":
+    def evaluation(self) -> Task:
         """The task that evaluation samples from. Synthetic tasks draw held-out sequences from the same
         generator (evaluation seeds them apart); a dataset returns a view of its held-out split."""
         return self

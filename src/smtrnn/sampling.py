@@ -17,6 +17,7 @@ Two modes:
     generated = generate(config, task, models, mode="teacher", count=16, seed=0)
     save_png(generated.grid, "digits.png")
 """
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,14 @@ def next_token(logits: torch.Tensor, temperature: float, generator: torch.Genera
 
 
 @torch.no_grad()
-def generate_tokens(rnn, prompt: torch.Tensor, steps: int, temperature: float = 1.0,
-                    generator: torch.Generator | None = None, memory: torch.Tensor | None = None) -> torch.Tensor:
+def generate_tokens(
+    rnn,
+    prompt: torch.Tensor,
+    steps: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    memory: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The ``steps`` tokens [B, steps] that follow ``prompt`` [B, P]. The RNN reads the prompt from
     ``memory`` (default: its own m_0, which predicts nothing, so the prompt must then be non-empty)
     and continues on its own samples, one cell step per token."""
@@ -73,8 +80,14 @@ def generate_tokens(rnn, prompt: torch.Tensor, steps: int, temperature: float = 
 
 
 @torch.no_grad()
-def continue_prompt(models, prompt: torch.Tensor, steps: int, mode: str = "rnn", temperature: float = 1.0,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def continue_prompt(
+    models,
+    prompt: torch.Tensor,
+    steps: int,
+    mode: str = "rnn",
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """``steps`` tokens after ``prompt`` [B, P >= 1]: read by the RNN itself (``rnn``), or encoded by
     the teacher into m* of the whole prompt, from which the RNN continues (``teacher``)."""
     check_mode(mode)
@@ -105,15 +118,24 @@ def parse_token_ids(text: str, vocab_size: int) -> list[int]:
     try:
         ids = [int(word) for word in text.split()]
     except ValueError:
-        raise UserError(f"the prompt of a task without text must be token ids separated by spaces, got {text!r}") from None
+        raise UserError(
+            f"the prompt of a task without text must be token ids separated by spaces, got {text!r}"
+        ) from None
     outside = [token for token in ids if not 0 <= token < vocab_size]
     if outside:
         raise UserError(f"prompt token ids {outside} are outside the vocabulary 0..{vocab_size - 1}")
     return ids
 
 
-def sample_sequences(models, prompt: list[int], steps: int, count: int = 1, mode: str = "rnn",
-                     temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_sequences(
+    models,
+    prompt: list[int],
+    steps: int,
+    count: int = 1,
+    mode: str = "rnn",
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """``count`` samples [count, P + steps]: the prompt followed by its continuation."""
     device = models.rnn.cell.initial.device
     prompts = torch.tensor(prompt, dtype=torch.long, device=device).reshape(1, -1).expand(count, -1)
@@ -132,8 +154,15 @@ def held_out_images(task, count: int, generator: torch.Generator) -> torch.Tenso
     return source.sample(count, height * width, generator)["x"]
 
 
-def sample_images(models, task, count: int, mode: str = "rnn", prime_rows: int = 0, temperature: float = 1.0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_images(
+    models,
+    task,
+    count: int,
+    mode: str = "rnn",
+    prime_rows: int = 0,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Images [count, K, H, W] of pixel values, drawn pixel by pixel in raster order.
 
     prime_rows 0 (rnn mode only): K = 1 image drawn from a black first pixel. prime_rows R > 0: the top
@@ -171,7 +200,7 @@ def image_grid(images: torch.Tensor, columns: int | None = None, gap: int = 1, b
         left = border + (index % columns) * (cell_width + border)
         for member in range(group):
             start = left + member * (width + gap)
-            grid[top:top + height, start:start + width] = pixels[index, member]
+            grid[top : top + height, start : start + width] = pixels[index, member]
     return grid
 
 
@@ -211,8 +240,10 @@ def check_generation(config, task, mode: str) -> None:
     if mode == "teacher" and config.method in ("bptt", "tbptt"):
         raise UserError(f"this run was trained with {config.method}: it has no trained teacher; use --mode rnn")
     if task.num_classes != task.vocab_size:
-        raise UserError(f"task {config.task} labels {task.num_classes} classes, not its {task.vocab_size} tokens: "
-                        "only next-token tasks (text, pixels) can generate")
+        raise UserError(
+            f"task {config.task} labels {task.num_classes} classes, not its {task.vocab_size} tokens: "
+            "only next-token tasks (text, pixels) can generate"
+        )
 
 
 def _blocks(samples: list[str]) -> str:
@@ -221,8 +252,18 @@ def _blocks(samples: list[str]) -> str:
     return "\n".join(f"--- sample {index + 1} ---\n{sample}" for index, sample in enumerate(samples))
 
 
-def generate(config, task, models, mode: str = "rnn", prompt: str | None = None, steps: int | None = None,
-             count: int = 1, temperature: float = 1.0, seed: int = 0, prime_rows: int | None = None) -> Generated:
+def generate(
+    config,
+    task,
+    models,
+    mode: str = "rnn",
+    prompt: str | None = None,
+    steps: int | None = None,
+    count: int = 1,
+    temperature: float = 1.0,
+    seed: int = 0,
+    prime_rows: int | None = None,
+) -> Generated:
     """Samples from a loaded run (``run.load_run``), by the kind of task: images (``task.image_shape``)
     as a grid, byte text (``task.text``) as UTF-8, anything else as token ids. ``prompt``: text, or
     token ids separated by spaces; images take ``prime_rows`` (default: none in rnn mode, the top half
@@ -245,8 +286,10 @@ def generate(config, task, models, mode: str = "rnn", prompt: str | None = None,
         raise UserError("--prime-rows is for image tasks")
     is_text = getattr(task, "text", False)
     if not prompt:
-        raise UserError("give a --prompt: the RNN's initial memory predicts nothing" + ("" if is_text else
-                        " (token ids separated by spaces)"))
+        raise UserError(
+            "give a --prompt: the RNN's initial memory predicts nothing"
+            + ("" if is_text else " (token ids separated by spaces)")
+        )
     tokens = text_tokens(prompt) if is_text else parse_token_ids(prompt, task.vocab_size)
     samples = sample_sequences(models, tokens, steps or TEXT_STEPS, count, mode, temperature, generator)
     show = decode_text if is_text else (lambda row: " ".join(str(int(token)) for token in row))

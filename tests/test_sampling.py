@@ -2,8 +2,9 @@
 token ids; deterministic given a seed; O(1) state per token; user mistakes are one-line errors.
 
 The fake tasks below stand in for the dataset tasks (same attributes: ``text``, ``image_shape``);
-runs load them from this very file (``tests/test_generate.py:FakeText``), as a user's task file.
+runs load them from this very file (``tests/test_sampling.py:FakeText``), as a user's task file.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,11 +16,20 @@ import pytest
 import torch
 
 from smtrnn.cli import main
-from smtrnn.generate import (check_generation, continue_prompt, decode_text, generate, generate_tokens, image_grid,
-                             sample_images, sample_sequences, save_png)
 from smtrnn.models import ModelConfig
 from smtrnn.run import RunConfig, load_run, run
-from smtrnn.tasks.base import IGNORE, UserError
+from smtrnn.sampling import (
+    check_generation,
+    continue_prompt,
+    decode_text,
+    generate,
+    generate_tokens,
+    image_grid,
+    sample_images,
+    sample_sequences,
+    save_png,
+)
+from smtrnn.tasks.base import UserError
 from smtrnn.tasks.synthetic import Retrieval
 from test_cli import assert_user_error
 
@@ -28,7 +38,7 @@ HERE = Path(__file__).resolve()
 
 def _shifted(stream: torch.Tensor, length: int) -> dict:
     """x = the first ``length`` tokens of each row, y_t = x_{t+1}."""
-    return {"x": stream[:, :length].clone(), "y": stream[:, 1:length + 1].clone()}
+    return {"x": stream[:, :length].clone(), "y": stream[:, 1 : length + 1].clone()}
 
 
 class FakeText:
@@ -41,7 +51,7 @@ class FakeText:
     def sample(self, batch_size, length, generator):
         repeated = torch.tensor(list((self.sentence * (length // len(self.sentence) + 2)).encode()))
         starts = torch.randint(0, len(self.sentence), (batch_size,), generator=generator)
-        return _shifted(torch.stack([repeated[start:start + length + 1] for start in starts.tolist()]), length)
+        return _shifted(torch.stack([repeated[start : start + length + 1] for start in starts.tolist()]), length)
 
 
 class FakeImages:
@@ -55,8 +65,12 @@ class FakeImages:
         corner = torch.randint(0, 3, (batch_size, count, 2), generator=generator)
         rows, columns = torch.arange(4).view(4, 1), torch.arange(4).view(1, 4)
         inside = lambda axis, at: (axis >= at) & (axis < at + 2)
-        images = torch.stack([torch.stack([255 * (inside(rows, r) & inside(columns, c)).long() for r, c in row.tolist()])
-                              for row in corner])
+        images = torch.stack(
+            [
+                torch.stack([255 * (inside(rows, r) & inside(columns, c)).long() for r, c in row.tolist()])
+                for row in corner
+            ]
+        )
         return _shifted(images.reshape(batch_size, -1), length)
 
 
@@ -71,8 +85,9 @@ class FakeCounter:
 
 
 def train_tiny(directory: Path, task: str, method: str = "smt") -> Path:
-    model = ModelConfig(memory_size=8, embed_dim=4, readout_hidden=8, teacher_width=8, teacher_layers=1,
-                        teacher_heads=2, future=2)
+    model = ModelConfig(
+        memory_size=8, embed_dim=4, readout_hidden=8, teacher_width=8, teacher_layers=1, teacher_heads=2, future=2
+    )
     config = RunConfig(task=f"{HERE}:{task}", length=8, method=method, eval_batches=1, model=model)
     config.train.steps, config.train.batch_size = 2, 4
     run(config, directory, progress=False)
@@ -82,9 +97,12 @@ def train_tiny(directory: Path, task: str, method: str = "smt") -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("runs")
-    return {"text": train_tiny(root / "text", "FakeText"), "images": train_tiny(root / "images", "FakeImages"),
-            "counter": train_tiny(root / "counter", "FakeCounter"),
-            "bptt": train_tiny(root / "bptt", "FakeText", method="bptt")}
+    return {
+        "text": train_tiny(root / "text", "FakeText"),
+        "images": train_tiny(root / "images", "FakeImages"),
+        "counter": train_tiny(root / "counter", "FakeCounter"),
+        "bptt": train_tiny(root / "bptt", "FakeText", method="bptt"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +136,9 @@ def refuse_teacher(teacher):
 def test_generate_tokens_is_deterministic_given_a_seed(text_run):
     _, _, models = text_run
     prompt = torch.tensor([[116, 104], [99, 97]])
-    draw = lambda seed, temperature=1.0: generate_tokens(models.rnn, prompt, 12, temperature,
-                                                         torch.Generator().manual_seed(seed))
+    draw = lambda seed, temperature=1.0: generate_tokens(
+        models.rnn, prompt, 12, temperature, torch.Generator().manual_seed(seed)
+    )
     first = draw(0)
     assert first.shape == (2, 12) and first.dtype == torch.long and 0 <= first.min() and first.max() < 256
     assert torch.equal(first, draw(0))
@@ -262,13 +281,16 @@ def test_cli_text_and_images(runs, tmp_path, capsys):
     assert matplotlib.image.imread(png).ndim == 3
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--mode", "teacher", "--prompt", "the"], "bptt"),
-    (["--prompt", "the", "--temperature", "-1"], "temperature"),
-    (["--prompt", "the", "--count", "0"], "count"),
-    (["--mode", "dream", "--prompt", "the"], "dream"),
-    ([], "--prompt"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--mode", "teacher", "--prompt", "the"], "bptt"),
+        (["--prompt", "the", "--temperature", "-1"], "temperature"),
+        (["--prompt", "the", "--count", "0"], "count"),
+        (["--mode", "dream", "--prompt", "the"], "dream"),
+        ([], "--prompt"),
+    ],
+)
 def test_cli_mistakes_are_one_line_errors(runs, capsys, argv, fragment):
     assert_user_error(main(["generate", str(runs["bptt"]), *argv]), capsys, fragment)
 

@@ -1,0 +1,86 @@
+"""``smtrnn plot RUN [RUN ...]``: the training curves of one or more runs, from their metrics.jsonl, in one PNG.
+
+Left: the loss against the optimiser step (log scale); right: every logged accuracy (SMT's teacher,
+readout and one-step accuracies, DMT's rollout accuracy, the periodic held-out evaluations). A run's
+phases follow each other on the step axis (DMT's steps continue after SMT's), a dotted line marks the
+hand-over.
+
+    plot_runs(["runs/a", "runs/b"], "curves.png")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smtrnn import metrics
+from smtrnn.tasks.base import UserError
+
+
+def curves(run_dir: str | Path) -> tuple[dict[str, list[tuple[int, float]]], list[int]]:
+    """``({key: [(global step, value), ...]}, phase boundaries)`` for the loss and every accuracy."""
+    records = metrics.read(run_dir)
+    if not records:
+        raise UserError(f"{run_dir} has no metrics.jsonl records to plot (is it a run directory?)")
+    series: dict[str, list[tuple[int, float]]] = {}
+    offset, boundaries, phase, last_step = 0, [], records[0]["phase"], 0
+    for record in records:
+        if record["phase"] != phase:
+            offset += last_step
+            boundaries.append(offset)
+            phase = record["phase"]
+        last_step = record["step"]
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and (key == "loss" or "acc" in key):
+                series.setdefault(f"{record['phase']} {key}", []).append((offset + record["step"], float(value)))
+    return series, boundaries
+
+
+def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Draw the curves of ``run_dirs`` to the PNG ``out`` and return its path."""
+    if not run_dirs:
+        raise UserError("plot needs at least one run directory")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loaded = [(Path(run_dir), *curves(run_dir)) for run_dir in run_dirs]
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for index, (run_dir, series, boundaries) in enumerate(loaded):
+        color = f"C{index % 10}"
+        name = run_dir.name if len(loaded) > 1 else ""
+        styles = iter(["-", "--", ":", "-."] * 4)
+        for key, points in series.items():
+            steps, values = zip(*points)
+            label = f"{name} {key}".strip()
+            if key.endswith(" loss"):
+                loss_axis.plot(steps, values, color=color, label=label)
+            else:
+                accuracy_axis.plot(steps, values, color=color, linestyle=next(styles), label=label)
+        for boundary in boundaries:
+            for axis in (loss_axis, accuracy_axis):
+                axis.axvline(boundary, color=color, linestyle=":", linewidth=1)
+    loss_axis.set(xlabel="optimiser step", ylabel="training loss", title="loss")
+    if any(
+        value > 0
+        for _, series, _ in loaded
+        for key, points in series.items()
+        if key.endswith(" loss")
+        for _, value in points
+    ):
+        loss_axis.set_yscale("symlog", linthresh=1e-2)  # SMT's loss can be negative (uniformity term)
+    accuracy_axis.set(xlabel="optimiser step", ylabel="accuracy", title="accuracies", ylim=(-0.02, 1.02))
+    for axis in (loss_axis, accuracy_axis):
+        axis.grid(True, alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(out, dpi=110)
+    except OSError as error:
+        raise UserError(f"cannot write {out}: {error.strerror}") from None
+    finally:
+        plt.close(figure)
+    return out
