@@ -20,11 +20,11 @@ from safetensors.torch import load_file
 import smtrnn
 from smtrnn import api
 from smtrnn.cli import main
+from smtrnn.errors import UserError
 from smtrnn.methods import SMTConfig
 from smtrnn.models import ModelConfig
 from smtrnn.rnn import RNN
 from smtrnn.run import RunConfig, load_run, run
-from smtrnn.tasks.base import UserError
 from smtrnn.train import TrainConfig
 from test_cli import assert_user_error
 

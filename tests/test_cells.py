@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from smtrnn.cells import CELLS, make_cell, project_memory, rms_normalize
-from smtrnn.tasks.base import UserError
+from smtrnn.errors import UserError
 
 NAMES = ["tanh", "mlp", "gru", "lstm", "transformer"]
 FUSED = {"tanh": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}

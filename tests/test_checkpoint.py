@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 
 from smtrnn import checkpoint
 from smtrnn import run as run_module
+from smtrnn.errors import UserError
 from smtrnn.models import ModelConfig, Models
 from smtrnn.run import RunConfig, run
-from smtrnn.tasks.base import UserError
 from smtrnn.train import TrainConfig
 
 

@@ -15,6 +15,7 @@ import smtrnn.run as run_module
 import smtrnn.sweep as sweep_module
 from smtrnn.cli import main
 from smtrnn.compare import Point, compare, customise, preset
+from smtrnn.errors import UserError
 from smtrnn.evaluate import (
     EVAL_SEED_OFFSET,
     effective_rank,
@@ -24,7 +25,6 @@ from smtrnn.evaluate import (
 )
 from smtrnn.models import ModelConfig, Models
 from smtrnn.report import figures, markdown
-from smtrnn.tasks.base import UserError
 from smtrnn.tasks.synthetic import Parity
 from test_cli import assert_user_error  # the one-line error contract, shared with the other commands
 

@@ -8,8 +8,8 @@ import pytest
 
 from smtrnn import checkpoint
 from smtrnn.cli import main
+from smtrnn.errors import UserError
 from smtrnn.run import run
-from smtrnn.tasks.base import UserError
 
 
 def logged_steps(run_dir, phase):

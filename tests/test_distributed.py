@@ -31,8 +31,8 @@ from safetensors.torch import load_file
 from smtrnn import checkpoint, distributed
 from smtrnn import run as run_module
 from smtrnn.cli import build_parser, config_from_args
+from smtrnn.errors import UserError
 from smtrnn.run import build, run
-from smtrnn.tasks.base import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from smtrnn.errors import UserError
 from smtrnn.methods import SMTConfig
 from smtrnn.models import ModelConfig
 from smtrnn.run import RunConfig, run
 from smtrnn.tasks import load_task_class, make_task
-from smtrnn.tasks.base import IGNORE, UserError
+from smtrnn.tasks.base import IGNORE
 from smtrnn.train import TrainConfig
 
 TEXT = ("The quick brown fox jumps over the lazy dog. Ünïcödé too. " * 8).encode("utf-8")

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smtrnn.cli import SECTIONS, TOP_LEVEL, build_parser, config_from_args
+from smtrnn.errors import UserError
 from smtrnn.run import RunConfig
 from smtrnn.tasks import TASKS, make_task
-from smtrnn.tasks.base import UserError
 from smtrnn.train import TrainConfig
 
 FAST = settings(max_examples=60, deadline=None, database=None)  # no .hypothesis folder in the repo

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from smtrnn.errors import UserError
 from smtrnn.tasks import make_task
-from smtrnn.tasks.base import UserError
 from smtrnn.tasks.pixels import PIXELS, mnist_split
 from smtrnn.tasks.text import _tinystories_text, brown_fiction_files, brown_prose
 

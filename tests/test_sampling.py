@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from smtrnn.cli import main
+from smtrnn.errors import UserError
 from smtrnn.models import ModelConfig
 from smtrnn.run import RunConfig, load_run, run
 from smtrnn.sampling import (
@@ -29,7 +30,6 @@ from smtrnn.sampling import (
     sample_sequences,
     save_png,
 )
-from smtrnn.tasks.base import UserError
 from smtrnn.tasks.synthetic import Retrieval
 from test_cli import assert_user_error
 

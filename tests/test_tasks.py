@@ -9,8 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smtrnn.errors import UserError
 from smtrnn.tasks import make_task
-from smtrnn.tasks.base import IGNORE, UserError
+from smtrnn.tasks.base import IGNORE
 from smtrnn.tasks.synthetic import (
     MQAR,
     REGISTRY,

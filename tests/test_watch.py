@@ -6,9 +6,9 @@ import pytest
 
 from smtrnn import metrics
 from smtrnn.cli import main
+from smtrnn.errors import UserError
 from smtrnn.plot import curves, plot_runs
 from smtrnn.run import run
-from smtrnn.tasks.base import UserError
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from smtrnn.cli import main
+from smtrnn.errors import UserError
 from smtrnn.methods import DMTConfig, SMTConfig, dmt_loss, smt_loss
 from smtrnn.methods.common import masked_cross_entropy, memory_spread, relative_memory_error
 from smtrnn.run import RunConfig, run
-from smtrnn.tasks.base import UserError
 from test_cli import TINY, assert_user_error
 from test_methods import TIGHT, VOCAB, StepSpy, backward, make_batch, make_models
 

@@ -34,10 +34,10 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from smtrnn import checkpoint
+from smtrnn.errors import UserError
 from smtrnn.models import ModelConfig
 from smtrnn.rnn import RNN
 from smtrnn.sampling import TEXT_STEPS, check_temperature, decode_text, generate_tokens, parse_token_ids, text_tokens
-from smtrnn.tasks.base import UserError
 
 EXPORT_FORMAT = "smtrnn-rnn"  # the "format" of an export's config.json
 EXPORT_VERSION = 1

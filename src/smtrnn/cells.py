@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smtrnn.tasks.base import UserError
+from smtrnn.errors import UserError
 
 
 def rms_normalize(memory: torch.Tensor, tokens: int, eps: float = 1e-6) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from smtrnn.tasks.base import UserError
+from smtrnn.errors import UserError
 
 
 def _fsync_dir(path: Path) -> None:

@@ -9,7 +9,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from smtrnn.tasks.base import UserError
+from smtrnn.errors import UserError
 
 # (section of RunConfig, option prefix): every field of that dataclass becomes --prefix-field-name
 SECTIONS = [("model", ""), ("train", ""), ("smt", "smt-"), ("dmt", "dmt-"), ("dmt_train", "dmt-"), ("bptt", "bptt-")]
@@ -159,8 +159,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from smtrnn.evaluate import evaluate_rnn, evaluate_teacher
-    from smtrnn.run import load_run
+    from smtrnn.run import evaluate_run, load_run
 
     if args.length is not None and args.length < 1:
         raise UserError(f"length must be positive, got {args.length}")
@@ -168,8 +167,6 @@ def cmd_eval(args) -> None:
         raise UserError(f"batches must be positive, got {args.batches}")
     config, task, models = load_run(args.run, args.device)
     length = args.length or config.length
-    if hasattr(task, "check_length"):
-        task.check_length(length)
     result = {
         "run": str(args.run),
         "task": config.task,
@@ -178,11 +175,7 @@ def cmd_eval(args) -> None:
         "trained_length": config.length,
         "length": length,
     }
-    result.update(evaluate_rnn(models.rnn, task, length, args.batches, 64, config.seed, args.device))
-    if config.method not in ("bptt", "tbptt"):
-        teacher = evaluate_teacher(models, task, length, max(1, args.batches // 2), 64, config.seed, args.device)
-        teacher.pop("drift_curve")
-        result.update(teacher)
+    result.update(evaluate_run(config, task, models, length, args.batches))
     _print_result(result)
     _write_json(args.json, result)
 

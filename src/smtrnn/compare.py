@@ -20,12 +20,12 @@ from pathlib import Path
 
 from smtrnn import checkpoint
 from smtrnn.cells import CELLS
+from smtrnn.errors import UserError
 from smtrnn.methods import DMTConfig, SMTConfig
 from smtrnn.models import ModelConfig
 from smtrnn.run import RunConfig
 from smtrnn.sweep import planned_steps, sweep
 from smtrnn.tasks import TASKS, make_task
-from smtrnn.tasks.base import UserError
 from smtrnn.train import TrainConfig
 
 METHODS = ("bptt", "tbptt", "smt", "smt+dmt", "bptt-10x")

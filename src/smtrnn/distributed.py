@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from smtrnn.tasks.base import UserError
+from smtrnn.errors import UserError
 
 
 def active() -> bool:

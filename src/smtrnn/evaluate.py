@@ -11,8 +11,9 @@ import math
 
 import torch
 
+from smtrnn.errors import UserError
 from smtrnn.methods.common import masked_cross_entropy
-from smtrnn.tasks.base import IGNORE, UserError
+from smtrnn.tasks.base import IGNORE
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation streams never share a seed with training streams
 

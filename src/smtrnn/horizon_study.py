@@ -23,10 +23,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from smtrnn import checkpoint
+from smtrnn.errors import UserError
 from smtrnn.models import ModelConfig
 from smtrnn.run import RunConfig, load_run
 from smtrnn.sweep import outcome, sweep
-from smtrnn.tasks.base import UserError
 
 DIAGNOSTICS_FILE = "needle.json"
 PROBE_LAGS = (0, 1, 3, 8, 16, 32, 64)

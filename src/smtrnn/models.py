@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from smtrnn.errors import UserError
 from smtrnn.rnn import RNN
-from smtrnn.tasks.base import UserError
 from smtrnn.teacher import Teacher, TeacherConfig
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from smtrnn import metrics
-from smtrnn.tasks.base import UserError
+from smtrnn.errors import UserError
 
 
 def curves(run_dir: str | Path) -> tuple[dict[str, list[tuple[int, float]]], list[int]]:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from smtrnn.errors import UserError
 from smtrnn.methods.common import memory_spread
-from smtrnn.tasks.base import UserError
 
 PROBE_SEED = 5  # probe sequences: a stream apart from training (and from evaluate.py's)
 

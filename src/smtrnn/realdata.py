@@ -30,6 +30,7 @@ import torch
 
 from smtrnn import checkpoint, metrics
 from smtrnn.cells import CELLS
+from smtrnn.errors import UserError
 from smtrnn.evaluate import EVAL_SEED_OFFSET
 from smtrnn.methods import DMTConfig, SMTConfig
 from smtrnn.methods.common import masked_cross_entropy
@@ -39,7 +40,6 @@ from smtrnn.run import RunConfig, depths, load_run, phase_crop
 from smtrnn.sampling import decode_text, image_grid, sample_images, sample_sequences, text_tokens
 from smtrnn.sweep import DIVERGED_FILE, sweep
 from smtrnn.tasks import make_task
-from smtrnn.tasks.base import UserError
 from smtrnn.train import TrainConfig
 
 METHODS = ("bptt", "tbptt", "smt+dmt")

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from smtrnn import checkpoint, metrics
+from smtrnn.errors import UserError
 from smtrnn.evaluate import evaluate_rnn, evaluate_teacher, length_generalisation, memory_diagnostics
 from smtrnn.methods import BPTTConfig, DMTConfig, SMTConfig, bptt_loss, dmt_loss, smt_loss
 from smtrnn.models import ModelConfig, Models
 from smtrnn.tasks import make_task
-from smtrnn.tasks.base import UserError
 from smtrnn.train import TrainConfig, is_main_process, train
 
 METHODS = ("smt", "dmt", "smt+dmt", "bptt", "tbptt")
@@ -171,6 +171,31 @@ def depths(config: RunConfig) -> dict:
     gradient = max(per_phase[name][0] for name in names)
     forward = {name: per_phase[name][1] for name in names}
     return {"sequential_depth": gradient, "forward_depth": forward}
+
+
+def evaluate_run(
+    config: RunConfig, task, models: Models, length: int | None = None, batches: int | None = None, full: bool = False
+) -> dict:
+    """A trained run's scores on held-out sequences of ``length`` (default: the trained length): the RNN
+    alone and, for the methods that train one, the teacher. ``full`` adds what result.json keeps: chance,
+    memory diagnostics and, where the config asks, length generalisation."""
+    length = length or config.length
+    batches = batches or config.eval_batches
+    getattr(task, "check_length", lambda _: None)(length)  # a user task need not subclass Task
+    result = evaluate_rnn(models.rnn, task, length, batches, 64, config.seed, config.device)
+    has_teacher = config.method not in ("bptt", "tbptt")  # BPTT's teacher is never trained
+    if has_teacher:
+        teacher = evaluate_teacher(models, task, length, max(1, batches // 2), 64, config.seed, config.device)
+        teacher.pop("drift_curve")
+        result.update(teacher)
+    if full:
+        trained = models if has_teacher else models.rnn
+        result["chance"] = getattr(task, "chance_accuracy", None)
+        result["diagnostics"] = memory_diagnostics(trained, task, length, seed=config.seed, device=config.device)
+        if config.length_generalisation:
+            scores = length_generalisation(trained, task, length, seed=config.seed, device=config.device)
+            result["generalisation"] = {str(factor): entry for factor, entry in scores.items()}
+    return result
 
 
 def build(config: RunConfig):
@@ -368,24 +393,7 @@ def run(
         "seed": config.seed,
         **depths(config),
     }
-    rnn_metrics = evaluate_rnn(models.rnn, task, config.length, config.eval_batches, 64, config.seed, config.device)
-    result.update(rnn_metrics)
-    if config.method != "bptt" and config.method != "tbptt":
-        teacher_metrics = evaluate_teacher(
-            models, task, config.length, max(1, config.eval_batches // 2), 64, config.seed, config.device
-        )
-        teacher_metrics.pop("drift_curve")
-        result.update(teacher_metrics)
-    result["chance"] = getattr(task, "chance_accuracy", None)
-    trained = models.rnn if config.method in ("bptt", "tbptt") else models  # BPTT's teacher is never trained
-    result["diagnostics"] = memory_diagnostics(trained, task, config.length, seed=config.seed, device=config.device)
-    if config.length_generalisation:
-        result["generalisation"] = {
-            str(factor): entry
-            for factor, entry in length_generalisation(
-                trained, task, config.length, seed=config.seed, device=config.device
-            ).items()
-        }
+    result.update(evaluate_run(config, task, models, full=True))
     seconds = metrics.phase_seconds(run_dir)
     result["phase_seconds"] = {name: seconds.get(name, 0.0) for name in names}
     result["seconds"] = round(sum(result["phase_seconds"].values()), 3)

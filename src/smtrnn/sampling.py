@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smtrnn.tasks.base import UserError
+from smtrnn.errors import UserError
 
 MODES = ("rnn", "teacher")
 TEXT_STEPS = 200  # continuation length of text and token-id samples when none is given

@@ -23,8 +23,8 @@ import torch
 from tqdm import tqdm
 
 from smtrnn import checkpoint
+from smtrnn.errors import UserError
 from smtrnn.run import RunConfig, build, run, saved_config_matches
-from smtrnn.tasks.base import UserError
 from smtrnn.train import Diverged
 
 DIVERGED_FILE = "diverged.json"  # marks a finished point whose training diverged: {"note": message}

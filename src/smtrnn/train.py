@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from smtrnn import checkpoint, distributed, metrics
-from smtrnn.tasks.base import UserError
+from smtrnn.errors import UserError
 
 
 @dataclass

@@ -6,8 +6,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from smtrnn.errors import UserError
 from smtrnn.tasks import files, pixels, synthetic, text
-from smtrnn.tasks.base import IGNORE, Task, UserError
+from smtrnn.tasks.base import IGNORE, Task
 
 TASKS: dict[str, type[Task]] = {}
 

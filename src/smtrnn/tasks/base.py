@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from smtrnn.errors import UserError
+
 IGNORE = -1  # target value of an unlabelled position
-
-
-class UserError(ValueError):
-    """A mistake in what the user asked for: shown as one line, exit code 2."""
 
 
 class Task:

@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smtrnn.tasks.base import IGNORE, Task, UserError
+from smtrnn.errors import UserError, check_int
+from smtrnn.tasks.base import IGNORE, Task
 from smtrnn.tasks.streams import SPLITS, StreamTask
-from smtrnn.tasks.synthetic import _check_int
 from smtrnn.tasks.text import TextStream
 
 FORMS_HELP = "text:PATH, tokens:PATH.npy, sequences:PATH.npz"
@@ -168,7 +168,7 @@ def _size(name: str, option: str, given: int | None, found: int, what: str) -> i
     """The option ``given`` (checked against the largest value ``found`` - 1), else ``found``."""
     if given is None:
         return found
-    _check_int(name, option, given, 1)
+    check_int(name, option, given, 1)
     if found > given:
         raise UserError(f"{name}: the largest {what}, {found - 1}, is not below {option}={given}")
     return given

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smtrnn.tasks.base import UserError
+from smtrnn.errors import UserError, check_bool
 from smtrnn.tasks.streams import StreamTask, as_list, package_file
-from smtrnn.tasks.synthetic import _check_bool
 
 IMAGE_SHAPE = (28, 28)
 PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
@@ -38,7 +37,7 @@ class ImageStream(StreamTask):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_bool(self.name, "align", self.align)
+        check_bool(self.name, "align", self.align)
 
     @property
     def crop_stride(self) -> int:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smtrnn.tasks.base import Task, UserError
-from smtrnn.tasks.synthetic import _check_int
+from smtrnn.errors import UserError, check_int
+from smtrnn.tasks.base import Task
 
 DATA_ENV = "SMTRNN_DATA"
 SPLITS = ("train", "test")
@@ -77,7 +77,7 @@ class StreamTask(Task):
 
     def __post_init__(self):
         if self.limit is not None:
-            _check_int(self.name, "limit", self.limit, 1)
+            check_int(self.name, "limit", self.limit, 1)
         if self.split not in SPLITS:
             raise UserError(f"{self.name}: split must be one of {', '.join(SPLITS)}, got {self.split!r}")
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from smtrnn.tasks.base import IGNORE, Task, UserError
+from smtrnn.errors import UserError, check_bool, check_int
+from smtrnn.tasks.base import IGNORE, Task
 
 
 @dataclass
@@ -49,19 +50,6 @@ class Retrieval(Task):
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def _check_int(task: str, name: str, value, minimum: int) -> None:
-    """One-line UserError unless ``value`` is an int (not a bool) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{task}: {name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise UserError(f"{task}: {name} must be at least {minimum}, got {value}")
-
-
-def _check_bool(task: str, name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise UserError(f"{task}: {name} must be true or false, got {value!r}")
 
 
 _ARGSORT_LIMIT = 1 << 16  # code spaces up to this size are sampled by a random permutation
@@ -123,8 +111,8 @@ class StringCopy(Task):
     name: str = "copy"
 
     def __post_init__(self):
-        _check_int(self.name, "values", self.values, 2)
-        _check_bool(self.name, "reverse", self.reverse)
+        check_int(self.name, "values", self.values, 2)
+        check_bool(self.name, "reverse", self.reverse)
         self.vocab_size = self.values + 2
         self.num_classes = self.values
 
@@ -168,8 +156,8 @@ class Stack(Task):
     name: str = "stack"
 
     def __post_init__(self):
-        _check_int(self.name, "symbols", self.symbols, 1)
-        _check_int(self.name, "capacity", self.capacity, 1)
+        check_int(self.name, "symbols", self.symbols, 1)
+        check_int(self.name, "capacity", self.capacity, 1)
         if (
             isinstance(self.push_prob, bool)
             or not isinstance(self.push_prob, (int, float))
@@ -251,11 +239,11 @@ class KeysValues(Task):
     name: str = "kv"
 
     def __post_init__(self):
-        _check_int(self.name, "pairs", self.pairs, 1)
-        _check_int(self.name, "key_vocab", self.key_vocab, 1)
-        _check_int(self.name, "value_vocab", self.value_vocab, 2)
-        _check_int(self.name, "key_tokens", self.key_tokens, 1)
-        _check_int(self.name, "value_tokens", self.value_tokens, 1)
+        check_int(self.name, "pairs", self.pairs, 1)
+        check_int(self.name, "key_vocab", self.key_vocab, 1)
+        check_int(self.name, "value_vocab", self.value_vocab, 2)
+        check_int(self.name, "key_tokens", self.key_tokens, 1)
+        check_int(self.name, "value_tokens", self.value_tokens, 1)
         if self.key_vocab**self.key_tokens < self.pairs:
             raise UserError(
                 f"{self.name}: pairs={self.pairs} distinct keys do not exist with key_vocab={self.key_vocab} "
@@ -319,10 +307,10 @@ class MQAR(Task):
     name: str = "mqar"
 
     def __post_init__(self):
-        _check_int(self.name, "pairs", self.pairs, 1)
-        _check_int(self.name, "key_vocab", self.key_vocab, 1)
-        _check_int(self.name, "value_vocab", self.value_vocab, 2)
-        _check_bool(self.name, "random_noise", self.random_noise)
+        check_int(self.name, "pairs", self.pairs, 1)
+        check_int(self.name, "key_vocab", self.key_vocab, 1)
+        check_int(self.name, "value_vocab", self.value_vocab, 2)
+        check_bool(self.name, "random_noise", self.random_noise)
         if isinstance(self.power_a, bool) or not isinstance(self.power_a, (int, float)) or not self.power_a > 0:
             raise UserError(f"{self.name}: power_a must be a positive number, got {self.power_a!r}")
         if self.pairs > self.key_vocab:
@@ -382,7 +370,7 @@ class ModularArithmetic(Task):
     name: str = "modular"
 
     def __post_init__(self):
-        _check_int(self.name, "modulus", self.modulus, 2)
+        check_int(self.name, "modulus", self.modulus, 2)
         self.units = [w for w in range(1, self.modulus) if math.gcd(w, self.modulus) == 1]
         self.vocab_size = self.modulus
         self.num_classes = self.modulus
@@ -423,9 +411,9 @@ class Recency(Task):
     name: str = "recency"
 
     def __post_init__(self):
-        _check_int(self.name, "values", self.values, 2)
-        _check_int(self.name, "lag", self.lag, 1)
-        _check_bool(self.name, "primacy", self.primacy)
+        check_int(self.name, "values", self.values, 2)
+        check_int(self.name, "lag", self.lag, 1)
+        check_bool(self.name, "primacy", self.primacy)
         self.vocab_size = self.values
         self.num_classes = self.values
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smtrnn.tasks.base import UserError
+from smtrnn.errors import UserError
 from smtrnn.tasks.streams import StreamTask, package_file
 
 
