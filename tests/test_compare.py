@@ -127,7 +127,7 @@ def test_two_jobs_give_the_rows_of_one(smoke, tmp_path):
 def test_a_diverged_run_is_a_row_and_is_not_retried(tmp_path, monkeypatch):
     grid = customise(preset("smoke"), tasks=["parity"], methods=["bptt"])
 
-    def nan_loss(models, batch, config):
+    def nan_loss(models, batch, config, step=0):
         return models.rnn.cell.initial.sum() * float("nan"), {}
 
     monkeypatch.setattr(run_module, "bptt_loss", nan_loss)  # the real run, diverging at its first step

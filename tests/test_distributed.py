@@ -233,13 +233,13 @@ def per_half(loss_fn, halves: int = 2):
     batch's contiguous parts, each seeing the same global-RNG draws (every rank's global RNG is in
     the same state)."""
 
-    def loss(models, batch, config):
+    def loss(models, batch, config, step=0):
         state, results = torch.get_rng_state(), []
         size = batch["x"].shape[0] // halves
         for index in range(halves):
             torch.set_rng_state(state)
             part = {k: v[index * size : (index + 1) * size] if torch.is_tensor(v) else v for k, v in batch.items()}
-            results.append(loss_fn(models, part, config))
+            results.append(loss_fn(models, part, config, step))
         metrics = {name: sum(float(m[name]) for _, m in results) / halves for name in results[0][1]}
         return sum(value for value, _ in results) / halves, metrics
 

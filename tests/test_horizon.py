@@ -160,9 +160,9 @@ def test_reported_gradient_depth_is_the_horizon():
 @pytest.mark.parametrize("step, reaches_teacher", [(0, False), (9, False), (10, True)])
 def test_dynamics_train_only_the_cell_during_the_teacher_delay(step, reaches_teacher):
     models = make_models("tanh")
-    batch = {**make_batch(batch=3, length=8), "step": step}
+    batch = make_batch(batch=3, length=8)
     config = only(c_dyn=1.0, c_horizon=1.0, horizon=3, horizon_grow=0, horizon_detach=False, teacher_delay=10)
-    loss, _ = smt_loss(models, batch, config)
+    loss, _ = smt_loss(models, batch, config, step=step)
     gradients = backward(models, loss)
     assert not all_zero({n: g for n, g in gradients.items() if n.startswith("rnn.cell.")})
     assert all_zero({n: g for n, g in gradients.items() if n.startswith("teacher.")}) != reaches_teacher

@@ -379,9 +379,9 @@ def assert_one_line_error(code: int, capsys, *fragments: str) -> str:
 def test_nan_loss_exits_2_naming_the_step_and_keeps_the_last_good_checkpoint(reference, tmp_path, capsys, monkeypatch):
     original = run_module.smt_loss
 
-    def poisoned(models, batch, config):
-        loss, metrics = original(models, batch, config)
-        return (loss * float("nan") if batch["step"] >= 6 else loss), metrics  # the 7th step
+    def poisoned(models, batch, config, step):
+        loss, metrics = original(models, batch, config, step)
+        return (loss * float("nan") if step >= 6 else loss), metrics  # the 7th step
 
     monkeypatch.setattr(run_module, "smt_loss", poisoned)
     code = main(run_args(tmp_path))

@@ -170,7 +170,7 @@ def test_smt_then_dmt_rolls_out_within_the_teacher_context(tmp_path, monkeypatch
     monkeypatch.setattr(
         run_module,
         "dmt_loss",
-        lambda models, batch, config: seen.append(batch["x"].shape) or dmt_loss(models, batch, config),
+        lambda models, batch, config, step: seen.append(batch["x"].shape) or dmt_loss(models, batch, config, step),
     )
     config = RunConfig(
         task="parity",

@@ -519,7 +519,7 @@ def _before_after(name, cell, length, before, after, config, repeats, exact, not
 
 
 def optimisation_rows(config: BenchConfig, log=print, later: list | None = None) -> list[dict]:
-    """Each optimisation of this issue against the code without it, interleaved in one process."""
+    """Each optimisation against the code without it, interleaved in one process."""
     rows = []
     # 1. SMT step: decode and read out only the windows that carry a label (retrieval: one per sequence)
     task, length = make_task("retrieval"), config.optimisation_length
@@ -653,7 +653,7 @@ def machine() -> dict:
 
 
 def targets(result: dict) -> list[dict]:
-    """The issue's targets, each with the measured value and whether it is met."""
+    """The speed and memory targets, each with the measured value and whether it is met."""
     training, inference = result["training"], result["inference"]
     seconds = {(r["method"], r["cell"], r["length"]): r["seconds_per_step"] for r in training}
     lengths = sorted({r["length"] for r in training})

@@ -23,15 +23,16 @@ from smtrnn.cells import CELLS
 from smtrnn.errors import UserError
 from smtrnn.methods import DMTConfig, SMTConfig
 from smtrnn.models import ModelConfig
+from smtrnn.run import METHODS as RUN_METHODS
 from smtrnn.run import RunConfig
 from smtrnn.sweep import planned_steps, sweep
 from smtrnn.tasks import TASKS, make_task
 from smtrnn.train import TrainConfig
 
-METHODS = ("bptt", "tbptt", "smt", "smt+dmt", "bptt-10x")
 # "bptt-10x": BPTT with ten times the point's step budget, about SMT->DMT's wall time at T <= 64 (an
 # SMT step with the horizon costs ~10 BPTT steps there): the equal-wall-time baseline
 LONG_BPTT = {"bptt-10x": 10}
+METHODS = (*(method for method in RUN_METHODS if method != "dmt"), *LONG_BPTT)  # dmt alone needs --init
 RESULT_KEYS = ("accuracy", "seconds", "steps", "chance", "teacher_accuracy", "loss", "sequential_depth")
 DIAGNOSTICS = (
     "rnn_effective_rank",

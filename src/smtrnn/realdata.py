@@ -42,7 +42,7 @@ from smtrnn.sweep import DIVERGED_FILE, sweep
 from smtrnn.tasks import make_task
 from smtrnn.train import TrainConfig
 
-METHODS = ("bptt", "tbptt", "smt+dmt")
+METHODS = ("bptt", "tbptt", "smt+dmt")  # the methods this experiment compares (a subset of run.METHODS)
 TEXT_PROMPT = "She looked at him and said"
 STYLE = {"bptt": "C2", "tbptt": "C3", "smt+dmt": "C0"}
 

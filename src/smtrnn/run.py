@@ -31,6 +31,11 @@ from smtrnn.train import TrainConfig, is_main_process, train
 METHODS = ("smt", "dmt", "smt+dmt", "bptt", "tbptt")
 
 
+def has_teacher(method: str) -> bool:
+    """Whether ``method`` trains the teacher (BPTT's is built but never trained)."""
+    return method not in ("bptt", "tbptt")
+
+
 @dataclass
 class RunConfig:
     task: str = "retrieval"
@@ -116,8 +121,8 @@ class Objective(nn.Module):
         super().__init__()
         self.models, self.loss_fn, self.method_config = models, loss_fn, method_config
 
-    def forward(self, batch):
-        return self.loss_fn(self.models, batch, self.method_config)
+    def forward(self, batch: dict, step: int):
+        return self.loss_fn(self.models, batch, self.method_config, step=step)
 
 
 @dataclass
@@ -125,7 +130,7 @@ class Phase:
     """One phase of a method: the loss it minimises (with its config), for how long, over which parameters."""
 
     name: str  # smt | dmt | bptt | tbptt: also the checkpoints' and metrics' phase name
-    loss: Callable  # loss(models, batch, method_config) -> (loss, metrics)
+    loss: Callable  # loss(models, batch, method_config, step=optimiser step) -> (loss, metrics)
     method_config: Any
     train: TrainConfig
     parameters: list[nn.Parameter]
@@ -183,13 +188,13 @@ def evaluate_run(
     batches = batches or config.eval_batches
     getattr(task, "check_length", lambda _: None)(length)  # a user task need not subclass Task
     result = evaluate_rnn(models.rnn, task, length, batches, 64, config.seed, config.device)
-    has_teacher = config.method not in ("bptt", "tbptt")  # BPTT's teacher is never trained
-    if has_teacher:
+    teacher_trained = has_teacher(config.method)
+    if teacher_trained:
         teacher = evaluate_teacher(models, task, length, max(1, batches // 2), 64, config.seed, config.device)
         teacher.pop("drift_curve")
         result.update(teacher)
     if full:
-        trained = models if has_teacher else models.rnn
+        trained = models if teacher_trained else models.rnn
         result["chance"] = getattr(task, "chance_accuracy", None)
         result["diagnostics"] = memory_diagnostics(trained, task, length, seed=config.seed, device=config.device)
         if config.length_generalisation:

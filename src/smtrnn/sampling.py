@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from smtrnn.errors import UserError
+from smtrnn.run import has_teacher
 
 MODES = ("rnn", "teacher")
 TEXT_STEPS = 200  # continuation length of text and token-id samples when none is given
@@ -237,7 +238,7 @@ class Generated:
 def check_generation(config, task, mode: str) -> None:
     """Raise UserError where this run cannot generate in this mode."""
     check_mode(mode)
-    if mode == "teacher" and config.method in ("bptt", "tbptt"):
+    if mode == "teacher" and not has_teacher(config.method):
         raise UserError(f"this run was trained with {config.method}: it has no trained teacher; use --mode rnn")
     if task.num_classes != task.vocab_size:
         raise UserError(

@@ -151,8 +151,8 @@ def train(
             group["lr"] = learning_rate(step, config)
         # every rank draws the global batch and keeps its slice: see distributed.py
         batch = distributed.shard(sample(generator))
-        batch["step"] = step  # for methods with schedules of their own (SMT's dynamics warm-up)
-        loss, step_metrics = step_fn(batch)
+        # the step, for methods with schedules of their own (SMT's dynamics warm-up, horizon growth)
+        loss, step_metrics = step_fn(batch, step)
         global_loss = distributed.mean(loss)  # the loss itself for one process
         if not torch.isfinite(global_loss):
             bar.close()

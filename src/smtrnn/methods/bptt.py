@@ -14,7 +14,7 @@ class BPTTConfig:
     truncate: int = 0  # 0: full BPTT; k: gradient windows of k steps, state carried detached
 
 
-def bptt_loss(models, batch, config: BPTTConfig):
+def bptt_loss(models, batch, config: BPTTConfig, step: int = 0):
     rnn = models.rnn
     x, y = batch["x"], batch["y"]
     if not config.truncate or config.truncate >= x.shape[1]:

@@ -27,7 +27,7 @@ class DMTConfig:
     whiten: bool = False  # measure memory error in the teacher memories' whitened coordinates
 
 
-def dmt_loss(models, batch, config: DMTConfig):
+def dmt_loss(models, batch, config: DMTConfig, step: int = 0):
     teacher, cell = models.teacher, models.rnn.cell
     x, y = batch["x"], batch["y"]
     batch_size, length = x.shape

@@ -151,7 +151,7 @@ def rollout_error(
     return total / sum(decay**k for k in range(steps))
 
 
-def smt_loss(models, batch, config: SMTConfig):
+def smt_loss(models, batch, config: SMTConfig, step: int = 0):
     teacher, rnn = models.teacher, models.rnn
     crop_x, crop_y = batch["x"], batch["y"]
     # windowed: everything but the decoder's futures stays within the first Tc tokens of the crop
@@ -159,7 +159,6 @@ def smt_loss(models, batch, config: SMTConfig):
     memories = teacher.encode(x)  # [B, T+1, M]: every prefix, the empty one first
     pred, teacher_accuracy = predictive_loss(teacher, memories, crop_x, crop_y, config)
 
-    step = batch.get("step", 0)
     joint = memories.detach() if step < config.teacher_delay else memories  # what the dynamics may move
     target = joint[:, 1:].detach() if config.detach_target else joint[:, 1:]
     source = joint[:, :-1]
