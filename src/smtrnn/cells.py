@@ -100,7 +100,19 @@ def _flat(memory: torch.Tensor, embedded: torch.Tensor):
     return memory, embedded, lead
 
 
-class TanhCell(Cell):
+class _FusedCell(Cell):
+    """A cell whose whole-sequence path is one PyTorch kernel ``self.rnn`` (nn.RNN or nn.GRU, one layer)
+    holding the weights that ``step`` uses, and whose memory is that kernel's hidden state."""
+
+    rnn: nn.RNNBase
+
+    def forward(self, tokens, memory=None):
+        memory = self.initial_memory(tokens.shape[0]) if memory is None else memory
+        memories, last = self.rnn(self.embed(tokens), memory.unsqueeze(0).contiguous())
+        return memories, last[0]
+
+
+class TanhCell(_FusedCell):
     """Elman cell: m' = tanh(W_ih e(x) + b_ih + W_hh m + b_hh); fused path nn.RNN."""
 
     memory_space = "tanh"
@@ -118,13 +130,8 @@ class TanhCell(Cell):
         )
         return out.reshape(*lead, self.memory_size)
 
-    def forward(self, tokens, memory=None):
-        memory = self.initial_memory(tokens.shape[0]) if memory is None else memory
-        memories, last = self.rnn(self.embed(tokens), memory.unsqueeze(0).contiguous())
-        return memories, last[0]
 
-
-class GRUCell(Cell):
+class GRUCell(_FusedCell):
     """GRU in PyTorch's gate convention; fused path nn.GRU with the same weights."""
 
     memory_space = "tanh"
@@ -144,11 +151,6 @@ class GRUCell(Cell):
         candidate = torch.tanh(gi[2] + reset * gh[2])
         out = (1 - update) * candidate + update * memory
         return out.reshape(*lead, self.memory_size)
-
-    def forward(self, tokens, memory=None):
-        memory = self.initial_memory(tokens.shape[0]) if memory is None else memory
-        memories, last = self.rnn(self.embed(tokens), memory.unsqueeze(0).contiguous())
-        return memories, last[0]
 
 
 class LSTMCell(Cell):

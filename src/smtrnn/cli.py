@@ -288,22 +288,21 @@ def _comma_list(text: str | None, kind, option: str) -> list | None:
         raise UserError(f"{option} wants a comma-separated list of {kind.__name__} values, got {text!r}") from None
 
 
+def _comma_lists(args, **kinds: type) -> dict:
+    """``{option: its list or None}`` for the comma-separated options named in ``kinds`` (name=element type)."""
+    return {name: _comma_list(getattr(args, name), kind, f"--{name}") for name, kind in kinds.items()}
+
+
 def cmd_compare(args) -> None:
-    import os
     import shlex
 
-    from smtrnn.checkpoint import write_atomic
     from smtrnn.compare import compare, customise, preset
     from smtrnn.demo import machine
-    from smtrnn.report import figures, markdown
+    from smtrnn.report import figures, markdown, write_page
 
     grid = customise(
         preset(args.preset),
-        tasks=_comma_list(args.tasks, str, "--tasks"),
-        cells=_comma_list(args.cells, str, "--cells"),
-        methods=_comma_list(args.methods, str, "--methods"),
-        lengths=_comma_list(args.lengths, int, "--lengths"),
-        seeds=_comma_list(args.seeds, int, "--seeds"),
+        **_comma_lists(args, tasks=str, cells=str, methods=str, lengths=int, seeds=int),
         steps=args.steps,
         dmt_steps=args.dmt_steps,
         generalisation=False if args.no_generalisation else None,
@@ -317,11 +316,8 @@ def cmd_compare(args) -> None:
     if args.figures:
         figures(result["rows"], args.figures)
     if args.markdown:
-        target = Path(args.markdown)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        link = os.path.relpath(args.figures, target.parent) if args.figures else None
-        page = markdown(result, shlex.join(["smtrnn", *args.argv]), machine(), link)
-        write_atomic(target, page.encode())
+        command = shlex.join(["smtrnn", *args.argv])
+        write_page(args.markdown, lambda link: markdown(result, command, machine(), link), args.figures)
 
 
 def cmd_realdata(args) -> None:
@@ -330,12 +326,7 @@ def cmd_realdata(args) -> None:
     from smtrnn.demo import machine
     from smtrnn.realdata import customise, preset, realdata, write_outputs
 
-    chosen = customise(
-        preset(args.preset),
-        datasets=_comma_list(args.datasets, str, "--datasets"),
-        methods=_comma_list(args.methods, str, "--methods"),
-        cells=_comma_list(args.cells, str, "--cells"),
-    )
+    chosen = customise(preset(args.preset), **_comma_lists(args, datasets=str, methods=str, cells=str))
     result = realdata(chosen, args.out, jobs=args.jobs, progress=not args.quiet)
     for row in result["rows"]:
         bits = "diverged" if row["bits_per_byte"] is None else f"{row['bits_per_byte']:.3f} bits/byte"
@@ -355,10 +346,10 @@ def cmd_realdata(args) -> None:
 def cmd_horizon(args) -> None:
     import shlex
 
-    from smtrnn.checkpoint import write_atomic
     from smtrnn.demo import machine
     from smtrnn.horizon_report import figures, markdown
     from smtrnn.horizon_study import preset, run_study
+    from smtrnn.report import write_page
 
     if args.jobs < 1:
         raise UserError(f"jobs must be positive, got {args.jobs}")
@@ -373,12 +364,21 @@ def cmd_horizon(args) -> None:
     if args.figures:
         figures(result, args.figures)
     if args.markdown:
-        import os
+        command = shlex.join(["smtrnn", *args.argv])
+        write_page(args.markdown, lambda link: markdown(result, command, machine(), link), args.figures)
 
-        target = Path(args.markdown)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        link = os.path.relpath(args.figures, target.parent) if args.figures else None
-        write_atomic(target, markdown(result, shlex.join(["smtrnn", *args.argv]), machine(), link).encode())
+
+def _add_preset(parser: argparse.ArgumentParser, choices: str) -> None:
+    parser.add_argument("--preset", default="cpu", help=f"{choices}; default: cpu")
+
+
+def _add_experiment_outputs(parser: argparse.ArgumentParser, out: str, figures: str) -> None:
+    """The options every experiment command shares: where its runs live and where its outputs go."""
+    parser.add_argument("--out", default=out, help=f"run directories (re-running resumes; default: {out})")
+    parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--markdown", help="write the page here")
+    parser.add_argument("--figures", help=f"write the {figures} figures into this folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -463,7 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=cmd_bench)
 
     grid = commands.add_parser("compare", help="a grid of runs: tasks x cells x methods x lengths x seeds (resumable)")
-    grid.add_argument("--preset", default="cpu", help="cpu (the committed grid) or smoke (seconds; default: cpu)")
+    _add_preset(
+        grid, "cpu (the committed grid, about 100 min on 2 cores), full (every point, about 12 h) or smoke (seconds)"
+    )
     for option, example in (
         ("tasks", "retrieval,copy"),
         ("cells", "tanh,gru"),
@@ -476,26 +478,16 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--dmt-steps", type=int, help="of which smt+dmt spends this many in DMT")
     grid.add_argument("--jobs", type=int, default=1, help="grid points at once, each in its own process")
     grid.add_argument("--threads-per-job", type=int, default=1, help="PyTorch threads of each job")
-    grid.add_argument("--out", default="runs/compare", help="run directories and results.json (re-running resumes)")
-    grid.add_argument("--json", help="also write the rows here")
-    grid.add_argument("--markdown", help="write a markdown report here")
-    grid.add_argument("--figures", help="write <task>.png figures into this folder")
+    _add_experiment_outputs(grid, "runs/compare", "<task>.png")
     grid.add_argument("--no-generalisation", action="store_true", help="skip the 2T, 4T, 8T evaluations")
-    grid.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
     grid.set_defaults(handler=cmd_compare)
 
     horizon = commands.add_parser("horizon", help="the horizon study on needle retrieval (docs/horizon.md; resumable)")
-    horizon.add_argument(
-        "--preset",
-        default="cpu",
-        help="cpu (the committed study, about 2 h on 2 cores), full (every variant, about 6 h) or smoke (seconds; default: cpu)",
+    _add_preset(
+        horizon, "cpu (the committed study, about 2 h on 2 cores), full (every variant, about 6 h) or smoke (seconds)"
     )
     horizon.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process with one thread")
-    horizon.add_argument("--out", default="runs/horizon", help="run directories (re-running resumes)")
-    horizon.add_argument("--json", help="write the rows here")
-    horizon.add_argument("--markdown", help="write the page here")
-    horizon.add_argument("--figures", help="write the horizon-*.png figures into this folder")
-    horizon.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
+    _add_experiment_outputs(horizon, "runs/horizon", "horizon-*.png")
     horizon.add_argument(
         "--report-only",
         action="store_true",
@@ -504,15 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     horizon.set_defaults(handler=cmd_horizon)
 
     real = commands.add_parser("realdata", help="BPTT against SMT->DMT on MNIST, Quick, Draw! and Brown (resumable)")
-    real.add_argument("--preset", default="cpu", help="cpu (the committed experiment) or smoke (seconds; default: cpu)")
+    _add_preset(real, "cpu (the committed experiment) or smoke (seconds)")
     for option, example in (("datasets", "mnist,brown"), ("methods", "bptt,smt+dmt"), ("cells", "mlp,transformer")):
         real.add_argument("--" + option, help=f"comma list replacing the preset's, e.g. {example}")
     real.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process with one thread")
-    real.add_argument("--out", default="runs/realdata", help="run directories (re-running resumes)")
-    real.add_argument("--json", help="write the rows (and command, machine, preset) here")
-    real.add_argument("--markdown", help="write a markdown report here")
-    real.add_argument("--figures", help="write the realdata-*.png figures into this folder")
-    real.add_argument("--quiet", action="store_true", help="no per-run lines")
+    _add_experiment_outputs(real, "runs/realdata", "realdata-*.png")
     real.set_defaults(handler=cmd_realdata)
     return parser
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from smtrnn import checkpoint
 from smtrnn.cells import CELLS
-from smtrnn.errors import UserError
+from smtrnn.errors import UserError, check_choices
 from smtrnn.methods import DMTConfig, SMTConfig
-from smtrnn.models import ModelConfig
+from smtrnn.models import ModelConfig, tiny_model
 from smtrnn.run import METHODS as RUN_METHODS
 from smtrnn.run import RunConfig
 from smtrnn.sweep import planned_steps, sweep
@@ -155,27 +155,11 @@ class Grid:
         return config
 
     def validate(self) -> None:
-        names = [name for name, _ in self.tasks]
-        for option, values in (
-            ("tasks", names),
-            ("cells", self.cells),
-            ("methods", self.methods),
-            ("lengths", self.lengths),
-            ("seeds", self.seeds),
-        ):
-            if not values:
-                raise UserError(f"compare: --{option} is empty")
-            if len(set(values)) != len(values):
-                raise UserError(f"compare: --{option} lists a value twice: {values}")
-        for name in names:
-            if name not in TASKS:
-                raise UserError(f"unknown task {name!r} for compare; choose from {', '.join(sorted(TASKS))}")
-        for method in self.methods:
-            if method not in METHODS:
-                raise UserError(f"unknown method {method!r} for compare; choose from {', '.join(METHODS)}")
-        for cell in self.cells:
-            if cell not in CELLS:
-                raise UserError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
+        check_choices("compare", "tasks", [name for name, _ in self.tasks], sorted(TASKS))
+        check_choices("compare", "cells", self.cells, CELLS)
+        check_choices("compare", "methods", self.methods, METHODS)
+        check_choices("compare", "lengths", self.lengths)
+        check_choices("compare", "seeds", self.seeds)
         for length in self.lengths:
             if length < 1:
                 raise UserError(f"length must be positive, got {length}")
@@ -246,9 +230,7 @@ def smoke_grid() -> Grid:
         methods=["bptt", "smt+dmt"],
         lengths=[16],
         seeds=[0],
-        model=ModelConfig(
-            memory_size=8, embed_dim=4, readout_hidden=8, teacher_width=8, teacher_layers=1, teacher_heads=2, future=2
-        ),
+        model=tiny_model(),
         budget=lambda length: Budget(steps=6, dmt_steps=2),
         train=TrainConfig(batch_size=4, warmup=1, log_every=2),
         dmt_train=TrainConfig(batch_size=4, lr=1e-3, warmup=1, log_every=2),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from smtrnn import checkpoint
 from smtrnn.errors import UserError
-from smtrnn.models import ModelConfig
+from smtrnn.models import TINY_SIZES, ModelConfig
 from smtrnn.run import RunConfig, load_run
 from smtrnn.sweep import outcome, sweep
 
@@ -210,18 +210,7 @@ def cpu_study() -> Study:
 
 
 def _shrink(config: RunConfig) -> None:
-    config.model = replace(
-        config.model,
-        memory_size=8,
-        embed_dim=4,
-        readout_hidden=8,
-        teacher_width=8,
-        teacher_layers=1,
-        teacher_heads=2,
-        future=2,
-        memory_tokens=2,
-        cell_layers=1,
-    )
+    config.model = replace(config.model, **TINY_SIZES, memory_tokens=2, cell_layers=1)
     config.train = replace(config.train, steps=max(2, config.train.steps // 400), batch_size=4, warmup=1, log_every=1)
     config.dmt_train = replace(config.dmt_train, steps=2, batch_size=4, warmup=1, log_every=1)
     config.smt = replace(

@@ -42,6 +42,16 @@ class ModelConfig:
             )
 
 
+# a model of a few thousand parameters for smoke presets and tests (checks machinery, never a result)
+TINY_SIZES = dict(
+    memory_size=8, embed_dim=4, readout_hidden=8, teacher_width=8, teacher_layers=1, teacher_heads=2, future=2
+)
+
+
+def tiny_model(**overrides) -> ModelConfig:
+    return ModelConfig(**{**TINY_SIZES, **overrides})
+
+
 class Models(nn.Module):
     """``rnn`` (cell + readout) and ``teacher``; methods read what they need from here."""
 

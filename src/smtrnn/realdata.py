@@ -30,11 +30,11 @@ import torch
 
 from smtrnn import checkpoint, metrics
 from smtrnn.cells import CELLS
-from smtrnn.errors import UserError
+from smtrnn.errors import UserError, check_choices
 from smtrnn.evaluate import EVAL_SEED_OFFSET
 from smtrnn.methods import DMTConfig, SMTConfig
 from smtrnn.methods.common import masked_cross_entropy
-from smtrnn.models import ModelConfig
+from smtrnn.models import ModelConfig, tiny_model
 from smtrnn.report import duration, table
 from smtrnn.run import RunConfig, depths, load_run, phase_crop
 from smtrnn.sampling import decode_text, image_grid, sample_images, sample_sequences, text_tokens
@@ -138,16 +138,7 @@ def smoke_preset() -> Preset:
             "quickdraw": DatasetPlan(16, 8, {"limit": 200, "align": False, "classes": 2}),
             "brown": DatasetPlan(16, 8, {"limit": 20000}),
         },
-        model=ModelConfig(
-            cell="mlp",
-            memory_size=8,
-            embed_dim=4,
-            readout_hidden=8,
-            teacher_width=8,
-            teacher_layers=1,
-            teacher_heads=2,
-            future=2,
-        ),
+        model=tiny_model(cell="mlp"),
         batch_size=4,
         smt_steps=3,
         dmt_steps=2,
@@ -190,17 +181,9 @@ def customise(
 
 
 def check(chosen: Preset) -> None:
-    for option, values in (("datasets", list(chosen.datasets)), ("methods", chosen.methods), ("cells", chosen.cells)):
-        if not values:
-            raise UserError(f"realdata: --{option} is empty")
-        if len(set(values)) != len(values):
-            raise UserError(f"realdata: --{option} lists a value twice: {values}")
-    for method in chosen.methods:
-        if method not in METHODS:
-            raise UserError(f"unknown method {method!r} for realdata; choose from {', '.join(METHODS)}")
-    for cell in chosen.cells:
-        if cell not in CELLS:
-            raise UserError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
+    check_choices("realdata", "datasets", list(chosen.datasets))
+    check_choices("realdata", "methods", chosen.methods, METHODS)
+    check_choices("realdata", "cells", chosen.cells, CELLS)
     if chosen.eval_every < 1 or chosen.smt_steps % chosen.eval_every or chosen.dmt_steps % chosen.eval_every:
         raise UserError(
             f"realdata: SMT steps ({chosen.smt_steps}) and DMT steps ({chosen.dmt_steps}) must be positive "

@@ -4,8 +4,13 @@ length generalisation; memory diagnostics) and one figure per task (accuracy aga
 from __future__ import annotations
 
 import datetime
+import os
 import statistics
+from collections.abc import Callable
 from pathlib import Path
+
+from smtrnn import checkpoint
+from smtrnn.errors import UserError
 
 STYLE = {"bptt": ("^", "C2"), "tbptt": ("v", "C3"), "smt": ("s", "C1"), "smt+dmt": ("o", "C0"), "bptt-10x": ("D", "C4")}
 THRESHOLD = 0.9  # "solved": this fraction of the way from chance to 1
@@ -28,6 +33,18 @@ def teacher_at_chance(row: dict) -> bool:
 def counted(rows: list[dict]) -> list[dict]:
     """The rows that are method results: not diverged, teacher not at chance."""
     return [row for row in rows if row["accuracy"] is not None and not teacher_at_chance(row)]
+
+
+def write_page(path: str | Path, render: Callable[[str | None], str], figures: str | Path | None = None) -> None:
+    """Write the markdown ``render(link)`` to ``path`` atomically; ``link`` is the ``figures`` folder as seen
+    from the page (None without figures). A path that cannot be written is a UserError."""
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        link = os.path.relpath(figures, target.parent) if figures else None
+        checkpoint.write_atomic(target, render(link).encode())
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror}") from None
 
 
 def groups(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:

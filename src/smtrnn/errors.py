@@ -1,0 +1,34 @@
+"""The user's mistakes: ``UserError`` (shown as one line, exit code 2) and the argument checks shared
+by tasks and configs. A leaf module: importing it loads nothing else of smtrnn."""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for: shown as one line, exit code 2."""
+
+
+def check_int(owner: str, name: str, value, minimum: int) -> None:
+    """One-line UserError unless ``value`` is an int (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{owner}: {name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise UserError(f"{owner}: {name} must be at least {minimum}, got {value}")
+
+
+def check_choices(command: str, option: str, values: list, allowed=None) -> None:
+    """One-line UserError when the list given to ``--option`` is empty, repeats a value, or (with
+    ``allowed``) holds a value outside it."""
+    if not values:
+        raise UserError(f"{command}: --{option} is empty")
+    if len(set(values)) != len(values):
+        raise UserError(f"{command}: --{option} lists a value twice: {values}")
+    for value in values:
+        if allowed is not None and value not in allowed:
+            raise UserError(f"{command}: unknown {option[:-1]} {value!r}; choose from {', '.join(map(str, allowed))}")
+
+
+def check_bool(owner: str, name: str, value) -> None:
+    """One-line UserError unless ``value`` is a bool."""
+    if not isinstance(value, bool):
+        raise UserError(f"{owner}: {name} must be true or false, got {value!r}")
