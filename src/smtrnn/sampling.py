@@ -101,6 +101,46 @@ def continue_prompt(
 
 
 # ------------------------------------------------------------------------------------------------
+# one token at a time: next-token logits and the state kept between tokens (smtrnn bench's inference)
+
+
+class RNNStream:
+    """The RNN generating: memory = cell.step(memory, token), then its next-token logits."""
+
+    def __init__(self, rnn):
+        self.rnn, self.memory = rnn, rnn.cell.initial_memory(1)
+
+    def __call__(self, token):
+        self.memory = self.rnn.cell.step(self.memory, token)
+        return self.rnn.logits(self.memory)
+
+    def state_bytes(self) -> int:
+        return self.memory.numel() * self.memory.element_size()
+
+
+class CachedTeacherStream:
+    """The teacher generating with a key-value cache: encode_step, then decode the memory alone."""
+
+    def __init__(self, teacher, capacity: int):
+        self.teacher = teacher
+        self.memory, self.cache = teacher.encode_step(None, batch=1, capacity=capacity)
+        self.no_future = torch.zeros(1, 0, dtype=torch.long, device=self.memory.device)
+
+    def __call__(self, token):
+        self.memory, self.cache = self.teacher.encode_step(token, self.cache)
+        return self.teacher.decode(self.memory, self.no_future)
+
+    def state_bytes(self) -> int:
+        return self.cache.nbytes() + self.memory.numel() * self.memory.element_size()
+
+
+def uncached_teacher_logits(teacher, prefix: torch.Tensor) -> torch.Tensor:
+    """Next-token logits without a cache: re-encode the whole prefix, decode its last memory."""
+    memory = teacher.encode(prefix)[:, -1]
+    return teacher.decode(memory, prefix[:, :0])
+
+
+# ------------------------------------------------------------------------------------------------
 # text and token ids
 
 
