@@ -25,21 +25,30 @@ def _batches(task, length, batches, batch_size, seed):
         yield task.sample(batch_size, length, generator)
 
 
-def _mean(records: list[dict]) -> dict:
-    return {key: sum(r[key] for r in records) / len(records) for key in records[0]}
+def _mean(records: list[dict], weights: list[int] | None = None) -> dict:
+    """Per-key mean over batches; with ``weights`` (labelled positions per batch) every labelled position
+    counts once, so a batch without labels counts for nothing (0 when no batch has any)."""
+    weights = weights or [1] * len(records)
+    total = sum(weights)
+    return {key: sum(r[key] * w for r, w in zip(records, weights)) / total if total else 0.0 for key in records[0]}
+
+
+def _labels(y: torch.Tensor) -> int:
+    return int((y != IGNORE).sum())
 
 
 @torch.no_grad()
 def evaluate_rnn(rnn, task, length: int, batches: int = 8, batch_size: int = 64, seed: int = 0, device="cpu") -> dict:
     """Teacher-free: the RNN rolls out from its own m_0 over the whole sequence."""
     rnn.eval()
-    records = []
+    records, labels = [], []
     for batch in _batches(task, length, batches, batch_size, seed):
         x, y = batch["x"].to(device), batch["y"].to(device)
         logits, _ = rnn(x)
         loss, accuracy = masked_cross_entropy(logits, y)
         records.append({"accuracy": accuracy.item(), "loss": loss.item()})
-    result = _mean(records)
+        labels.append(_labels(y))
+    result = _mean(records, labels)
     result["bits_per_token"] = result["loss"] / math.log(2)
     return result
 
@@ -62,7 +71,7 @@ def evaluate_teacher(
     """The rungs of docs/method.md section 8, each as one number (drift also as a curve over t)."""
     models.eval()
     rnn, teacher = models.rnn, models.teacher
-    records, drift_curve = [], None
+    records, scored, labels, drift_curve = [], [], [], None
     for batch in _batches(task, length, batches, batch_size, seed):
         x, y = batch["x"].to(device), batch["y"].to(device)
         memories = teacher.encode(x)
@@ -75,17 +84,22 @@ def evaluate_teacher(
         drift = (rollout - memories[:, 1:]).pow(2).sum(-1).sqrt().mean(0)
         drift_curve = drift if drift_curve is None else drift_curve + drift
         scale = memories[:, 1:].pow(2).sum(-1).sqrt().mean()
-        records.append(
+        scored.append(
             {
                 "teacher_accuracy": teacher_accuracy.item(),
                 "readout_accuracy": readout_accuracy.item(),
                 "one_step_accuracy": one_step_accuracy.item(),
+            }
+        )
+        labels.append(_labels(y))
+        records.append(
+            {
                 "drift": drift.mean().item(),
                 "drift_final": drift[-1].item(),
                 "memory_norm": scale.item(),
             }
         )
-    result = _mean(records)
+    result = {**_mean(scored, labels), **_mean(records)}  # accuracies per labelled position, drift per batch
     assert drift_curve is not None  # batches >= 1
     result["drift_curve"] = (drift_curve / batches).tolist()
     return result
@@ -126,11 +140,12 @@ def length_generalisation(
         entry = {"length": longer, "rnn": rnn_accuracy, "teacher": None}
         if teacher is not None:
             teacher.eval()
-            accuracies = []
+            accuracies, labels = [], []
             for batch in _batches(task, longer, batches, batch_size, seed):  # the sequences the RNN saw
                 x, y = batch["x"].to(device), batch["y"].to(device)
-                accuracies.append(first_prediction_accuracy(teacher, teacher.encode(x), y))
-            entry["teacher"] = torch.stack(accuracies).mean().item()
+                accuracies.append({"teacher": first_prediction_accuracy(teacher, teacher.encode(x), y).item()})
+                labels.append(_labels(y))
+            entry["teacher"] = _mean(accuracies, labels)["teacher"]
         results[factor] = entry
     return results
 
