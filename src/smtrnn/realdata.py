@@ -210,7 +210,14 @@ def run_config(chosen: Preset, dataset: str, cell: str, method: str) -> RunConfi
         task_options=dict(plan.options),
         eval_batches=chosen.eval_batches,
         model=replace(chosen.model, cell=cell),
-        smt=SMTConfig(context=plan.context, decoder_positions=chosen.decoder_positions, dyn_warmup=chosen.dyn_warmup),
+        # the horizon's growth and the teacher's delay fit the SMT budget (at most half of it each), as in compare
+        smt=SMTConfig(
+            context=plan.context,
+            decoder_positions=chosen.decoder_positions,
+            dyn_warmup=chosen.dyn_warmup,
+            horizon_grow=min(SMTConfig.horizon_grow, chosen.smt_steps // 2),
+            teacher_delay=min(SMTConfig.teacher_delay, chosen.smt_steps // 2),
+        ),
         dmt=DMTConfig(start="teacher", rollout=plan.rollout, every=chosen.dmt_every),
     )
     main_steps = chosen.smt_steps if method == "smt+dmt" else chosen.smt_steps + chosen.dmt_steps
