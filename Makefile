@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # data/node_modules comes back on the next make
 DATA := data/node_modules/.package-lock.json
 
-.PHONY: demo demo-page test lint bench horizon results results-long realdata clean
+.PHONY: demo demo-page test lint bench horizon results realdata clean
 
 $(STAMP): pyproject.toml $(DATA)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,14 +47,12 @@ bench: $(STAMP)
 horizon: $(STAMP)
 	$(BIN)/smtrnn horizon --preset cpu --jobs 2 --out runs/horizon --json docs/horizon.json --markdown docs/horizon.md --figures docs/figures
 
+# the synthetic grid against BPTT (docs/results.md): about 100 min on 2 cores, resumable in runs/compare
+# (--preset full: every point at the recipe's budget, about 12 h)
 results: $(STAMP)
 	$(BIN)/smtrnn compare --preset cpu --jobs 2 --out runs/compare --json docs/results.json --markdown docs/results.md --figures docs/figures
 
-# five times the grid's budget at T=128 on retrieval and copy (tanh, mlp): about 12 min on 2 cores
-results-long: $(STAMP)
-	$(BIN)/smtrnn compare --tasks retrieval,copy --cells tanh,mlp --methods bptt,smt+dmt --lengths 128 --seeds 0,1,2 --steps 1000 --dmt-steps 250 --jobs 2 --out runs/compare-long --json docs/results-long.json --markdown docs/results-long.md --figures docs/figures-long
-
-# BPTT against SMT->DMT on MNIST, Quick, Draw! and Brown: about 15-20 min on 2 cores, resumable in runs/realdata
+# BPTT against SMT->DMT on MNIST, Quick, Draw! and Brown: about 25 min on 2 cores, resumable in runs/realdata
 realdata: $(STAMP)
 	$(BIN)/smtrnn realdata --preset cpu --jobs 2 --out runs/realdata --json docs/realdata.json --markdown docs/realdata.md --figures docs/figures
 
