@@ -78,3 +78,32 @@ def test_a_command_refused_before_training_writes_nothing(tmp_path, capsys, mist
     code = main(["train", *mistake, "--length", "8", "--steps", "1", "--quiet", "--out", str(out)])
     assert code == 2 and "Traceback" not in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", ["missing file", "empty file", "floats", "label out of range", "corrupt"])
+def test_a_bad_data_file_is_one_line_and_touches_no_run(tmp_path, capsys, tiny_config, bad):
+    """Own data (text:, tokens:, sequences:) that cannot be used: exit 2, one line naming the file, and an
+    existing run given as --out keeps its config and checkpoints byte for byte."""
+    import numpy as np
+
+    existing = tmp_path / "run"
+    run(tiny_config("bptt"), existing, progress=False)
+    before = {path: path.read_bytes() for path in existing.rglob("*") if path.is_file()}
+    data = tmp_path / ("data.npz" if bad in ("label out of range", "corrupt") else "data.npy")
+    if bad == "empty file":
+        data = tmp_path / "empty.txt"
+        data.write_bytes(b"")
+    elif bad == "floats":
+        np.save(data, np.linspace(0, 1, 100))
+    elif bad == "label out of range":
+        np.savez(data, x=np.zeros((10, 12), dtype=np.int64), y=np.full((10, 12), 7))
+    elif bad == "corrupt":
+        data.write_bytes(b"not a zip file")
+    form = {".txt": "text", ".npy": "tokens", ".npz": "sequences"}[data.suffix]
+    spec = f"{form}:{data}" if bad != "missing file" else f"text:{tmp_path / 'nowhere.txt'}"
+    options = ["--task-option", "classes=3"] if bad == "label out of range" else []
+    code = main(["train", "--task", spec, *options, "--length", "32", "--steps", "1", "--quiet", "--out", str(existing)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("smtrnn: error:"), err
+    assert ("nowhere.txt" if bad == "missing file" else data.name) in err[0]
+    assert {path: path.read_bytes() for path in existing.rglob("*") if path.is_file()} == before
