@@ -1,11 +1,30 @@
-"""Shared test helpers: tiny configs that train in well under a second."""
+"""Shared test helpers, imported with ``from conftest import ...`` (the tests folder is on sys.path).
+
+Run configs:
+    make_tiny_config, tiny_config   a tiny RunConfig (parity at T=12) that trains in well under a second
+
+Models and batches for the method tests (float64, checked against slow references):
+    VOCAB, CLASSES, CELL_NAMES      the toy vocabulary, classes and every cell name
+    TIGHT                           float64 tolerances for torch.testing.assert_close
+    make_models, make_batch         small seeded Models and a seeded, partly unlabelled batch
+    grads, backward, all_zero       parameter gradients after a loss, and whether they are all zero
+    only                            an SMTConfig with every loss term off except the ones given
+    StepSpy                         wraps ``cell.step``: counts calls and records inputs and outputs
+
+The one-line error contract of the CLI:
+    TINY                            command-line options for a run that trains in well under a second
+    assert_user_error               exit code 2, one ``smtrnn: error:`` line on stderr, no traceback
+"""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
-from smtrnn.models import ModelConfig
+from smtrnn.methods import SMTConfig
+from smtrnn.models import ModelConfig, Models
 from smtrnn.run import RunConfig
+from smtrnn.tasks.base import IGNORE
 from smtrnn.train import TrainConfig
 
 
@@ -39,3 +58,138 @@ def make_tiny_config(method: str = "smt+dmt", steps: int = 6, dmt_steps: int = 4
 def tiny_config():
     """``tiny_config(method=..., steps=..., dmt_steps=...)``: a fresh tiny RunConfig."""
     return make_tiny_config
+
+
+# ================================================================================================
+# models and batches for the method tests
+
+VOCAB, CLASSES = 6, 5
+CELL_NAMES = ["tanh", "mlp", "gru", "lstm", "transformer"]
+TIGHT = dict(rtol=1e-9, atol=1e-11)
+
+
+def make_models(cell="tanh", memory_size=8, future=3, seed=0, double=True) -> Models:
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        cell=cell,
+        memory_size=memory_size,
+        embed_dim=5,
+        memory_tokens=2,
+        cell_layers=1,
+        cell_heads=2,
+        readout_hidden=12,
+        teacher_width=16,
+        teacher_layers=1,
+        teacher_decoder_layers=1,
+        teacher_heads=2,
+        future=future,
+    )
+    models = Models(config, VOCAB, CLASSES)
+    return models.double() if double else models
+
+
+def make_batch(batch=3, length=6, seed=1, label_every=1):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, VOCAB, (batch, length), generator=generator)
+    y = torch.randint(0, CLASSES, (batch, length), generator=generator)
+    unlabelled = torch.rand(batch, length, generator=generator) < 0.3
+    y[unlabelled] = IGNORE
+    if label_every > 1:
+        y[:, torch.arange(length) % label_every != label_every - 1] = IGNORE
+    return {"x": x, "y": y}
+
+
+def grads(module) -> dict[str, torch.Tensor]:
+    """Gradients of every parameter (zeros where none arrived)."""
+    return {
+        name: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for name, p in module.named_parameters()
+    }
+
+
+def backward(models, loss):
+    models.zero_grad(set_to_none=True)
+    loss.backward()
+    return grads(models)
+
+
+def all_zero(gradients: dict) -> bool:
+    return all(g.abs().max() == 0 for g in gradients.values())
+
+
+def only(**coefficients) -> SMTConfig:
+    """An SMT config with every loss term off except the ones given."""
+    values = {
+        "c_pred": 0.0,
+        "c_dyn": 0.0,
+        "c_horizon": 0.0,
+        "c_unif": 0.0,
+        "c_readout": 0.0,
+        "dyn_warmup": 0,
+        "teacher_delay": 0,
+        "decoder_positions": 0,
+    }
+    values.update(coefficients)
+    return SMTConfig(**values)
+
+
+class StepSpy:
+    """Wraps ``cell.step`` on the instance: counts calls (and those under grad), records in/out."""
+
+    def __init__(self, cell, transform=None):
+        self.original, self.transform = cell.step, transform
+        self.calls, self.grad_calls, self.inputs, self.outputs = 0, 0, [], []
+        cell.step = self
+
+    def __call__(self, memory, token):
+        self.calls += 1
+        self.grad_calls += torch.is_grad_enabled()
+        self.inputs.append((memory.detach().clone(), token.clone()))
+        out = self.original(self.transform(memory) if self.transform else memory, token)
+        self.outputs.append(out.detach().clone())
+        return out
+
+
+# ================================================================================================
+# the one-line error contract of the CLI
+
+TINY = [
+    "--length",
+    "8",
+    "--steps",
+    "3",
+    "--dmt-steps",
+    "2",
+    "--batch-size",
+    "4",
+    "--warmup",
+    "1",
+    "--memory-size",
+    "8",
+    "--embed-dim",
+    "4",
+    "--readout-hidden",
+    "8",
+    "--teacher-width",
+    "8",
+    "--teacher-layers",
+    "1",
+    "--teacher-heads",
+    "2",
+    "--future",
+    "2",
+    "--eval-batches",
+    "1",
+    "--quiet",
+]
+
+
+def assert_user_error(code: int, capsys, *fragments: str) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{captured.err}"
+    assert lines[0].startswith("smtrnn: error:"), lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

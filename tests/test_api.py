@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import smtrnn
+from conftest import assert_user_error
 from smtrnn import api
 from smtrnn.cli import main
 from smtrnn.errors import UserError
@@ -26,7 +27,6 @@ from smtrnn.models import ModelConfig
 from smtrnn.rnn import RNN
 from smtrnn.run import RunConfig, load_run, run
 from smtrnn.train import TrainConfig
-from test_cli import assert_user_error
 
 HERE = Path(__file__).resolve()
 SRC = str(HERE.parents[1] / "src")

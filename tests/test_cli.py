@@ -11,39 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY, assert_user_error
 from smtrnn.cli import build_parser, config_from_args, main
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-TINY = [
-    "--length",
-    "8",
-    "--steps",
-    "3",
-    "--dmt-steps",
-    "2",
-    "--batch-size",
-    "4",
-    "--warmup",
-    "1",
-    "--memory-size",
-    "8",
-    "--embed-dim",
-    "4",
-    "--readout-hidden",
-    "8",
-    "--teacher-width",
-    "8",
-    "--teacher-layers",
-    "1",
-    "--teacher-heads",
-    "2",
-    "--future",
-    "2",
-    "--eval-batches",
-    "1",
-    "--quiet",
-]
-
 USER_TASK = '''
 import torch
 
@@ -63,18 +34,6 @@ class Echo:
         y[:, self.shift:] = x[:, :-self.shift]
         return {"x": x, "y": y}
 '''
-
-
-def assert_user_error(code: int, capsys, *fragments: str) -> str:
-    captured = capsys.readouterr()
-    lines = captured.err.splitlines()
-    assert code == 2, captured.err
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{captured.err}"
-    assert lines[0].startswith("smtrnn: error:"), lines[0]
-    assert "Traceback" not in captured.err + captured.out
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import torch
 import smtrnn.compare as compare_module
 import smtrnn.run as run_module
 import smtrnn.sweep as sweep_module
+from conftest import assert_user_error  # the one-line error contract, shared with the other commands
 from smtrnn.cli import main
 from smtrnn.compare import Point, compare, customise, preset
 from smtrnn.errors import UserError
@@ -26,7 +27,6 @@ from smtrnn.evaluate import (
 from smtrnn.models import ModelConfig, Models
 from smtrnn.report import figures, markdown
 from smtrnn.tasks.synthetic import Parity
-from test_cli import assert_user_error  # the one-line error contract, shared with the other commands
 
 REQUIRED = {
     "task",

@@ -102,7 +102,9 @@ def test_a_bad_data_file_is_one_line_and_touches_no_run(tmp_path, capsys, tiny_c
     form = {".txt": "text", ".npy": "tokens", ".npz": "sequences"}[data.suffix]
     spec = f"{form}:{data}" if bad != "missing file" else f"text:{tmp_path / 'nowhere.txt'}"
     options = ["--task-option", "classes=3"] if bad == "label out of range" else []
-    code = main(["train", "--task", spec, *options, "--length", "32", "--steps", "1", "--quiet", "--out", str(existing)])
+    code = main(
+        ["train", "--task", spec, *options, "--length", "32", "--steps", "1", "--quiet", "--out", str(existing)]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("smtrnn: error:"), err
     assert ("nowhere.txt" if bad == "missing file" else data.name) in err[0]

@@ -12,11 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import CELL_NAMES, TIGHT, all_zero, backward, make_batch, make_models, only
 from smtrnn.methods import SMTConfig, smt_loss
 from smtrnn.methods.common import memory_spread, relative_memory_error
 from smtrnn.methods.smt import horizon_length, horizon_starts, rollout_error
 from smtrnn.run import RunConfig, depths
-from test_methods import CELL_NAMES, TIGHT, all_zero, backward, make_batch, make_models, only
 
 
 class DepthSpy:

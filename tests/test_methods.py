@@ -14,102 +14,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import (
+    CELL_NAMES,
+    CLASSES,
+    TIGHT,
+    VOCAB,
+    StepSpy,
+    all_zero,
+    backward,
+    make_batch,
+    make_models,
+    only,
+)
 from smtrnn.methods import BPTTConfig, DMTConfig, SMTConfig, bptt_loss, dmt_loss, smt_loss
 from smtrnn.methods.common import masked_cross_entropy, uniformity
 from smtrnn.methods.smt import future_windows
-from smtrnn.models import ModelConfig, Models
 from smtrnn.tasks.base import IGNORE
-
-VOCAB, CLASSES = 6, 5
-CELL_NAMES = ["tanh", "mlp", "gru", "lstm", "transformer"]
-TIGHT = dict(rtol=1e-9, atol=1e-11)
-
-
-def make_models(cell="tanh", memory_size=8, future=3, seed=0, double=True) -> Models:
-    torch.manual_seed(seed)
-    config = ModelConfig(
-        cell=cell,
-        memory_size=memory_size,
-        embed_dim=5,
-        memory_tokens=2,
-        cell_layers=1,
-        cell_heads=2,
-        readout_hidden=12,
-        teacher_width=16,
-        teacher_layers=1,
-        teacher_decoder_layers=1,
-        teacher_heads=2,
-        future=future,
-    )
-    models = Models(config, VOCAB, CLASSES)
-    return models.double() if double else models
-
-
-def make_batch(batch=3, length=6, seed=1, label_every=1):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, VOCAB, (batch, length), generator=generator)
-    y = torch.randint(0, CLASSES, (batch, length), generator=generator)
-    unlabelled = torch.rand(batch, length, generator=generator) < 0.3
-    y[unlabelled] = IGNORE
-    if label_every > 1:
-        y[:, torch.arange(length) % label_every != label_every - 1] = IGNORE
-    return {"x": x, "y": y}
-
-
-def grads(module) -> dict[str, torch.Tensor]:
-    """Gradients of every parameter (zeros where none arrived)."""
-    return {
-        name: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for name, p in module.named_parameters()
-    }
-
-
-def backward(models, loss):
-    models.zero_grad(set_to_none=True)
-    loss.backward()
-    return grads(models)
 
 
 def assert_grads_close(left: dict, right: dict, **tolerance):
     assert set(left) == set(right)
     for name in left:
         torch.testing.assert_close(left[name], right[name], **(tolerance or TIGHT), msg=lambda m, n=name: f"{n}: {m}")
-
-
-def all_zero(gradients: dict) -> bool:
-    return all(g.abs().max() == 0 for g in gradients.values())
-
-
-def only(**coefficients) -> SMTConfig:
-    """An SMT config with every loss term off except the ones given."""
-    values = {
-        "c_pred": 0.0,
-        "c_dyn": 0.0,
-        "c_horizon": 0.0,
-        "c_unif": 0.0,
-        "c_readout": 0.0,
-        "dyn_warmup": 0,
-        "teacher_delay": 0,
-        "decoder_positions": 0,
-    }
-    values.update(coefficients)
-    return SMTConfig(**values)
-
-
-class StepSpy:
-    """Wraps ``cell.step`` on the instance: counts calls (and those under grad), records in/out."""
-
-    def __init__(self, cell, transform=None):
-        self.original, self.transform = cell.step, transform
-        self.calls, self.grad_calls, self.inputs, self.outputs = 0, 0, [], []
-        cell.step = self
-
-    def __call__(self, memory, token):
-        self.calls += 1
-        self.grad_calls += torch.is_grad_enabled()
-        self.inputs.append((memory.detach().clone(), token.clone()))
-        out = self.original(self.transform(memory) if self.transform else memory, token)
-        self.outputs.append(out.detach().clone())
-        return out
 
 
 def forbid(cell, *names):

@@ -9,13 +9,13 @@ from dataclasses import replace
 
 import pytest
 
+from conftest import assert_user_error  # the one-line error contract, shared with the other commands
 from smtrnn.cli import main
 from smtrnn.errors import UserError
 from smtrnn.evaluate import evaluate_rnn
 from smtrnn.methods import SMTConfig
 from smtrnn.realdata import TEXT_PROMPT, customise, preset, realdata, write_outputs
 from smtrnn.run import load_run
-from test_cli import assert_user_error  # the one-line error contract, shared with the other commands
 
 REQUIRED = {
     "dataset",

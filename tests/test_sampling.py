@@ -15,6 +15,7 @@ import matplotlib.image
 import pytest
 import torch
 
+from conftest import assert_user_error
 from smtrnn.cli import main
 from smtrnn.errors import UserError
 from smtrnn.models import ModelConfig
@@ -31,7 +32,6 @@ from smtrnn.sampling import (
     save_png,
 )
 from smtrnn.tasks.synthetic import Retrieval
-from test_cli import assert_user_error
 
 HERE = Path(__file__).resolve()
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import TIGHT, TINY, VOCAB, StepSpy, assert_user_error, backward, make_batch, make_models
 from smtrnn.cli import main
 from smtrnn.errors import UserError
 from smtrnn.methods import DMTConfig, SMTConfig, dmt_loss, smt_loss
 from smtrnn.methods.common import masked_cross_entropy, memory_spread, relative_memory_error
 from smtrnn.run import RunConfig, run
-from test_cli import TINY, assert_user_error
-from test_methods import TIGHT, VOCAB, StepSpy, backward, make_batch, make_models
 
 CONTEXT, FUTURE = 5, 3
 NEEDED = CONTEXT + FUTURE - 1  # tokens of a crop that a windowed loss can see
