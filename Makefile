@@ -29,7 +29,7 @@ demo-page: $(STAMP)
 
 # ruff (lint and format) over everything, mypy over the core modules
 CORE := src/smtrnn/cells.py src/smtrnn/teacher.py src/smtrnn/rnn.py src/smtrnn/models.py src/smtrnn/methods \
-	src/smtrnn/train.py src/smtrnn/checkpoint.py src/smtrnn/metrics.py src/smtrnn/run.py src/smtrnn/evaluate.py \
+	src/smtrnn/train.py src/smtrnn/checkpoint.py src/smtrnn/metrics.py src/smtrnn/config.py src/smtrnn/run.py src/smtrnn/evaluate.py \
 	src/smtrnn/sweep.py src/smtrnn/tasks src/smtrnn/api.py
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

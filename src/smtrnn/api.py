@@ -179,7 +179,8 @@ def _ready(module: torch.nn.Module, device: str):
 def load(run_dir: PathLike, device: str = "cpu", teacher: bool = False):
     """The trained RNN of a finished run (a TrainedRNN in eval mode on ``device``, parameters frozen:
     ``requires_grad_(True)`` to fine-tune), or ``(rnn, teacher)`` when ``teacher`` is true."""
-    from smtrnn.run import has_teacher, load_run  # the training stack: imported only when used
+    from smtrnn.config import has_teacher
+    from smtrnn.run import load_run  # the training stack: imported only when used
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

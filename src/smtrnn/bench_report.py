@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from smtrnn.report import table
+
 STYLE = {
     "smt": ("o", "C0"),
     "smt-sampled": ("s", "C1"),
@@ -28,11 +30,8 @@ def _number(value, digits: int = 3) -> str:
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += [
-        "| " + " | ".join(cell if isinstance(cell, str) else _number(cell) for cell in row) + " |" for row in rows
-    ]
-    return lines + [""]
+    """report.table, numbers formatted by ``_number``."""
+    return table(header, [[cell if isinstance(cell, str) else _number(cell) for cell in row] for row in rows])
 
 
 def _training_section(result: dict) -> list[str]:

@@ -39,7 +39,7 @@ def _type_of(default):
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    from smtrnn.run import RunConfig
+    from smtrnn.config import RunConfig
 
     base = RunConfig()
     for name in TOP_LEVEL:
@@ -90,7 +90,7 @@ def _parse_task_options(pairs: list[str]) -> dict:
 
 def config_from_args(args: argparse.Namespace, base=None):
     """A RunConfig from defaults (or ``base``) overridden by the options the user gave."""
-    from smtrnn.run import RunConfig
+    from smtrnn.config import RunConfig
 
     config = base or RunConfig()
     for name in TOP_LEVEL:
@@ -297,8 +297,7 @@ def cmd_compare(args) -> None:
     import shlex
 
     from smtrnn.compare import compare, customise, preset
-    from smtrnn.demo import machine
-    from smtrnn.report import figures, markdown, write_page
+    from smtrnn.report import figures, machine, markdown, write_page
 
     grid = customise(
         preset(args.preset),
@@ -323,8 +322,8 @@ def cmd_compare(args) -> None:
 def cmd_realdata(args) -> None:
     import shlex
 
-    from smtrnn.demo import machine
     from smtrnn.realdata import customise, preset, realdata, write_outputs
+    from smtrnn.report import machine
 
     chosen = customise(preset(args.preset), **_comma_lists(args, datasets=str, methods=str, cells=str))
     result = realdata(chosen, args.out, jobs=args.jobs, progress=not args.quiet)
@@ -346,10 +345,9 @@ def cmd_realdata(args) -> None:
 def cmd_horizon(args) -> None:
     import shlex
 
-    from smtrnn.demo import machine
     from smtrnn.horizon_report import figures, markdown
     from smtrnn.horizon_study import preset, run_study
-    from smtrnn.report import write_page
+    from smtrnn.report import machine, write_page
 
     if args.jobs < 1:
         raise UserError(f"jobs must be positive, got {args.jobs}")

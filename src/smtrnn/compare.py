@@ -20,11 +20,11 @@ from pathlib import Path
 
 from smtrnn import checkpoint
 from smtrnn.cells import CELLS
+from smtrnn.config import METHODS as RUN_METHODS
+from smtrnn.config import RunConfig
 from smtrnn.errors import UserError, check_choices
 from smtrnn.methods import DMTConfig, SMTConfig
 from smtrnn.models import ModelConfig, tiny_model
-from smtrnn.run import METHODS as RUN_METHODS
-from smtrnn.run import RunConfig
 from smtrnn.sweep import planned_steps, sweep
 from smtrnn.tasks import TASKS, make_task
 from smtrnn.train import TrainConfig

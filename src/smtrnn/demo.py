@@ -5,14 +5,13 @@ of optimiser steps: what the RNN alone reaches, the wall time, and the gradient 
 from __future__ import annotations
 
 import copy
-import os
-import platform
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from smtrnn.horizon_study import recipe
+from smtrnn.report import machine
 from smtrnn.sweep import sweep
 
 TASK, LENGTH, CELL, SEEDS = "retrieval", 64, "tanh", (0, 1, 2)
@@ -78,19 +77,6 @@ def demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: bool 
         "wall_seconds": done["wall_seconds"],
         "jobs": jobs,
     }
-
-
-def machine() -> str:
-    """One line naming the processor, core count and PyTorch build of this machine."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def format_report(result: dict, command: str) -> str:

@@ -18,7 +18,8 @@ from smtrnn.tasks.base import IGNORE
 EVAL_SEED_OFFSET = 1_000_003  # evaluation streams never share a seed with training streams
 
 
-def _batches(task, length, batches, batch_size, seed):
+def held_out_batches(task, length: int, batches: int, batch_size: int, seed: int):
+    """The evaluation's batches: the held-out split (or stream), from a generator seeded apart from training."""
     generator = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)
     task = task.evaluation() if hasattr(task, "evaluation") else task  # a dataset's held-out split
     for _ in range(batches):
@@ -42,7 +43,7 @@ def evaluate_rnn(rnn, task, length: int, batches: int = 8, batch_size: int = 64,
     """Teacher-free: the RNN rolls out from its own m_0 over the whole sequence."""
     rnn.eval()
     records, labels = [], []
-    for batch in _batches(task, length, batches, batch_size, seed):
+    for batch in held_out_batches(task, length, batches, batch_size, seed):
         x, y = batch["x"].to(device), batch["y"].to(device)
         logits, _ = rnn(x)
         loss, accuracy = masked_cross_entropy(logits, y)
@@ -72,7 +73,7 @@ def evaluate_teacher(
     models.eval()
     rnn, teacher = models.rnn, models.teacher
     records, scored, labels, drift_curve = [], [], [], None
-    for batch in _batches(task, length, batches, batch_size, seed):
+    for batch in held_out_batches(task, length, batches, batch_size, seed):
         x, y = batch["x"].to(device), batch["y"].to(device)
         memories = teacher.encode(x)
         teacher_accuracy = first_prediction_accuracy(teacher, memories, y)  # 1. the teacher
@@ -141,7 +142,7 @@ def length_generalisation(
         if teacher is not None:
             teacher.eval()
             accuracies, labels = [], []
-            for batch in _batches(task, longer, batches, batch_size, seed):  # the sequences the RNN saw
+            for batch in held_out_batches(task, longer, batches, batch_size, seed):  # the sequences the RNN saw
                 x, y = batch["x"].to(device), batch["y"].to(device)
                 accuracies.append({"teacher": first_prediction_accuracy(teacher, teacher.encode(x), y).item()})
                 labels.append(_labels(y))
@@ -186,7 +187,7 @@ def memory_diagnostics(
     rnn.eval()
     rollouts: list[torch.Tensor] = []
     experts: list[torch.Tensor] = []
-    for batch in _batches(task, length, batches, batch_size, seed):
+    for batch in held_out_batches(task, length, batches, batch_size, seed):
         x = batch["x"].to(device)
         rollouts.append(rnn.cell.rollout(x).flatten(0, 1).cpu())
         if teacher is not None:

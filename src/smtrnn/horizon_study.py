@@ -23,9 +23,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from smtrnn import checkpoint
+from smtrnn.config import RunConfig
 from smtrnn.errors import UserError
 from smtrnn.models import TINY_SIZES, ModelConfig
-from smtrnn.run import RunConfig, load_run
+from smtrnn.run import load_run
 from smtrnn.sweep import outcome, sweep
 
 DIAGNOSTICS_FILE = "needle.json"

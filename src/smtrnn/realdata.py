@@ -30,13 +30,14 @@ import torch
 
 from smtrnn import checkpoint, metrics
 from smtrnn.cells import CELLS
+from smtrnn.config import RunConfig
 from smtrnn.errors import UserError, check_choices
-from smtrnn.evaluate import EVAL_SEED_OFFSET
+from smtrnn.evaluate import held_out_batches
 from smtrnn.methods import DMTConfig, SMTConfig
 from smtrnn.methods.common import masked_cross_entropy
 from smtrnn.models import ModelConfig, tiny_model
 from smtrnn.report import duration, table
-from smtrnn.run import RunConfig, depths, load_run, phase_crop
+from smtrnn.run import depths, load_run, phase_crop
 from smtrnn.sampling import decode_text, image_grid, sample_images, sample_sequences, text_tokens
 from smtrnn.sweep import DIVERGED_FILE, sweep
 from smtrnn.tasks import make_task
@@ -302,8 +303,7 @@ def curve(config: RunConfig, directory: Path) -> list[dict]:
 
 def held_out_crops(task, config: RunConfig, batches: int):
     """The held-out crops the run's final evaluation scored the RNN on (the same seed and sizes)."""
-    generator = torch.Generator().manual_seed(config.seed + EVAL_SEED_OFFSET)
-    return [task.evaluation().sample(64, config.length, generator) for _ in range(batches)]
+    return list(held_out_batches(task, config.length, batches, 64, config.seed))
 
 
 @torch.no_grad()

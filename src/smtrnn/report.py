@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import datetime
 import os
+import platform
 import statistics
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from smtrnn import checkpoint
 from smtrnn.errors import UserError
@@ -33,6 +36,19 @@ def teacher_at_chance(row: dict) -> bool:
 def counted(rows: list[dict]) -> list[dict]:
     """The rows that are method results: not diverged, teacher not at chance."""
     return [row for row in rows if row["accuracy"] is not None and not teacher_at_chance(row)]
+
+
+def machine() -> str:
+    """One line naming the processor, core count and PyTorch build of this machine."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def write_page(path: str | Path, render: Callable[[str | None], str], figures: str | Path | None = None) -> None:

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from smtrnn.config import has_teacher
 from smtrnn.errors import UserError
-from smtrnn.run import has_teacher
 
 MODES = ("rnn", "teacher")
 TEXT_STEPS = 200  # continuation length of text and token-id samples when none is given

@@ -23,8 +23,9 @@ import torch
 from tqdm import tqdm
 
 from smtrnn import checkpoint
+from smtrnn.config import RunConfig
 from smtrnn.errors import UserError
-from smtrnn.run import RunConfig, build, run, saved_config_matches
+from smtrnn.run import build, run, saved_config_matches
 from smtrnn.train import Diverged
 
 DIVERGED_FILE = "diverged.json"  # marks a finished point whose training diverged: {"note": message}
