@@ -30,10 +30,15 @@ class Task:
         generator (evaluation seeds them apart); a dataset returns a view of its held-out split."""
         return self
 
+    min_length: int = 2  # the shortest sequence that holds one example of the task
+    length_needs: str = "an input and a label"  # what those tokens are, for the error message
+
     def check_length(self, length: int) -> None:
-        """Raise UserError when ``length`` cannot hold this task; override for stricter rules."""
-        if length < 2:
-            raise UserError(f"task {self.name}: length must be at least 2, got {length}")
+        """Raise UserError when ``length`` cannot hold this task; override for other rules."""
+        if length < self.min_length:
+            raise UserError(
+                f"{self.name}: length {length} cannot hold {self.length_needs}; it needs at least {self.min_length}"
+            )
 
     @property
     def chance_accuracy(self) -> float:

@@ -22,16 +22,14 @@ class Retrieval(Task):
 
     values: int = 8
     name: str = "retrieval"
+    min_length = 4
+    length_needs = "a marker, its value, a filler and the query"
 
     def __post_init__(self):
         if self.values < 2:
             raise UserError(f"retrieval: values must be at least 2, got {self.values}")
         self.vocab_size = self.values + 2
         self.num_classes = self.values
-
-    def check_length(self, length: int) -> None:
-        if length < 4:
-            raise UserError(f"retrieval: length must be at least 4, got {length}")
 
     def sample(self, batch_size, length, generator):
         self.check_length(length)
@@ -109,16 +107,14 @@ class StringCopy(Task):
     values: int = 8
     reverse: bool = False
     name: str = "copy"
+    min_length = 3
+    length_needs = "a string, the delimiter and its copy"
 
     def __post_init__(self):
         check_int(self.name, "values", self.values, 2)
         check_bool(self.name, "reverse", self.reverse)
         self.vocab_size = self.values + 2
         self.num_classes = self.values
-
-    def check_length(self, length: int) -> None:
-        if length < 3:
-            raise UserError(f"{self.name}: length must be at least 3 (string, delimiter, copy), got {length}")
 
     def sample(self, batch_size, length, generator):
         self.check_length(length)
@@ -254,14 +250,12 @@ class KeysValues(Task):
         self.num_classes = self.value_vocab
 
     @property
-    def min_length(self) -> int:
+    def min_length(self) -> int:  # type: ignore[override]
         return self.pairs * (self.key_tokens + self.value_tokens) + self.key_tokens + self.value_tokens - 1
 
-    def check_length(self, length: int) -> None:
-        if length < self.min_length:
-            raise UserError(
-                f"{self.name}: length {length} cannot hold {self.pairs} pairs and a query; it needs at least {self.min_length}"
-            )
+    @property
+    def length_needs(self) -> str:  # type: ignore[override]
+        return f"{self.pairs} pairs and a query"
 
     def sample(self, batch_size, length, generator):
         self.check_length(length)
@@ -322,14 +316,12 @@ class MQAR(Task):
         self.num_classes = self.value_vocab
 
     @property
-    def min_length(self) -> int:
+    def min_length(self) -> int:  # type: ignore[override]
         return 4 * self.pairs - 1  # 2*pairs context, queries at offsets 0, 2, ..., 2*(pairs-1)
 
-    def check_length(self, length: int) -> None:
-        if length < self.min_length:
-            raise UserError(
-                f"{self.name}: length {length} cannot hold {self.pairs} pairs and their queries; it needs at least {self.min_length}"
-            )
+    @property
+    def length_needs(self) -> str:  # type: ignore[override]
+        return f"{self.pairs} pairs and their queries"
 
     def sample(self, batch_size, length, generator):
         self.check_length(length)
@@ -417,9 +409,13 @@ class Recency(Task):
         self.vocab_size = self.values
         self.num_classes = self.values
 
-    def check_length(self, length: int) -> None:
-        if length <= self.lag:
-            raise UserError(f"{self.name}: length must exceed lag={self.lag} to carry a label, got {length}")
+    @property
+    def min_length(self) -> int:  # type: ignore[override]
+        return self.lag + 1
+
+    @property
+    def length_needs(self) -> str:  # type: ignore[override]
+        return f"a label {self.lag} steps after its token"
 
     def sample(self, batch_size, length, generator):
         self.check_length(length)
