@@ -267,3 +267,14 @@ def test_memory_diagnostics_sides_and_relative_drift():
     with torch.no_grad():
         norm = models.teacher.encode(x)[:, 1:].norm(dim=-1).mean().item()
     assert both["relative_drift"] == pytest.approx(both["drift"] / norm, rel=1e-5)
+
+
+def test_report_only_trains_nothing_and_reports_the_finished_points(tmp_path, monkeypatch):
+    grid = customise(preset("smoke"), tasks=["parity"], methods=["bptt"])
+    first = compare(grid, tmp_path, jobs=1, progress=False)
+    monkeypatch.setattr(sweep_module, "run", None)  # any training would crash
+    wider = customise(grid, methods=["bptt", "smt+dmt"])
+    partial = compare(wider, tmp_path, jobs=1, progress=False, train=False)
+    assert partial["rows"] == first["rows"] and partial["planned"] == 2 and partial["trained"] == 0
+    page = markdown(partial, "smtrnn compare --report-only")
+    assert "1 of the grid's 2 points finished" in page

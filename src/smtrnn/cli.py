@@ -306,7 +306,14 @@ def cmd_compare(args) -> None:
         dmt_steps=args.dmt_steps,
         generalisation=False if args.no_generalisation else None,
     )
-    result = compare(grid, args.out, jobs=args.jobs, threads_per_job=args.threads_per_job, progress=not args.quiet)
+    result = compare(
+        grid,
+        args.out,
+        jobs=args.jobs,
+        threads_per_job=args.threads_per_job,
+        progress=not args.quiet,
+        train=not args.report_only,
+    )
     print(
         f"{len(result['rows'])} runs ({result['trained']} trained, {result['reused']} reused) in "
         f"{result['wall_seconds']:.0f} s; rows in {Path(args.out) / 'results.json'}"
@@ -478,6 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--threads-per-job", type=int, default=1, help="PyTorch threads of each job")
     _add_experiment_outputs(grid, "runs/compare", "<task>.png")
     grid.add_argument("--no-generalisation", action="store_true", help="skip the 2T, 4T, 8T evaluations")
+    grid.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the outputs from the points already finished in --out",
+    )
     grid.set_defaults(handler=cmd_compare)
 
     horizon = commands.add_parser("horizon", help="the horizon study on needle retrieval (docs/horizon.md; resumable)")

@@ -25,7 +25,7 @@ from smtrnn.config import RunConfig
 from smtrnn.errors import UserError, check_choices
 from smtrnn.methods import DMTConfig, SMTConfig
 from smtrnn.models import ModelConfig, tiny_model
-from smtrnn.sweep import planned_steps, sweep
+from smtrnn.sweep import outcome, planned_steps, sweep
 from smtrnn.tasks import TASKS, make_task
 from smtrnn.train import TrainConfig
 
@@ -281,17 +281,26 @@ def row_from_result(config: RunConfig, result: dict, method: str | None = None) 
 
 
 def compare(
-    grid: Grid, out: str | Path = "runs/compare", jobs: int = 1, threads_per_job: int = 1, progress: bool = True
+    grid: Grid,
+    out: str | Path = "runs/compare",
+    jobs: int = 1,
+    threads_per_job: int = 1,
+    progress: bool = True,
+    train: bool = True,
 ) -> dict:
     """Run every point of ``grid`` not yet finished under ``out``; write and return its rows.
+    With ``train=False`` nothing is trained: the rows are the points already finished.
 
-    Returns {"rows", "task_options", "wall_seconds", "trained", "reused", "jobs", "threads_per_job"};
-    the rows, in grid order, are also written to OUT/results.json."""
+    Returns {"rows", "planned", "task_options", "wall_seconds", "trained", "reused", "jobs",
+    "threads_per_job"}; the rows, in grid order, are also written to OUT/results.json."""
     if jobs < 1 or threads_per_job < 1:
         raise UserError(f"jobs and threads per job must be positive, got {jobs} and {threads_per_job}")
     out = Path(out)
     grid.validate()
     configs = {point: grid.run_config(point) for point in grid.points()}
+    planned = len(configs)
+    if not train:
+        configs = {point: config for point, config in configs.items() if outcome(config, point.directory(out))}
 
     def describe(point: Point, result: dict) -> str:
         row = row_from_result(configs[point], result, point.method)
@@ -312,6 +321,7 @@ def compare(
     checkpoint.write_json(out / "results.json", ordered)
     return {
         "rows": ordered,
+        "planned": planned,
         "task_options": dict(grid.tasks),
         "wall_seconds": done["wall_seconds"],
         "trained": done["trained"],

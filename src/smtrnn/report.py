@@ -291,8 +291,13 @@ def markdown(result: dict, command: str, machine: str | None = None, figures_lin
         f"Machine: {machine or 'not recorded'}; {result['jobs']} job(s) x {result['threads_per_job']} thread(s)  ",
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Wall time: {duration(result['wall_seconds'])} for this invocation ({result['trained']} runs trained, "
-        f"{result['reused']} reused from earlier invocations); training time of all runs summed: "
-        f"{duration(trained_seconds)}",
+        f"{result['reused']} reused from earlier invocations"
+        + (
+            f"; {len(rows)} of the grid's {result['planned']} points finished, the others are missing below"
+            if result.get("planned", len(rows)) > len(rows)
+            else ""
+        )
+        + f"); training time of all runs summed: {duration(trained_seconds)}",
         "",
         "Accuracy is that of the RNN alone, rolled out from its own initial memory over held-out sequences "
         f"(no teacher), mean ± std over seeds {', '.join(map(str, seeds))}. Within a task every method runs the "
