@@ -333,7 +333,7 @@ def cmd_realdata(args) -> None:
     from smtrnn.report import machine
 
     chosen = customise(preset(args.preset), **_comma_lists(args, datasets=str, methods=str, cells=str))
-    result = realdata(chosen, args.out, jobs=args.jobs, progress=not args.quiet)
+    result = realdata(chosen, args.out, jobs=args.jobs, progress=not args.quiet, train=not args.report_only)
     for row in result["rows"]:
         bits = "diverged" if row["bits_per_byte"] is None else f"{row['bits_per_byte']:.3f} bits/byte"
         print(f"{row['dataset']:>10} {row['cell']:>6} {row['method']:>8}: {bits}")
@@ -511,6 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
         real.add_argument("--" + option, help=f"comma list replacing the preset's, e.g. {example}")
     real.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process with one thread")
     _add_experiment_outputs(real, "runs/realdata", "realdata-*.png")
+    real.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the outputs from the runs already finished in --out",
+    )
     real.set_defaults(handler=cmd_realdata)
     return parser
 

@@ -39,7 +39,7 @@ from smtrnn.models import ModelConfig, tiny_model
 from smtrnn.report import duration, table
 from smtrnn.run import depths, load_run, phase_crop
 from smtrnn.sampling import decode_text, image_grid, sample_images, sample_sequences, text_tokens
-from smtrnn.sweep import DIVERGED_FILE, sweep
+from smtrnn.sweep import DIVERGED_FILE, outcome, sweep
 from smtrnn.tasks import make_task
 from smtrnn.train import TrainConfig
 
@@ -237,14 +237,20 @@ def grid(chosen: Preset, out: str | Path) -> list[tuple[tuple, RunConfig, Path]]
     ]
 
 
-def realdata(chosen: Preset, out: str | Path = "runs/realdata", jobs: int = 1, progress: bool = True) -> dict:
+def realdata(
+    chosen: Preset, out: str | Path = "runs/realdata", jobs: int = 1, progress: bool = True, train: bool = True
+) -> dict:
     """Train every point not yet finished under ``out`` (``jobs`` at a time) and return
-    {"rows", "preset", "wall_seconds", "trained", "reused", "jobs"}."""
+    {"rows", "planned", "preset", "wall_seconds", "trained", "reused", "jobs"}. With ``train=False``
+    nothing is trained: the rows are the points already finished."""
     if jobs < 1:
         raise UserError(f"jobs must be positive, got {jobs}")
     check(chosen)
     started = time.perf_counter()
     points = grid(chosen, out)
+    planned = len(points)
+    if not train:
+        points = [(key, config, directory) for key, config, directory in points if outcome(config, directory)]
     describe = lambda key, _: "realdata: trained {} {} {}".format(*key)
     done = sweep(points, jobs, chosen.threads_per_job, progress, "realdata", describe)
     previous = torch.get_num_threads()
@@ -255,6 +261,7 @@ def realdata(chosen: Preset, out: str | Path = "runs/realdata", jobs: int = 1, p
         torch.set_num_threads(previous)
     return {
         "rows": rows,
+        "planned": planned,
         "preset": asdict(chosen),
         "wall_seconds": round(time.perf_counter() - started, 3),
         "trained": done["trained"],
@@ -533,8 +540,13 @@ def markdown(chosen: Preset, result: dict, command: str, machine: str, figure_li
         f"Machine: {machine}; {result['jobs']} job(s) x {chosen.threads_per_job} thread(s)  ",
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Wall time: {duration(result['wall_seconds'])} for this invocation ({result['trained']} runs trained, "
-        f"{result['reused']} reused); training time of all runs summed: "
-        f"{duration(sum(e['seconds'] or 0 for e in rows))}",
+        f"{result['reused']} reused"
+        + (
+            f"; {len(rows)} of the experiment's {result['planned']} runs finished, the others are missing"
+            if result.get("planned", len(rows)) > len(rows)
+            else ""
+        )
+        + f"); training time of all runs summed: {duration(sum(e['seconds'] or 0 for e in rows))}",
         "",
         f"Setup: memory {model.memory_size}, teacher width {model.teacher_width} x {model.teacher_layers} "
         f"layers, Tf {model.future}, batch {chosen.batch_size}; smt+dmt trains {chosen.smt_steps} SMT + "
@@ -560,7 +572,7 @@ def markdown(chosen: Preset, result: dict, command: str, machine: str, figure_li
         "Bits per byte: the RNN alone, rolled out from its own m_0 over held-out crops "
         f"({chosen.eval_batches} x 64, no teacher). Teacher: the Transformer's prediction of the next byte from "
         "its memory alone, on the first Tc tokens of the same crops. Sequential compute: cell applications in "
-        "series over all of training (per step BPTT = crop length, SMT = 1, DMT = its rollout Td; the teacher's "
+        "series over all of training (per step BPTT = crop length, SMT = its horizon K, DMT = its rollout Td; the teacher's "
         "layers run in parallel over time and are not counted). Train seconds include the periodic evaluations, "
         "as many for every method.",
         "",
