@@ -277,4 +277,4 @@ def test_report_only_trains_nothing_and_reports_the_finished_points(tmp_path, mo
     partial = compare(wider, tmp_path, jobs=1, progress=False, train=False)
     assert partial["rows"] == first["rows"] and partial["planned"] == 2 and partial["trained"] == 0
     page = markdown(partial, "smtrnn compare --report-only")
-    assert "1 of the grid's 2 points finished" in page
+    assert "1 of 2 runs finished" in page

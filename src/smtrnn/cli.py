@@ -384,6 +384,9 @@ def _add_experiment_outputs(parser: argparse.ArgumentParser, out: str, figures: 
     parser.add_argument("--markdown", help="write the page here")
     parser.add_argument("--figures", help=f"write the {figures} figures into this folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
+    parser.add_argument(
+        "--report-only", action="store_true", help="train nothing: write the outputs from the runs already in --out"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -485,11 +488,6 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--threads-per-job", type=int, default=1, help="PyTorch threads of each job")
     _add_experiment_outputs(grid, "runs/compare", "<task>.png")
     grid.add_argument("--no-generalisation", action="store_true", help="skip the 2T, 4T, 8T evaluations")
-    grid.add_argument(
-        "--report-only",
-        action="store_true",
-        help="train nothing: write the outputs from the points already finished in --out",
-    )
     grid.set_defaults(handler=cmd_compare)
 
     horizon = commands.add_parser("horizon", help="the horizon study on needle retrieval (docs/horizon.md; resumable)")
@@ -498,11 +496,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     horizon.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process with one thread")
     _add_experiment_outputs(horizon, "runs/horizon", "horizon-*.png")
-    horizon.add_argument(
-        "--report-only",
-        action="store_true",
-        help="train nothing: write the outputs from the points already finished in --out",
-    )
     horizon.set_defaults(handler=cmd_horizon)
 
     real = commands.add_parser("realdata", help="BPTT against SMT->DMT on MNIST, Quick, Draw! and Brown (resumable)")
@@ -511,11 +504,6 @@ def build_parser() -> argparse.ArgumentParser:
         real.add_argument("--" + option, help=f"comma list replacing the preset's, e.g. {example}")
     real.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process with one thread")
     _add_experiment_outputs(real, "runs/realdata", "realdata-*.png")
-    real.add_argument(
-        "--report-only",
-        action="store_true",
-        help="train nothing: write the outputs from the runs already finished in --out",
-    )
     real.set_defaults(handler=cmd_realdata)
     return parser
 

@@ -36,7 +36,7 @@ from smtrnn.evaluate import held_out_batches
 from smtrnn.methods import DMTConfig, SMTConfig
 from smtrnn.methods.common import masked_cross_entropy
 from smtrnn.models import ModelConfig, tiny_model
-from smtrnn.report import duration, table
+from smtrnn.report import table, wall_time
 from smtrnn.run import depths, load_run, phase_crop
 from smtrnn.sampling import decode_text, image_grid, sample_images, sample_sequences, text_tokens
 from smtrnn.sweep import DIVERGED_FILE, outcome, sweep
@@ -539,14 +539,7 @@ def markdown(chosen: Preset, result: dict, command: str, machine: str, figure_li
         f"Command: `{command}`  ",
         f"Machine: {machine}; {result['jobs']} job(s) x {chosen.threads_per_job} thread(s)  ",
         f"Date: {datetime.date.today().isoformat()}  ",
-        f"Wall time: {duration(result['wall_seconds'])} for this invocation ({result['trained']} runs trained, "
-        f"{result['reused']} reused"
-        + (
-            f"; {len(rows)} of the experiment's {result['planned']} runs finished, the others are missing"
-            if result.get("planned", len(rows)) > len(rows)
-            else ""
-        )
-        + f"); training time of all runs summed: {duration(sum(e['seconds'] or 0 for e in rows))}",
+        wall_time(result, rows),
         "",
         f"Setup: memory {model.memory_size}, teacher width {model.teacher_width} x {model.teacher_layers} "
         f"layers, Tf {model.future}, batch {chosen.batch_size}; smt+dmt trains {chosen.smt_steps} SMT + "

@@ -63,6 +63,17 @@ def write_page(path: str | Path, render: Callable[[str | None], str], figures: s
         raise UserError(f"cannot write {path}: {error.strerror}") from None
 
 
+def wall_time(result: dict, rows: list[dict]) -> str:
+    """The page's wall-time line: this invocation, runs trained and reused, runs missing, training summed."""
+    missing = result.get("planned", len(rows)) - len(rows)
+    return (
+        f"Wall time: {duration(result['wall_seconds'])} for this invocation ({result['trained']} runs trained, "
+        f"{result['reused']} reused from earlier invocations"
+        + (f"; {len(rows)} of {result['planned']} runs finished, the others are missing below" if missing else "")
+        + f"); training time of all runs summed: {duration(sum(row['seconds'] or 0.0 for row in rows))}"
+    )
+
+
 def groups(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
     """Rows grouped by the values of ``keys``, groups in order of first appearance."""
     groups: dict[tuple, list[dict]] = {}
@@ -283,21 +294,13 @@ def markdown(result: dict, command: str, machine: str | None = None, figures_lin
     ``figures_link``: the folder of ``figures()``'s PNGs as seen from the page (None: no images)."""
     rows = result["rows"]
     seeds = sorted({row["seed"] for row in rows})
-    trained_seconds = sum(row["seconds"] or 0.0 for row in rows)
     lines = [
         "# SMT->DMT against BPTT: synthetic tasks across lengths",
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine or 'not recorded'}; {result['jobs']} job(s) x {result['threads_per_job']} thread(s)  ",
         f"Date: {datetime.date.today().isoformat()}  ",
-        f"Wall time: {duration(result['wall_seconds'])} for this invocation ({result['trained']} runs trained, "
-        f"{result['reused']} reused from earlier invocations"
-        + (
-            f"; {len(rows)} of the grid's {result['planned']} points finished, the others are missing below"
-            if result.get("planned", len(rows)) > len(rows)
-            else ""
-        )
-        + f"); training time of all runs summed: {duration(trained_seconds)}",
+        wall_time(result, rows),
         "",
         "Accuracy is that of the RNN alone, rolled out from its own initial memory over held-out sequences "
         f"(no teacher), mean ± std over seeds {', '.join(map(str, seeds))}. Within a task every method runs the "
