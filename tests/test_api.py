@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 
 import smtrnn
 
-# run_dir: a finished run of a byte-text task, e.g. "runs/brown"
+# run_dir: a finished run of a byte-text task, e.g. "runs/notes"
 rnn = smtrnn.load(run_dir)                          # the trained RNN alone: eval mode, on the CPU
 tokens = rnn.encode("the cat sat").unsqueeze(0)     # byte tokens [1, T]
 logits, memory = rnn(tokens)                        # logits [1, T, 256] and the last memory
@@ -339,3 +339,8 @@ def test_readme_snippet(runs, tmp_path, monkeypatch, capsys):
     exec(README_SNIPPET, {"run_dir": str(runs["text"])})
     assert (tmp_path / "exported" / "model.safetensors").is_file()
     assert capsys.readouterr().out.count("\n") >= 2
+
+
+def test_the_readme_shows_this_very_snippet():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert README_SNIPPET in readme
