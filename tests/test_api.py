@@ -23,7 +23,7 @@ from smtrnn import api
 from smtrnn.cli import main
 from smtrnn.errors import UserError
 from smtrnn.methods import SMTConfig
-from smtrnn.models import ModelConfig
+from smtrnn.models import tiny_model
 from smtrnn.rnn import RNN
 from smtrnn.run import RunConfig, load_run, run
 from smtrnn.train import TrainConfig
@@ -77,19 +77,6 @@ class FakeText:
         return {"x": crops[:, :-1].clone(), "y": crops[:, 1:].clone()}
 
 
-def tiny_model(cell: str) -> ModelConfig:
-    return ModelConfig(
-        cell=cell,
-        memory_size=8,
-        embed_dim=4,
-        readout_hidden=8,
-        teacher_width=8,
-        teacher_layers=1,
-        teacher_heads=2,
-        future=2,
-    )
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("api-runs")
@@ -99,7 +86,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         method="smt+dmt",
         task_options={"values": 4},
         eval_batches=1,
-        model=tiny_model("tanh"),
+        model=tiny_model(cell="tanh"),
         train=TrainConfig(steps=3, batch_size=4, warmup=1, log_every=1),
         dmt_train=TrainConfig(steps=2, batch_size=4, warmup=1, log_every=1),
         smt=SMTConfig(dyn_warmup=1, horizon=2, horizon_grow=1),
@@ -109,7 +96,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         length=8,
         method="smt",
         eval_batches=1,
-        model=tiny_model("lstm"),
+        model=tiny_model(cell="lstm"),
         train=TrainConfig(steps=2, batch_size=4, warmup=1, log_every=1),
         smt=SMTConfig(dyn_warmup=1, horizon=2, horizon_grow=1),
     )
@@ -304,7 +291,7 @@ def test_a_bptt_run_has_no_trained_teacher_to_load(tmp_path):
         length=8,
         method="bptt",
         eval_batches=1,
-        model=tiny_model("tanh"),
+        model=tiny_model(cell="tanh"),
         train=TrainConfig(steps=1, batch_size=2, warmup=1, log_every=1),
     )
     run(config, tmp_path / "bptt", progress=False)

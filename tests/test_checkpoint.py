@@ -16,24 +16,14 @@ from safetensors.torch import load_file
 from smtrnn import checkpoint
 from smtrnn import run as run_module
 from smtrnn.errors import UserError
-from smtrnn.models import ModelConfig, Models
+from smtrnn.models import ModelConfig, Models, tiny_model
 from smtrnn.run import RunConfig, run
 from smtrnn.train import TrainConfig
 
 
 def tiny_models(memory_size=8, seed=0, cell="lstm") -> Models:
     torch.manual_seed(seed)
-    config = ModelConfig(
-        cell=cell,
-        memory_size=memory_size,
-        embed_dim=4,
-        readout_hidden=8,
-        teacher_width=8,
-        teacher_layers=1,
-        teacher_heads=2,
-        future=2,
-    )
-    return Models(config, 5, 4)
+    return Models(tiny_model(cell=cell, memory_size=memory_size), 5, 4)
 
 
 def trained(models, steps=3, seed=1):
