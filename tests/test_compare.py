@@ -25,7 +25,7 @@ from smtrnn.evaluate import (
     memory_diagnostics,
 )
 from smtrnn.models import ModelConfig, Models
-from smtrnn.report import figures, markdown
+from smtrnn.report import breaks_at, figures, markdown
 from smtrnn.tasks.synthetic import Parity
 
 REQUIRED = {
@@ -39,6 +39,8 @@ REQUIRED = {
     "steps",
     "chance",
     "teacher_accuracy",
+    "readout_accuracy",
+    "one_step_accuracy",
     "loss",
     "sequential_depth",
     "rnn_effective_rank",
@@ -80,13 +82,32 @@ def test_smoke_grid_rows_report_and_figures(smoke, tmp_path):
         assert (out / row["task"] / "tanh" / row["method"] / "T16" / "seed0" / "result.json").exists()
         trains_teacher = row["method"] == "smt+dmt"
         assert (row["teacher_accuracy"] is not None) == trains_teacher == (row["drift"] is not None)
+        assert (row["one_step_accuracy"] is not None) == trains_teacher == (row["readout_accuracy"] is not None)
         assert row["sequential_depth"] == (4 if trains_teacher else 16)  # SMT's horizon K = 4; BPTT: T
     page = markdown(result, "smtrnn compare --preset smoke", "a test machine", "figures")
     assert page.count("| cell | method | T=16 |") == 2 and "## retrieval (values=4)" in page and "## parity" in page
+    assert "| task | cell | T | teacher | readout on m*_t | one step | RNN alone | breaks at |" in page
     assert "Length generalisation" in page and "eff. rank RNN" in page and "(figures/parity.png)" in page
     paths = figures(rows, tmp_path / "figures")
     assert sorted(p.name for p in paths) == ["parity.png", "retrieval.png"]
     assert all(p.read_bytes().startswith(PNG) for p in paths)
+
+
+@pytest.mark.parametrize(
+    "teacher, readout, one_step, alone, expected",
+    [
+        (1.0, 1.0, 1.0, 0.95, "solved"),  # 0.94 of the way from chance 0.2 to 1
+        (0.5, 0.5, 0.5, 0.45, "the teacher"),
+        (1.0, 0.4, 0.4, 0.4, "the readout"),
+        (0.8, 0.8, 0.2, 0.2, "one step"),  # modular at T=64: teacher 0.77, one step at chance
+        (1.0, 1.0, 1.0, 0.2, "the rollout"),  # retrieval at T=256: every rung but the RNN's own rollout
+        (1.0, 1.0, None, 0.2, "–"),  # BPTT rows have no rungs
+    ],
+)
+def test_breaks_at_names_the_rung_that_loses_most(teacher, readout, one_step, alone, expected):
+    row = {"chance": 0.2, "teacher_accuracy": teacher, "readout_accuracy": readout, "one_step_accuracy": one_step}
+    rows = [dict(row, accuracy=alone - 0.01), dict(row, accuracy=alone + 0.01)]  # the mean over seeds is used
+    assert breaks_at(rows) == expected
 
 
 def test_rerun_trains_nothing(smoke, monkeypatch):

@@ -250,6 +250,20 @@ def test_smt_readout_is_trained_on_detached_memories(cell):
     torch.testing.assert_close(loss.detach(), metrics["readout"], **TIGHT)
 
 
+@pytest.mark.parametrize("step, reaches_teacher", [(0, False), (20, True)])
+def test_smt_readout_grad_trains_the_cell_through_one_step_only(step, reaches_teacher):
+    """readout_grad: the one-step readout term also trains the cell (one application), and reaches the
+    teacher only once the dynamics may move it; the loss value is unchanged."""
+    models = make_models("tanh")
+    batch = make_batch()
+    config = only(c_readout=1.0, readout_grad=True, teacher_delay=10)
+    loss, _ = smt_loss(models, batch, config, step=step)
+    torch.testing.assert_close(loss, smt_loss(models, batch, only(c_readout=1.0), step=step)[0], **TIGHT)
+    got = backward(models, loss)
+    assert not all_zero({n: g for n, g in got.items() if n.startswith("rnn.cell.")})
+    assert all_zero({n: g for n, g in got.items() if n.startswith("teacher.")}) != reaches_teacher
+
+
 def test_smt_readout_loss_value():
     """readout = mean of CE on teacher memories m*_t and on one step f(m*_{t-1}, x_t)."""
     models = make_models("lstm")

@@ -33,7 +33,17 @@ from smtrnn.train import TrainConfig
 # SMT step with the horizon costs ~10 BPTT steps there): the equal-wall-time baseline
 LONG_BPTT = {"bptt-10x": 10}
 METHODS = (*(method for method in RUN_METHODS if method != "dmt"), *LONG_BPTT)  # dmt alone needs --init
-RESULT_KEYS = ("accuracy", "seconds", "steps", "chance", "teacher_accuracy", "loss", "sequential_depth")
+RESULT_KEYS = (
+    "accuracy",
+    "seconds",
+    "steps",
+    "chance",
+    "teacher_accuracy",
+    "readout_accuracy",  # the RNN's readout on the teacher's memories m*_t (SMT rows)
+    "one_step_accuracy",  # the readout on one cell step from them, f(m*_{t-1}, x_t) (SMT rows)
+    "loss",
+    "sequential_depth",
+)
 DIAGNOSTICS = (
     "rnn_effective_rank",
     "teacher_effective_rank",

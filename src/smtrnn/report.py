@@ -91,6 +91,10 @@ def number(value: float | None) -> str:
     return "–" if value is None else f"{value:.3g}"
 
 
+def _accuracy(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def spread(values: list[float | None]) -> str:
     """'mean ± std' over seeds (std only with two or more), noting runs that diverged (None)."""
     present = [value for value in values if value is not None]
@@ -267,6 +271,54 @@ def wall_time_table(rows: list[dict]) -> list[str]:
     ]
 
 
+RUNGS = (  # docs/method.md section 8: where the accuracy is lost on the way from the task to the RNN alone
+    ("teacher_accuracy", "teacher", "the teacher"),
+    ("readout_accuracy", "readout on m*_t", "the readout"),
+    ("one_step_accuracy", "one step", "one step"),
+    ("accuracy", "RNN alone", "the rollout"),
+)
+
+
+def breaks_at(rows: list[dict]) -> str:
+    """The rung that loses most of the way from chance to 1 (means over ``rows``): the teacher (it did
+    not learn the task), the readout (it cannot read the teacher's memories), one step (the cell cannot
+    compute the next memory from the teacher's), or the rollout (errors compound on the RNN's own
+    memories); "solved" when the RNN alone reaches THRESHOLD."""
+    chance = mean(row["chance"] for row in rows)
+    progress = [_progress(mean(row.get(key) for row in rows), chance) for key, *_ in RUNGS]
+    if any(value is None for value in progress):
+        return "–"
+    if progress[-1] >= THRESHOLD:
+        return "solved"
+    losses = [1 - progress[0], *(before - after for before, after in zip(progress, progress[1:]))]
+    return RUNGS[max(range(len(losses)), key=losses.__getitem__)][2]
+
+
+def ladder_table(rows: list[dict]) -> list[str]:
+    """Per task, cell and length, SMT->DMT's accuracy rung by rung (means over seeds) and where it breaks."""
+    smt = [row for row in rows if row["method"] == "smt+dmt" and row["accuracy"] is not None]
+    lines = [
+        [
+            task,
+            cell,
+            str(length),
+            *(_accuracy(mean(row.get(key) for row in group)) for key, *_ in RUNGS),
+            breaks_at(group),
+        ]
+        for (task, cell, length), group in sorted(groups(smt, "task", "cell", "length").items())
+    ]
+    if not lines:
+        return []
+    return [
+        "Where SMT->DMT loses accuracy, rung by rung (docs/method.md section 8; held-out sequences, means over "
+        "seeds): the teacher's first prediction from m*_t; the RNN's readout on the teacher's memories m*_t; "
+        "the readout on one cell step from them, f(m*_{t-1}, x_t); the RNN alone. *Breaks at* names the rung "
+        f"that loses the most of the way from chance to 1 (solved: the RNN alone reaches {THRESHOLD:.0%} of it).",
+        "",
+        *table(["task", "cell", "T", *(title for _, title, _ in RUNGS), "breaks at"], lines),
+    ]
+
+
 def summary(rows: list[dict]) -> list[str]:
     """The page's opening: the central table and the equal-time comparison."""
     excluded = [row for row in rows if teacher_at_chance(row)]
@@ -280,6 +332,7 @@ def summary(rows: list[dict]) -> list[str]:
         "",
         *threshold_table(rows),
         *wall_time_table(rows),
+        *ladder_table(rows),
         "What a larger budget would add: the cpu preset runs the tanh cell on every family at T=16 and 64 "
         "but only retrieval and parity at T=256, GRU and MLP only at T=16 (docs/horizon.md has them on "
         "retrieval up to T=256), and T=256 with 1,250 steps instead of the recipe's 2,300. "

@@ -46,6 +46,9 @@ class SMTConfig:
     horizon_detach: bool = True  # labels m*_{s+k} detached: the horizon trains the cell only
     horizon_burnin: int = 0  # free-running cell steps (no gradient, no loss) before the K supervised ones
     horizon_noise: float = 0.0  # Gaussian noise on the start memories, in units of the memories' spread
+    # the readout's one-step term f(m*_t, x_{t+1}) -> y_{t+1} also trains the cell (one application: the
+    # gradient path stays O(1)): the labels, not only the memory's squared error, shape the dynamics
+    readout_grad: bool = False
 
 
 def future_windows(x: torch.Tensor, y: torch.Tensor, future: int):
@@ -192,8 +195,9 @@ def smt_loss(models, batch, config: SMTConfig, step: int = 0):
 
     unif = uniformity(memories[:, 1:], rnn.cell.memory_tokens, config.uniformity_samples)
     flat = lambda memory: memory.detach().reshape(-1, memory.shape[-1])
+    step_rows = predicted.reshape(-1, predicted.shape[-1]) if config.readout_grad else flat(predicted)
     teacher_memories, step_memories, labels = labelled_rows(
-        (y != IGNORE).reshape(-1), flat(memories[:, 1:]), flat(predicted), y.reshape(-1)
+        (y != IGNORE).reshape(-1), flat(memories[:, 1:]), step_rows, y.reshape(-1)
     )
     read_teacher, readout_accuracy = masked_cross_entropy(rnn.logits(teacher_memories), labels)
     read_step, one_step_accuracy = masked_cross_entropy(rnn.logits(step_memories), labels)
