@@ -334,10 +334,11 @@ def summary(rows: list[dict]) -> list[str]:
         *wall_time_table(rows),
         *ladder_table(rows),
         "What a larger budget would add: the cpu preset runs the tanh cell on every family at T=16 and 64 "
-        "but only retrieval and parity at T=256, GRU and MLP only at T=16 (docs/horizon.md has them on "
+        "but only retrieval and parity at T=256, the GRU, MLP and Transformer cells only at T=16 (docs/horizon.md has them on "
         "retrieval up to T=256), and T=256 with 1,250 steps instead of the recipe's 2,300. "
-        "`smtrnn compare --preset full` runs the whole product at the recipe's budget (about 12 hours on "
-        "two cores).",
+        "`smtrnn compare --preset full` runs the whole product at the recipe's budget (more than 12 hours on "
+        "two cores, estimated). `make results-budget` (docs/results-budget.md) gives copy, stack and parity at T=16 four "
+        "times the steps, to see whether the teacher, and the RNN after it, close the gap to BPTT.",
         "",
     ]
 
