@@ -47,7 +47,7 @@ bench: $(STAMP)
 horizon: $(STAMP)
 	$(BIN)/smtrnn horizon --preset cpu --jobs 2 --out runs/horizon --json docs/horizon.json --markdown docs/horizon.md --figures docs/figures
 
-# the synthetic grid against BPTT (docs/results.md): about 2.5 h on 2 cores (4 h 49 min of single-thread training), resumable in runs/compare
+# the synthetic grid against BPTT (docs/results.md): about 3.3 h on 2 cores (6 h 32 min of single-thread training), resumable in runs/compare
 # (--preset full: every point at the recipe's budget, more than 12 h, estimated, not run)
 results: $(STAMP)
 	$(BIN)/smtrnn compare --preset cpu --jobs 2 --out runs/compare --json docs/results.json --markdown docs/results.md --figures docs/figures

@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid = commands.add_parser("compare", help="a grid of runs: tasks x cells x methods x lengths x seeds (resumable)")
     _add_preset(
         grid,
-        "cpu (the committed grid, about 2.5 h on 2 cores), full (every point, more than 12 h, estimated) or smoke (seconds)",
+        "cpu (the committed grid, about 3.3 h on 2 cores), full (every point, more than 12 h, estimated) or smoke (seconds)",
     )
     for option, example in (
         ("tasks", "retrieval,copy"),

@@ -63,7 +63,8 @@ class Budget:
 # The CPU grid's step budget by sequence length: the one place to tune it. A length between two
 # entries takes the next longer entry's budget; a longer one takes the last entry's. T=64 is the
 # default recipe's budget (1,200 SMT + 300 DMT steps, the demo's); T=16 is easy enough for a third of it;
-# T=256 gets less than the recipe's 2,300 steps to keep the grid to about 2.5 hours on two cores (4 h 49 min of single-thread training, measured).
+# T=256 gets less than the recipe's 2,300 steps to keep the grid to about 3.3 hours on two cores
+# (6 h 32 min of single-thread training summed over its 201 runs, as docs/results.md records it).
 # Measured on one core, an SMT step with the horizon (K=16, S=8) takes ~0.1 s at T <= 64 and ~0.4 s
 # at T=256, a BPTT step ~0.01 s and ~0.04 s.
 CPU_BUDGETS = {
@@ -188,7 +189,7 @@ class Grid:
 
 
 def _cpu_points(task: str, cell: str, method: str, length: int) -> bool:
-    """The CPU grid's points (about 2.5 hours on two cores; the whole product would take more than 12 hours):
+    """The CPU grid's points (about 3.3 hours on two cores; the whole product would take more than 12 hours):
     the tanh cell on every family at T=16 and 64, and on retrieval and parity at T=256; GRU, MLP and the
     Transformer cell on every family at T=16 (docs/horizon.md runs them on retrieval up to T=256); BPTT
     at ten times the steps (equal wall time) with the tanh cell at T=64 on retrieval, stack and parity."""
