@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from smtrnn.horizon_study import recipe
-from smtrnn.report import machine
+from smtrnn.report import machine, wall_time
 from smtrnn.sweep import sweep
 
 TASK, LENGTH, CELL, SEEDS = "retrieval", 64, "tanh", (0, 1, 2)
@@ -75,6 +75,8 @@ def demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress: bool 
         "chance": 1 / 8,
         "rows": rows,
         "wall_seconds": done["wall_seconds"],
+        "trained": done["trained"],
+        "reused": done["reused"],
         "jobs": jobs,
     }
 
@@ -90,7 +92,7 @@ def format_report(result: dict, command: str) -> str:
             f"Command: `{command}`  ",
             f"Machine: {machine()}  ",
             f"Date: {datetime.date.today().isoformat()}  ",
-            f"Wall time: {result['wall_seconds']:.0f} s for the six runs, {result['jobs']} at a time",
+            wall_time(result, result["rows"]) + f", {result['jobs']} run(s) at a time",
             "",
             format_table(result),
             "",
