@@ -27,8 +27,36 @@ def rms_normalize(memory: torch.Tensor, tokens: int, eps: float = 1e-6) -> torch
     return chunks.reshape(shape)
 
 
-def project_memory(raw: torch.Tensor, space: str, tokens: int = 1) -> torch.Tensor:
-    """Map unconstrained reals onto a memory space: what a cell of that space can output."""
+def round_to_grid(values: torch.Tensor, levels: int) -> torch.Tensor:
+    """Round every element of ``values`` (in [-1, 1]) to the nearest of ``levels`` evenly spaced values
+    from -1 to 1 (finite scalar quantisation), with a straight-through gradient: the value is rounded,
+    the gradient is that of the identity."""
+    half = (levels - 1) / 2
+    rounded = torch.round((values.clamp(-1, 1) + 1) * half) / half - 1
+    return values + (rounded - values).detach()
+
+
+def on_grid(memory: torch.Tensor, space: str, levels: int, tokens: int = 1) -> torch.Tensor:
+    """A memory of ``space`` moved onto its grid of ``levels`` values per unit: tanh memories are rounded
+    as they are; rms memories are bounded by tanh, rounded, then normalised again (the grid lies
+    before the normalisation)."""
+    if space == "tanh":
+        return round_to_grid(memory, levels)
+    if space == "rms":
+        return rms_normalize(round_to_grid(torch.tanh(memory), levels), tokens)
+    raise UserError(f"a memory on a grid needs a bounded memory space (tanh or rms), not {space!r}")
+
+
+def project_memory(raw: torch.Tensor, space: str, tokens: int = 1, levels: int = 0) -> torch.Tensor:
+    """Map unconstrained reals onto a memory space: what a cell of that space can output; with
+    ``levels``, onto that space's grid (see ``on_grid``)."""
+    if levels:
+        bounded = torch.tanh(raw)
+        if space == "tanh":
+            return round_to_grid(bounded, levels)
+        if space == "rms":
+            return rms_normalize(round_to_grid(bounded, levels), tokens)
+        return on_grid(raw, space, levels, tokens)  # refuses the unbounded spaces
     if space == "tanh":
         return torch.tanh(raw)
     if space == "rms":
@@ -40,10 +68,14 @@ def project_memory(raw: torch.Tensor, space: str, tokens: int = 1) -> torch.Tens
 
 
 class Cell(nn.Module):
-    """Base class: subclasses implement ``step`` and ``project``; ``forward`` loops over time."""
+    """Base class: subclasses implement ``update`` (the map (memory, token) -> next memory) and set
+    ``memory_space``; ``step`` is ``update`` followed, for a memory on a grid, by the rounding;
+    ``forward`` loops over time."""
 
     memory_space = "real"
     memory_tokens = 1  # how many tokens the memory splits into (for the uniformity loss)
+    levels = 0  # a memory on a grid of this many values per unit (0: continuous); see ``rounds``
+    round_at_run_time = False  # round in eval mode too (otherwise only while training)
 
     def __init__(self, vocab_size: int, memory_size: int, embed_dim: int):
         super().__init__()
@@ -66,8 +98,18 @@ class Cell(nn.Module):
         shape = (batch,) if isinstance(batch, int) else tuple(batch)
         return self.initial.expand(*shape, self.memory_size)
 
-    def step(self, memory: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    def update(self, memory: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def rounds(self) -> bool:
+        """Whether ``step`` rounds its output onto the grid now: always while training (every memory the
+        cell writes in SMT and DMT), at run time only when asked."""
+        return bool(self.levels) and (self.training or self.round_at_run_time)
+
+    def step(self, memory: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """The next memory: ``update``, rounded onto the grid when ``rounds()``."""
+        memory = self.update(memory, token)
+        return on_grid(memory, self.memory_space, self.levels, self.memory_tokens) if self.rounds() else memory
 
     @property
     def output_size(self) -> int:
@@ -107,6 +149,8 @@ class _FusedCell(Cell):
     rnn: nn.RNNBase
 
     def forward(self, tokens, memory=None):
+        if self.rounds():  # the kernel cannot round between steps
+            return super().forward(tokens, memory)
         memory = self.initial_memory(tokens.shape[0]) if memory is None else memory
         memories, last = self.rnn(self.embed(tokens), memory.unsqueeze(0).contiguous())
         return memories, last[0]
@@ -122,7 +166,7 @@ class TanhCell(_FusedCell):
         self.rnn = nn.RNN(embed_dim, memory_size, nonlinearity="tanh", batch_first=True)
         self.reset_initial()
 
-    def step(self, memory, token):
+    def update(self, memory, token):
         memory, embedded, lead = _flat(memory, self.embed(token))
         r = self.rnn
         out = torch.tanh(
@@ -141,7 +185,7 @@ class GRUCell(_FusedCell):
         self.rnn = nn.GRU(embed_dim, memory_size, batch_first=True)
         self.reset_initial()
 
-    def step(self, memory, token):
+    def update(self, memory, token):
         memory, embedded, lead = _flat(memory, self.embed(token))
         r = self.rnn
         gi = F.linear(embedded, r.weight_ih_l0, r.bias_ih_l0).chunk(3, -1)
@@ -166,7 +210,7 @@ class LSTMCell(Cell):
         self.rnn = nn.LSTM(embed_dim, self.hidden, batch_first=True)
         self.reset_initial()
 
-    def step(self, memory, token):
+    def update(self, memory, token):
         memory, embedded, lead = _flat(memory, self.embed(token))
         h, c = memory.split(self.hidden, -1)
         r = self.rnn
@@ -197,7 +241,7 @@ class MLPCell(Cell):
         self.mlp = nn.Sequential(nn.Linear(memory_size + embed_dim, hidden), nn.GELU(), nn.Linear(hidden, memory_size))
         self.reset_initial()
 
-    def step(self, memory, token):
+    def update(self, memory, token):
         embedded = self.embed(token)
         lead = torch.broadcast_shapes(memory.shape[:-1], embedded.shape[:-1])
         memory = memory.expand(*lead, self.memory_size)
@@ -224,7 +268,7 @@ class TransformerCell(Cell):
         self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.reset_initial()
 
-    def step(self, memory, token):
+    def update(self, memory, token):
         memory, embedded, lead = _flat(memory, self.embed(token))
         sequence = torch.cat([memory.reshape(-1, self.memory_tokens, self.width), embedded.unsqueeze(1)], 1)
         out = self.layers(sequence + self.slots)[:, : self.memory_tokens].reshape(-1, self.memory_size)

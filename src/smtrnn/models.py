@@ -29,6 +29,10 @@ class ModelConfig:
     # none: the encoder knows order only from its causal mask, so its memories depend on the prefix, not on
     # the absolute time; an RNN (time-invariant) follows them far more easily (docs/horizon.md)
     teacher_positions: str = "none"  # none | sinusoid
+    # a memory on a grid: every memory the teacher writes, and every memory the cell writes while
+    # training, is rounded to this many values per unit (straight-through); 0 = continuous
+    memory_levels: int = 0
+    round_at_run_time: bool = False  # the trained cell also rounds when it runs on its own
 
     def validate(self):
         for name in ("memory_size", "embed_dim", "readout_hidden", "teacher_width", "teacher_layers", "future"):
@@ -36,6 +40,12 @@ class ModelConfig:
                 raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.teacher_positions not in ("sinusoid", "none"):
             raise UserError(f"teacher positions must be sinusoid or none, got {self.teacher_positions!r}")
+        if self.memory_levels == 1 or self.memory_levels < 0:
+            raise UserError(f"memory levels must be 0 (continuous) or at least 2, got {self.memory_levels}")
+        if self.memory_levels and self.cell == "lstm":
+            raise UserError("memory levels need a bounded memory; the lstm cell's c is not: use 0 with --cell lstm")
+        if self.round_at_run_time and not self.memory_levels:
+            raise UserError("round at run time needs a memory on a grid: give memory levels as well")
         if self.teacher_width % self.teacher_heads:
             raise UserError(
                 f"teacher width {self.teacher_width} is not divisible by teacher heads {self.teacher_heads}"
@@ -71,6 +81,7 @@ class Models(nn.Module):
             heads=config.cell_heads,
         )
         cell = self.rnn.cell
+        cell.levels, cell.round_at_run_time = config.memory_levels, config.round_at_run_time
         teacher_config = TeacherConfig(
             config.teacher_width,
             config.teacher_layers,
@@ -82,6 +93,7 @@ class Models(nn.Module):
         self.teacher = Teacher(
             vocab_size, num_classes, config.memory_size, cell.memory_space, cell.memory_tokens, teacher_config
         )
+        self.teacher.levels = config.memory_levels
 
     @torch.no_grad()
     def hand_off_initial_memory(self) -> None:

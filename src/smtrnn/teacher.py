@@ -116,6 +116,7 @@ class Teacher(nn.Module):
         config = config or TeacherConfig()
         self.config, self.memory_size = config, memory_size
         self.memory_space, self.memory_tokens = memory_space, memory_tokens
+        self.levels = 0  # memories on a grid of this many values per unit (0: continuous)
         width = config.width
         self.start = vocab_size  # id of the start token whose encoding is m*_0
         self.embed = nn.Embedding(vocab_size + 1, width)
@@ -142,7 +143,8 @@ class Teacher(nn.Module):
             hidden = hidden + sinusoid(tokens.shape[1], self.config.width, x.device)
         with _without_fused_inference_path():
             hidden = self.encoder(hidden, mask=_causal(tokens.shape[1], x.device), is_causal=True)
-        return project_memory(self.memory_head(self.encoder_norm(hidden)), self.memory_space, self.memory_tokens)
+        raw = self.memory_head(self.encoder_norm(hidden))
+        return project_memory(raw, self.memory_space, self.memory_tokens, self.levels)
 
     def encode_step(
         self, token: torch.Tensor | None, cache: EncoderCache | None = None, batch: int = 1, capacity: int = 256
@@ -168,7 +170,7 @@ class Teacher(nn.Module):
             hidden = _layer_step(layer, hidden, cache, index)
         cache.previous, cache.length = token, cache.length + 1
         raw = self.memory_head(self.encoder_norm(hidden[:, 0]))
-        return project_memory(raw, self.memory_space, self.memory_tokens), cache
+        return project_memory(raw, self.memory_space, self.memory_tokens, self.levels), cache
 
     def decode(self, memory: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
         """Logits [N, F+1, C] for y_t..y_{t+F} from memory[N, M] and inputs future[N, F]."""
