@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # data/node_modules comes back on the next make
 DATA := data/node_modules/.package-lock.json
 
-.PHONY: demo demo-page test lint bench horizon results results-budget realdata clean
+.PHONY: demo demo-page test lint bench horizon results results-budget realdata decoder-positions clean
 
 $(STAMP): pyproject.toml $(DATA)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,47 +21,48 @@ $(DATA): data/package-lock.json
 
 # the main job: its table is printed, its page written under runs/demo (the checkout stays clean)
 demo: $(STAMP)
-	$(BIN)/smtrnn demo --out runs/demo --json runs/demo/demo.json --markdown runs/demo/demo.md
+	$(BIN)/smtrnn experiment demo --jobs 2 --out runs/demo --json runs/demo/demo.json --markdown runs/demo/demo.md
 
 # the committed page of the demo (docs/demo.md): the same runs, reused when runs/demo holds them
 demo-page: $(STAMP)
-	$(BIN)/smtrnn demo --out runs/demo --json docs/demo.json --markdown docs/demo.md
+	$(BIN)/smtrnn experiment demo --jobs 2 --out runs/demo --json docs/demo.json --markdown docs/demo.md
 
-# ruff (lint and format) over everything, mypy over the core modules
-CORE := src/smtrnn/cells.py src/smtrnn/teacher.py src/smtrnn/rnn.py src/smtrnn/models.py src/smtrnn/methods \
-	src/smtrnn/train.py src/smtrnn/checkpoint.py src/smtrnn/metrics.py src/smtrnn/config.py src/smtrnn/run.py src/smtrnn/evaluate.py \
-	src/smtrnn/sweep.py src/smtrnn/tasks src/smtrnn/api.py
+# ruff (lint and format) over everything committed, mypy over the whole package
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
-	$(BIN)/mypy $(CORE)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy src
 
 test: lint
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/smtrnn bench --quick --threads 1 --json docs/benchmarks.json --out-md docs/benchmarks.md
+	$(BIN)/smtrnn bench --quick --threads 1 --json docs/benchmarks.json --markdown docs/benchmarks.md
 
-# what makes the RNN alone keep what its teacher stores (docs/horizon.md): about 2 h on 2 cores, resumable in runs/horizon
-# (--preset full: every variant, about 6 h)
+# every study: `smtrnn experiment NAME`, resumable in runs/NAME, its page and figures in docs/
+STUDY = $(BIN)/smtrnn experiment $(1) --preset cpu --jobs 2 --out runs/$(1) --json docs/$(2).json --markdown docs/$(2).md --figures docs/figures
+
+# what makes the RNN alone keep what its teacher stores (docs/horizon.md): about 2 h on 2 cores
 horizon: $(STAMP)
-	$(BIN)/smtrnn horizon --preset cpu --jobs 2 --out runs/horizon --json docs/horizon.json --markdown docs/horizon.md --figures docs/figures
+	$(call STUDY,horizon,horizon)
 
-# the synthetic grid against BPTT (docs/results.md): about 3.3 h on 2 cores (6 h 32 min of single-thread training), resumable in runs/compare
-# (--preset full: every point at the recipe's budget, more than 12 h, estimated, not run)
+# the synthetic grid against BPTT (docs/results.md): about 3.3 h on 2 cores (6 h 32 min of single-thread training)
 results: $(STAMP)
-	$(BIN)/smtrnn compare --preset cpu --jobs 2 --out runs/compare --json docs/results.json --markdown docs/results.md --figures docs/figures
+	$(call STUDY,compare,results)
 
-# what four times the budget adds where the teacher limits SMT->DMT at T=16 (docs/results-budget.md):
-# copy, stack and parity, 2,000 steps instead of 500; about 15 min on 2 cores, resumable in runs/compare-4x
+# copy, stack and parity at T=16 with four times the steps (docs/results-budget.md): about 15 min on 2 cores
 results-budget: $(STAMP)
-	$(BIN)/smtrnn compare --preset cpu --tasks copy,stack,parity --cells tanh --methods bptt,smt+dmt --lengths 16 \
-		--steps 2000 --dmt-steps 400 --jobs 2 --out runs/compare-4x --json docs/results-budget.json \
+	$(BIN)/smtrnn experiment compare --preset cpu --tasks copy,stack,parity --cells tanh --variants bptt,smt+dmt \
+		--lengths 16 --steps 2000 --dmt-steps 400 --jobs 2 --out runs/compare-4x --json docs/results-budget.json \
 		--markdown docs/results-budget.md --figures docs/figures/budget
 
-# BPTT against SMT->DMT on MNIST, Quick, Draw! and Brown: about 25 min on 2 cores, resumable in runs/realdata
+# BPTT against SMT->DMT on MNIST, Quick, Draw! and Brown: about 25 min on 2 cores
 realdata: $(STAMP)
-	$(BIN)/smtrnn realdata --preset cpu --jobs 2 --out runs/realdata --json docs/realdata.json --markdown docs/realdata.md --figures docs/figures
+	$(call STUDY,realdata,realdata)
+
+# sampled decoder windows against every window (docs/decoder_positions.md): about 10 min on 2 cores
+decoder-positions: $(STAMP)
+	$(call STUDY,decoder-positions,decoder_positions)
 
 clean:
 	rm -rf $(VENV) runs

@@ -12,7 +12,7 @@ Models and batches for the method tests (float64, checked against slow reference
     StepSpy                         wraps ``cell.step``: counts calls and records inputs and outputs
 
 The one-line error contract of the CLI:
-    TINY                            command-line options for a run that trains in well under a second
+    TINY, tiny_args(method)         command-line options for a run that trains in well under a second
     assert_user_error               exit code 2, one ``smtrnn: error:`` line on stderr, no traceback
 """
 
@@ -21,9 +21,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from smtrnn.config import RunConfig, reset_unused
 from smtrnn.methods import SMTConfig
 from smtrnn.models import ModelConfig, Models
-from smtrnn.run import RunConfig
 from smtrnn.tasks.base import IGNORE
 from smtrnn.train import TrainConfig
 
@@ -51,6 +51,7 @@ def make_tiny_config(method: str = "smt+dmt", steps: int = 6, dmt_steps: int = 4
     )
     config.smt.uniformity_samples = 32
     config.smt.horizon, config.smt.horizon_grow, config.smt.dyn_warmup, config.smt.teacher_delay = 2, 1, 1, 0
+    reset_unused(config)  # a BPTT run has no teacher settings, an SMT run no DMT ones
     return config
 
 
@@ -152,35 +153,18 @@ class StepSpy:
 # ================================================================================================
 # the one-line error contract of the CLI
 
-TINY = [
-    "--length",
-    "8",
-    "--steps",
-    "3",
-    "--dmt-steps",
-    "2",
-    "--batch-size",
-    "4",
-    "--warmup",
-    "1",
-    "--memory-size",
-    "8",
-    "--embed-dim",
-    "4",
-    "--readout-hidden",
-    "8",
-    "--teacher-width",
-    "8",
-    "--teacher-layers",
-    "1",
-    "--teacher-heads",
-    "2",
-    "--future",
-    "2",
-    "--eval-batches",
-    "1",
-    "--quiet",
-]
+RNN_OPTIONS = ["--length", "8", "--steps", "3", "--batch-size", "4", "--warmup", "1", "--memory-size", "8"]
+RNN_OPTIONS += ["--readout-hidden", "8", "--eval-batches", "1", "--quiet"]
+TEACHER_OPTIONS = ["--teacher-width", "8", "--teacher-layers", "1", "--teacher-heads", "2", "--future", "2"]
+
+
+def tiny_args(method: str = "smt+dmt") -> list[str]:
+    """Command-line options of a run that trains in well under a second: only those ``method`` reads."""
+    teacher = TEACHER_OPTIONS if method in ("smt", "smt+dmt", "dmt") else []
+    return RNN_OPTIONS + teacher + (["--dmt-steps", "2"] if method == "smt+dmt" else [])
+
+
+TINY = tiny_args()  # the default method, smt+dmt
 
 
 def assert_user_error(code: int, capsys, *fragments: str) -> str:

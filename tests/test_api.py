@@ -21,11 +21,12 @@ import smtrnn
 from conftest import assert_user_error
 from smtrnn import api
 from smtrnn.cli import main
+from smtrnn.config import RunConfig
 from smtrnn.errors import UserError
 from smtrnn.methods import SMTConfig
 from smtrnn.models import tiny_model
 from smtrnn.rnn import RNN
-from smtrnn.run import RunConfig, load_run, run
+from smtrnn.run import load_run, run
 from smtrnn.train import TrainConfig
 
 HERE = Path(__file__).resolve()

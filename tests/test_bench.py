@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smtrnn import bench
-from smtrnn.bench import BenchConfig
-from smtrnn.bench_report import figures, markdown
 from smtrnn.cli import main
+from smtrnn.experiments import bench
+from smtrnn.experiments.bench import BenchConfig
+from smtrnn.experiments.bench.page import blocks, figures
+from smtrnn.experiments.pages import render
 from smtrnn.methods import SMTConfig, smt_loss
 from smtrnn.methods import smt as smt_module
 from smtrnn.models import ModelConfig, Models
@@ -41,7 +42,7 @@ def result():
 
 def _teacher(space, tokens, memory_size, layers=2, heads=2):
     torch.manual_seed(0)
-    return Teacher(7, 5, memory_size, space, tokens, TeacherConfig(16, layers, 1, heads, 3)).double()
+    return Teacher(7, 5, memory_size, space, tokens, TeacherConfig(16, layers, 1, heads, 3, "none")).double()
 
 
 @pytest.mark.parametrize("space, tokens, memory_size", [("tanh", 1, 8), ("rms", 2, 8), ("lstm", 1, 8)])
@@ -160,7 +161,7 @@ def test_training_rows_are_well_formed(result):
         assert row["seconds_per_step"] > 0 and row["gflop_per_step"] > 0
         tokens = row["context"] if row["method"] == "smt-windowed" else row["length"]
         assert math.isclose(row["tokens_per_second"], row["batch"] * tokens / row["seconds_per_step"])
-        horizon = min(SMTConfig().horizon, row["length"])  # SMT: the horizon K; BPTT: T
+        horizon = min(SMTConfig().horizon, tokens)  # SMT: the horizon K within what it encodes; BPTT: T
         assert row["sequential_depth"] == (horizon if row["method"].startswith("smt") else row["length"])
         assert row["peak_mb"] is None or row["peak_mb"] >= 0
 
@@ -189,7 +190,7 @@ def test_result_is_json_and_renders(result, tmp_path):
     }
     assert any(name.startswith("smt: decoder on") for name in names)
     assert all(isinstance(t["met"], bool) for t in result["targets"])
-    text = markdown(result, "smtrnn bench --quick")
+    text = render(blocks(result, "smtrnn bench --quick", "figures"))
     for heading in ("## Targets", "## Training step", "## Inference", "## Optimisations", "smtrnn bench --quick"):
         assert heading in text
     paths = figures(result, tmp_path)

@@ -14,10 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from smtrnn import checkpoint
-from smtrnn import run as run_module
+from smtrnn.config import RunConfig
 from smtrnn.errors import UserError
+from smtrnn.methods import phases
 from smtrnn.models import ModelConfig, Models, tiny_model
-from smtrnn.run import RunConfig, run
+from smtrnn.run import run
 from smtrnn.train import TrainConfig
 
 
@@ -255,7 +256,7 @@ def run_config(method: str, init: str | None = None) -> RunConfig:
 
 
 def phase_names(config: RunConfig) -> list[str]:
-    return [phase.name for phase in run_module.phases(config, Models(config.model, 2, 2))]
+    return [phase.name for phase in phases(config)]
 
 
 class Interrupted(Exception):

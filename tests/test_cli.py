@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, assert_user_error
+from conftest import TINY, assert_user_error, tiny_args
 from smtrnn.cli import build_parser, config_from_args, main
+from smtrnn.methods import METHODS
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 USER_TASK = '''
@@ -65,7 +66,10 @@ def user_task(tmp_path) -> Path:
     ],
 )
 def test_train_mistakes_are_one_line_errors(argv, fragment, tmp_path, capsys):
-    code = main(["train", *TINY, "--out", str(tmp_path / "run"), *argv])
+    method = argv[argv.index("--method") + 1] if "--method" in argv else "smt+dmt"
+    code = main(
+        ["train", *tiny_args(method if method in METHODS else "smt+dmt"), "--out", str(tmp_path / "run"), *argv]
+    )
     assert_user_error(code, capsys, fragment)
 
 
@@ -92,7 +96,7 @@ def test_user_task_file_that_fails_to_import(tmp_path, capsys, source, named):
 def test_unwritable_out_directory(tmp_path, capsys):
     regular = tmp_path / "a-file"
     regular.write_text("not a directory")
-    code = main(["train", *TINY, "--task", "parity", "--method", "bptt", "--out", str(regular / "run")])
+    code = main(["train", *tiny_args("bptt"), "--task", "parity", "--method", "bptt", "--out", str(regular / "run")])
     assert_user_error(code, capsys, "cannot write")
     assert regular.read_text() == "not a directory"
 
@@ -117,7 +121,7 @@ def test_user_task_class_trains_end_to_end(method, user_task, tmp_path, capsys):
     code = main(
         [
             "train",
-            *TINY,
+            *tiny_args(method),
             "--method",
             method,
             "--task",
@@ -173,8 +177,6 @@ def test_options_map_onto_the_config_sections():
             "7",
             "--dmt-lr",
             "5e-5",
-            "--bptt-truncate",
-            "6",
             "--lr",
             "0.002",
             "--task-option",
@@ -187,7 +189,7 @@ def test_options_map_onto_the_config_sections():
     assert (config.task, config.length, config.model.cell, config.model.memory_size) == ("copy", 12, "gru", 24)
     assert config.smt.c_dyn == 0.25 and config.smt.detach_target is True
     assert config.dmt.every == 4 and config.dmt_train.steps == 7 and config.dmt_train.lr == 5e-5
-    assert config.bptt.truncate == 6 and config.train.lr == 0.002
+    assert config.train.lr == 0.002
     assert config.task_options == {"reverse": True, "name": "abc"}
     # what was not given keeps the dataclass default
     from smtrnn.run import RunConfig
@@ -234,29 +236,77 @@ def test_train_help_lists_every_section(capsys):
         assert option in out, option
 
 
-def test_demo_quick_writes_a_row_per_method_and_seed(tmp_path, capsys):
+def test_demo_smoke_prints_a_row_per_method_and_seed(tmp_path, capsys):
     out = tmp_path / "demo.json"
     code = main(
-        [
-            "demo",
-            "--quick",
-            "--jobs",
-            "1",
-            "--quiet",
-            "--out",
-            str(tmp_path / "runs"),
-            "--json",
-            str(out),
-            "--markdown",
-            str(tmp_path / "demo.md"),
-        ]
+        ["experiment", "demo", "--preset", "smoke", "--quiet", "--out", str(tmp_path / "runs")]
+        + ["--json", str(out), "--markdown", str(tmp_path / "demo.md")]
     )
     assert code == 0
-    result = json.loads(out.read_text())
-    assert {"task", "length", "rows"} <= set(result)
-    assert [(row["method"], row["seed"]) for row in result["rows"]] == [("smt+dmt", 0), ("bptt", 0)]
-    for row in result["rows"]:
-        assert {"method", "cell", "accuracy", "seconds", "sequential_depth", "seed"} <= set(row)
-    depth = {row["method"]: row["sequential_depth"] for row in result["rows"]}
-    assert depth == {"bptt": 16, "smt+dmt": 16}  # quick: T=16, and the horizon K=16 is cut to T
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["method"], row["seed"]) for row in rows] == [("bptt", 0), ("smt+dmt", 0)]
+    depth = {row["method"]: row["sequential_depth"] for row in rows}
+    assert depth == {"bptt": 64, "smt+dmt": 4}  # BPTT: T; SMT: the smoke preset's horizon K
     assert "| bptt" in capsys.readouterr().out and "seed" in (tmp_path / "demo.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--cell", "tanh", "--cell-heads", "4"], "--cell-heads is read by the transformer cell, not by --cell tanh"),
+        (["--cell", "transformer", "--embed-dim", "8"], "--embed-dim is read by the tanh, gru, lstm and mlp cells"),
+        (["--method", "bptt", "--teacher-width", "8"], "--teacher-width sets the teacher, which --method bptt has not"),
+        (["--method", "bptt", "--smt-horizon", "4"], "--smt-horizon is not read by --method bptt"),
+        (["--method", "smt", "--dmt-steps", "4"], "--dmt-steps is not read by --method smt"),
+        (["--method", "smt+dmt", "--bptt-truncate", "4"], "--bptt-truncate is not read by --method smt+dmt"),
+    ],
+)
+def test_an_option_the_run_does_not_read_is_refused(argv, fragment, tmp_path, capsys):
+    method = argv[argv.index("--method") + 1] if "--method" in argv else "smt+dmt"
+    out = tmp_path / "run"
+    assert_user_error(main(["train", *tiny_args(method), *argv, "--out", str(out)]), capsys, fragment)
+    assert not out.exists()
+
+
+def test_bptt_honours_truncate_and_ignores_the_teachers_window(tmp_path, capsys):
+    """--bptt-truncate k on --method bptt trains in windows of k; a sequence shorter than the teacher's
+    default future window is fine for a method without a teacher."""
+    argv = ["train", *tiny_args("bptt"), "--task", "parity", "--method", "bptt", "--length", "8"]
+    assert (
+        main([*argv, "--bptt-truncate", "4", "--out", str(tmp_path / "run"), "--json", str(tmp_path / "r.json")]) == 0
+    )
+    assert json.loads((tmp_path / "r.json").read_text())["sequential_depth"] == 4
+
+
+def test_help_explains_every_option_and_lists_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for text in (
+        "--out OUT run directory (required",
+        "what to learn; one of brown, copy,",
+        "one of smt, dmt, smt+dmt, bptt, tbptt",
+        "one of tanh, mlp, gru, lstm, transformer",
+        "added to --steps",
+        "--smt-horizon HORIZON K: cell applications in series",
+    ):
+        assert text in out, text
+    parser = build_parser()
+    train = next(action for action in parser._actions if action.dest == "command").choices["train"]
+    for action in train._actions:
+        if action.help not in (None, "==SUPPRESS==") and action.dest not in ("help",):
+            assert not action.help.startswith("(default"), f"{action.option_strings} has no explanation"
+
+
+def test_yes_no_options_work_bare_negated_and_with_a_value():
+    parse = lambda *argv: config_from_args(build_parser().parse_args(["train", "--out", "x", *argv]))
+    assert parse("--length-generalisation").length_generalisation is True
+    assert parse("--length-generalisation", "false").length_generalisation is False
+    assert parse("--no-smt-horizon-detach").smt.horizon_detach is False
+    assert parse("--smt-readout-grad").smt.readout_grad is True
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("smtrnn ")

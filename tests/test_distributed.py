@@ -28,8 +28,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import smtrnn.methods.table as phases_module
 from smtrnn import checkpoint, distributed
-from smtrnn import run as run_module
 from smtrnn.cli import build_parser, config_from_args
 from smtrnn.errors import UserError
 from smtrnn.run import build, run
@@ -54,47 +54,12 @@ class KillableParity(Parity):
         return super().sample(batch_size, length, generator)
 """
 
-SMALL = [
-    "--length",
-    "16",
-    "--cell",
-    "tanh",
-    "--memory-size",
-    "16",
-    "--embed-dim",
-    "8",
-    "--readout-hidden",
-    "16",
-    "--teacher-width",
-    "32",
-    "--teacher-layers",
-    "1",
-    "--teacher-decoder-layers",
-    "1",
-    "--teacher-heads",
-    "4",
-    "--future",
-    "2",
-    "--batch-size",
-    "8",
-    "--dmt-batch-size",
-    "8",
-    "--warmup",
-    "2",
-    "--dmt-warmup",
-    "2",
-    "--log-every",
-    "2",
-    "--dmt-log-every",
-    "2",
-    "--checkpoint-every",
-    "4",
-    "--dmt-checkpoint-every",
-    "3",
-    "--eval-batches",
-    "1",
-    "--quiet",
-]
+SMALL = ["--length", "16", "--cell", "tanh", "--memory-size", "16", "--embed-dim", "8", "--readout-hidden", "16"]
+SMALL += ["--batch-size", "8", "--warmup", "2", "--log-every", "2", "--checkpoint-every", "4", "--eval-batches", "1"]
+SMALL += ["--quiet"]
+TEACHER = ["--teacher-width", "32", "--teacher-layers", "1", "--teacher-decoder-layers", "1", "--teacher-heads", "4"]
+TEACHER += ["--future", "2", "--dmt-batch-size", "8", "--dmt-warmup", "2", "--dmt-log-every", "2"]
+TEACHER += ["--dmt-checkpoint-every", "3"]
 BPTT = ["--method", "bptt", "--steps", "12", "--lr", "1e-2", *SMALL]
 SMT_DMT = [
     "--method",
@@ -114,6 +79,7 @@ SMT_DMT = [
     "--dmt-rollout",
     "10",
     *SMALL,
+    *TEACHER,
 ]
 
 
@@ -252,8 +218,8 @@ def test_smt_dmt_on_two_processes_is_one_process_on_the_mean_of_per_half_losses(
     args, out, done = smt_dmt_two_processes
     assert_finished(done, out)
     whole = single_process(args, tmp_path / "one")  # the usual single-process run: close, not equal
-    monkeypatch.setattr(run_module, "smt_loss", per_half(run_module.smt_loss))
-    monkeypatch.setattr(run_module, "dmt_loss", per_half(run_module.dmt_loss))
+    monkeypatch.setattr(phases_module, "smt_loss", per_half(phases_module.smt_loss))
+    monkeypatch.setattr(phases_module, "dmt_loss", per_half(phases_module.dmt_loss))
     single_process(args, tmp_path / "halves")  # the exact single-process meaning of the DDP run
     two, reference, start = weights(out), weights(tmp_path / "halves"), initial_weights(out)
     assert set(two) == set(reference)

@@ -2,7 +2,8 @@
 
 import torch
 
-from smtrnn.run import RunConfig, run
+from smtrnn.config import RunConfig
+from smtrnn.run import run
 from smtrnn.train import TrainConfig
 
 

@@ -45,6 +45,7 @@ from smtrnn.models import Models, tiny_model
 from smtrnn.run import build, evaluate_run
 from smtrnn.tasks import make_task
 from smtrnn.tasks.base import IGNORE, Task
+from smtrnn.tasks.synthetic import Parity
 
 TOL = dict(rel=1e-6, abs=1e-9)  # accuracies are float32 ratios, the rest float64
 
@@ -481,3 +482,54 @@ def test_evaluate_run_refuses_a_length_the_task_refuses(tiny_config):
     task, models = build(config)
     with pytest.raises(UserError):
         evaluate_run(config, task, models, length=1)
+
+
+def test_effective_rank():
+    generator = torch.Generator().manual_seed(0)
+    assert effective_rank(
+        torch.randn(400, 1, generator=generator) * torch.randn(1, 12, generator=generator)
+    ) == pytest.approx(1.0, abs=1e-3)
+    isotropic = effective_rank(torch.randn(4000, 12, generator=generator))
+    assert 11.5 < isotropic <= 12
+    assert effective_rank(torch.full((50, 6), 3.0)) == 0.0  # every memory the same: no spread at all
+    assert mean_pairwise_distance(torch.eye(3)) == pytest.approx(2**0.5)
+
+
+class ShortParity(Parity):
+    """Parity that refuses sequences longer than 40: its 4T and 8T are not evaluated."""
+
+    def check_length(self, length):
+        super().check_length(length)
+        if length > 40:
+            raise UserError(f"too long: {length}")
+
+
+def tiny_models(task) -> Models:
+    torch.manual_seed(0)
+    return Models(tiny_model(), task.vocab_size, task.num_classes)
+
+
+def test_length_generalisation_per_factor():
+    task = ShortParity()
+    models = tiny_models(task)
+    with_teacher = length_generalisation(models, task, 12)
+    assert set(with_teacher) == {2, 4, 8} and with_teacher[4] is None and with_teacher[8] is None
+    assert with_teacher[2]["length"] == 24 and 0 <= with_teacher[2]["rnn"] <= 1 and 0 <= with_teacher[2]["teacher"] <= 1
+    rnn_alone = length_generalisation(models.rnn, task, 10, factors=(3,))
+    assert set(rnn_alone) == {3} and rnn_alone[3]["teacher"] is None
+    assert rnn_alone[3]["rnn"] == length_generalisation(models, task, 10, factors=(3,))[3]["rnn"]
+
+
+def test_memory_diagnostics_sides_and_relative_drift():
+    task = Parity()
+    models = tiny_models(task)
+    both = memory_diagnostics(models, task, 12, batches=1, batch_size=4)
+    rnn_only = memory_diagnostics(models.rnn, task, 12, batches=1, batch_size=4)
+    assert set(rnn_only) == {"rnn_effective_rank", "rnn_pairwise_distance"}
+    assert {key: both[key] for key in rnn_only} == rnn_only
+    assert 0 < both["teacher_effective_rank"] <= 8 and both["drift"] > 0
+    # relative drift is drift over the mean norm of the teacher's memories m*_1..m*_T
+    x = task.sample(4, 12, torch.Generator().manual_seed(EVAL_SEED_OFFSET))["x"]  # the batch the diagnostics saw
+    with torch.no_grad():
+        norm = models.teacher.encode(x)[:, 1:].norm(dim=-1).mean().item()
+    assert both["relative_drift"] == pytest.approx(both["drift"] / norm, rel=1e-5)

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from conftest import CELL_NAMES, TIGHT, all_zero, backward, make_batch, make_models, only
+from smtrnn.config import RunConfig
 from smtrnn.methods import SMTConfig, smt_loss
 from smtrnn.methods.common import memory_spread, relative_memory_error
 from smtrnn.methods.smt import horizon_length, horizon_starts, rollout_error
-from smtrnn.run import RunConfig, depths
+from smtrnn.run import depths
 
 
 class DepthSpy:

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from smtrnn.config import RunConfig
 from smtrnn.errors import UserError
 from smtrnn.methods import SMTConfig
 from smtrnn.models import ModelConfig
-from smtrnn.run import RunConfig, run
+from smtrnn.run import run
 from smtrnn.tasks import load_task_class, make_task
 from smtrnn.tasks.base import IGNORE
 from smtrnn.train import TrainConfig

@@ -18,11 +18,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import smtrnn.methods.table as phases_module
 from smtrnn import checkpoint
-from smtrnn import run as run_module
 from smtrnn.cli import main
+from smtrnn.config import RunConfig
 from smtrnn.models import ModelConfig
-from smtrnn.run import RunConfig, load_run, run
+from smtrnn.run import load_run, run
 from smtrnn.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -377,13 +378,13 @@ def assert_one_line_error(code: int, capsys, *fragments: str) -> str:
 
 
 def test_nan_loss_exits_2_naming_the_step_and_keeps_the_last_good_checkpoint(reference, tmp_path, capsys, monkeypatch):
-    original = run_module.smt_loss
+    original = phases_module.smt_loss
 
     def poisoned(models, batch, config, step):
         loss, metrics = original(models, batch, config, step)
         return (loss * float("nan") if step >= 6 else loss), metrics  # the 7th step
 
-    monkeypatch.setattr(run_module, "smt_loss", poisoned)
+    monkeypatch.setattr(phases_module, "smt_loss", poisoned)
     code = main(run_args(tmp_path))
     line = assert_one_line_error(code, capsys, "step 7", "nan", "smt")
     assert "last good checkpoint" in line
@@ -395,7 +396,7 @@ def test_nan_loss_exits_2_naming_the_step_and_keeps_the_last_good_checkpoint(ref
     assert [r["step"] for r in records(tmp_path)] == [2, 4, 6]
 
     # intact: without the poison, the same command resumes from it to the uninterrupted result
-    monkeypatch.setattr(run_module, "smt_loss", original)
+    monkeypatch.setattr(phases_module, "smt_loss", original)
     assert main(run_args(tmp_path)) == 0
     capsys.readouterr()
     reference_dir, _ = reference

@@ -17,9 +17,10 @@ import torch
 
 from conftest import assert_user_error
 from smtrnn.cli import main
+from smtrnn.config import RunConfig
 from smtrnn.errors import UserError
 from smtrnn.models import ModelConfig
-from smtrnn.run import RunConfig, load_run, run
+from smtrnn.run import load_run, run
 from smtrnn.sampling import (
     check_generation,
     continue_prompt,

@@ -19,7 +19,7 @@ SPACES = [("tanh", 1, 8), ("rms", 2, 8), ("rms", 1, 6), ("lstm", 1, 8)]
 
 def teacher_for(space: str, tokens: int, memory_size: int, future: int = 4, seed: int = 0) -> Teacher:
     torch.manual_seed(seed)
-    config = TeacherConfig(width=16, layers=2, decoder_layers=2, heads=2, future=future)
+    config = TeacherConfig(width=16, layers=2, decoder_layers=2, heads=2, future=future, positions="none")
     return Teacher(VOCAB, CLASSES, memory_size, space, tokens, config).double()
 
 
@@ -102,7 +102,9 @@ def test_encode_memories_match_what_a_cell_can_output():
     """The teacher's memory head maps into the space the cell declares, for every cell."""
     for name, options in [("tanh", {}), ("gru", {}), ("lstm", {}), ("mlp", {}), ("transformer", {"memory_tokens": 2})]:
         cell = make_cell(name, VOCAB, 8, **options)
-        teacher = Teacher(VOCAB, CLASSES, 8, cell.memory_space, cell.memory_tokens, TeacherConfig(16, 1, 1, 2, 2))
+        teacher = Teacher(
+            VOCAB, CLASSES, 8, cell.memory_space, cell.memory_tokens, TeacherConfig(16, 1, 1, 2, 2, "none")
+        )
         memories = teacher.encode(tokens(3, 5))
         assert in_space(memories, cell.memory_space, cell.memory_tokens, 8), name
         assert in_space(cell.step(memories[:, :-1], tokens(3, 5)), cell.memory_space, cell.memory_tokens, 8), name

@@ -11,12 +11,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+import smtrnn.methods.table as phases_module
 from conftest import TIGHT, TINY, VOCAB, StepSpy, assert_user_error, backward, make_batch, make_models
 from smtrnn.cli import main
+from smtrnn.config import RunConfig
 from smtrnn.errors import UserError
 from smtrnn.methods import DMTConfig, SMTConfig, dmt_loss, smt_loss
 from smtrnn.methods.common import masked_cross_entropy, memory_spread, relative_memory_error
-from smtrnn.run import RunConfig, run
+from smtrnn.run import run
 
 CONTEXT, FUTURE = 5, 3
 NEEDED = CONTEXT + FUTURE - 1  # tokens of a crop that a windowed loss can see
@@ -163,11 +165,9 @@ def test_dmt_rollout_from_a_teacher_memory_matches_a_reference():
 
 def test_smt_then_dmt_rolls_out_within_the_teacher_context(tmp_path, monkeypatch):
     """A windowed teacher never encoded more than Tc tokens: DMT's crops are cut to them."""
-    import smtrnn.run as run_module
-
     seen = []
     monkeypatch.setattr(
-        run_module,
+        phases_module,
         "dmt_loss",
         lambda models, batch, config, step: seen.append(batch["x"].shape) or dmt_loss(models, batch, config, step),
     )

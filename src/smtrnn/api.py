@@ -35,7 +35,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from smtrnn import checkpoint
 from smtrnn.errors import UserError
-from smtrnn.models import ModelConfig
+from smtrnn.models import ModelConfig, cell_options
 from smtrnn.rnn import RNN
 from smtrnn.sampling import TEXT_STEPS, check_temperature, decode_text, generate_tokens, parse_token_ids, text_tokens
 
@@ -46,16 +46,6 @@ PathLike = str | os.PathLike
 Tokens = torch.Tensor | Sequence[int]
 
 
-def cell_options(model: ModelConfig) -> dict:
-    """The keyword options that ``Models`` passes to the cell (besides vocab and memory sizes)."""
-    return {
-        "embed_dim": model.embed_dim,
-        "memory_tokens": model.memory_tokens,
-        "layers": model.cell_layers,
-        "heads": model.cell_heads,
-    }
-
-
 class TrainedRNN(RNN):
     """A trained RNN (cell + readout) with what it needs to be used on its own.
 
@@ -64,16 +54,19 @@ class TrainedRNN(RNN):
     its tokens are UTF-8 bytes). Its state_dict keys are exactly the plain RNN's."""
 
     def __init__(self, spec: dict):
+        config = ModelConfig(**spec["model_config"])  # checked against the weights' metadata on load
         super().__init__(
-            spec["cell"],
+            config.cell,
             spec["vocab_size"],
             spec["num_classes"],
-            spec["memory_size"],
-            spec["readout_hidden"],
-            **spec["cell_options"],
+            config.memory_size,
+            config.readout_hidden,
+            config.memory_levels,
+            config.round_at_run_time,
+            **cell_options(config),
         )
         self.spec = spec
-        self.config = ModelConfig(**spec["model_config"])  # checked against the weights' metadata on load
+        self.config = config
         self.vocab_size: int = spec["vocab_size"]
         self.num_classes: int = spec["num_classes"]
         self.text: bool = spec["text"]  # tokens are UTF-8 bytes: ``encode`` and ``decode`` apply
@@ -179,7 +172,7 @@ def _ready(module: torch.nn.Module, device: str):
 def load(run_dir: PathLike, device: str = "cpu", teacher: bool = False):
     """The trained RNN of a finished run (a TrainedRNN in eval mode on ``device``, parameters frozen:
     ``requires_grad_(True)`` to fine-tune), or ``(rnn, teacher)`` when ``teacher`` is true."""
-    from smtrnn.config import has_teacher
+    from smtrnn.methods import uses_teacher
     from smtrnn.run import load_run  # the training stack: imported only when used
 
     run_dir = Path(run_dir)
@@ -194,7 +187,7 @@ def load(run_dir: PathLike, device: str = "cpu", teacher: bool = False):
     rnn = _ready(rnn, device)
     if not teacher:
         return rnn
-    if not has_teacher(config.method):
+    if not uses_teacher(config):
         raise UserError(f"run {run_dir} was trained with {config.method}: it has no trained teacher")
     return rnn, _ready(models.teacher, device)
 

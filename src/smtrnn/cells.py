@@ -161,7 +161,7 @@ class TanhCell(_FusedCell):
 
     memory_space = "tanh"
 
-    def __init__(self, vocab_size, memory_size, embed_dim=32, **_):
+    def __init__(self, vocab_size: int, memory_size: int, embed_dim: int = 32):
         super().__init__(vocab_size, memory_size, embed_dim)
         self.rnn = nn.RNN(embed_dim, memory_size, nonlinearity="tanh", batch_first=True)
         self.reset_initial()
@@ -180,7 +180,7 @@ class GRUCell(_FusedCell):
 
     memory_space = "tanh"
 
-    def __init__(self, vocab_size, memory_size, embed_dim=32, **_):
+    def __init__(self, vocab_size: int, memory_size: int, embed_dim: int = 32):
         super().__init__(vocab_size, memory_size, embed_dim)
         self.rnn = nn.GRU(embed_dim, memory_size, batch_first=True)
         self.reset_initial()
@@ -202,7 +202,7 @@ class LSTMCell(Cell):
 
     memory_space = "lstm"
 
-    def __init__(self, vocab_size, memory_size, embed_dim=32, **_):
+    def __init__(self, vocab_size: int, memory_size: int, embed_dim: int = 32):
         if memory_size % 2:
             raise UserError(f"lstm memory size must be even ([h, c]), got {memory_size}")
         super().__init__(vocab_size, memory_size, embed_dim)
@@ -235,7 +235,7 @@ class MLPCell(Cell):
 
     memory_space = "rms"
 
-    def __init__(self, vocab_size, memory_size, embed_dim=32, hidden=None, **_):
+    def __init__(self, vocab_size: int, memory_size: int, embed_dim: int = 32, hidden: int | None = None):
         super().__init__(vocab_size, memory_size, embed_dim)
         hidden = hidden or 2 * memory_size
         self.mlp = nn.Sequential(nn.Linear(memory_size + embed_dim, hidden), nn.GELU(), nn.Linear(hidden, memory_size))
@@ -255,7 +255,7 @@ class TransformerCell(Cell):
 
     memory_space = "rms"
 
-    def __init__(self, vocab_size, memory_size, embed_dim=None, memory_tokens=4, layers=2, heads=2, **_):
+    def __init__(self, vocab_size: int, memory_size: int, memory_tokens: int = 4, layers: int = 2, heads: int = 2):
         if memory_size % memory_tokens:
             raise UserError(f"memory size {memory_size} is not divisible by memory tokens {memory_tokens}")
         width = memory_size // memory_tokens

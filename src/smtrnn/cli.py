@@ -1,19 +1,18 @@
-"""Command line: a thin layer over the library. Options of ``train`` are generated from the config
-dataclasses, so every field of every config is settable and the names never drift apart."""
+"""Command line: a thin layer over the library (and, for ``experiment`` and ``bench``, the studies). The
+options of ``train`` are generated from the config dataclasses (config.SECTIONS), their help from the
+comments beside the fields, so every field is settable and names and help never drift apart."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
 
+from smtrnn import __version__
 from smtrnn.errors import UserError
-
-# (section of RunConfig, option prefix): every field of that dataclass becomes --prefix-field-name
-SECTIONS = [("model", ""), ("train", ""), ("smt", "smt-"), ("dmt", "dmt-"), ("dmt_train", "dmt-"), ("bptt", "bptt-")]
-TOP_LEVEL = ["task", "length", "method", "seed", "device", "init", "eval_batches", "length_generalisation"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,34 +37,62 @@ def _type_of(default):
     return type(default)
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    from smtrnn.config import RunConfig
+def _help(text: str, default) -> str:
+    return f"{text} (default: {default})" if text else f"(default: {default})"
 
-    base = RunConfig()
-    for name in TOP_LEVEL:
+
+def _choices() -> dict[str, str]:
+    """The choices of the options that name a task, method or cell, for their help."""
+    from smtrnn.cells import CELLS
+    from smtrnn.methods import METHODS
+    from smtrnn.tasks import TASKS
+    from smtrnn.tasks.files import FORMS_HELP
+
+    return {
+        "task": f"{', '.join(sorted(TASKS))}, FILE.py:Class or your data ({FORMS_HELP})",
+        "method": ", ".join(METHODS),
+        "model.cell": ", ".join(CELLS),
+    }
+
+
+def _add_option(parser, option: str, dest: str, default, text: str) -> None:
+    """One option; a yes/no one works bare (--x), negated (--no-x) and with a value (--x false)."""
+    metavar = dest.rpartition(".")[2].upper()
+    if isinstance(default, bool):
         parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            type=_type_of(getattr(base, name)),
+            option,
+            dest=dest,
+            nargs="?",
+            const=True,
+            type=_bool,
             default=None,
-            help=f"(default: {getattr(base, name)})",
+            metavar="yes|no",
+            help=_help(text, default),
         )
-    seen = set()
-    for section, prefix in SECTIONS:
+        parser.add_argument("--no-" + option[2:], dest=dest, action="store_const", const=False, help=argparse.SUPPRESS)
+    else:
+        parser.add_argument(
+            option, dest=dest, type=_type_of(default), default=None, metavar=metavar, help=_help(text, default)
+        )
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    from smtrnn.config import SECTIONS, TOP_LEVEL, RunConfig, field_help, option_name
+
+    base, choices = RunConfig(), _choices()
+    top = field_help(RunConfig)
+    for name in TOP_LEVEL:
+        text = top[name] + (f"; one of {choices[name]}" if name in choices else "")
+        _add_option(parser, option_name(name), name, getattr(base, name), text)
+    for section, kind, _ in SECTIONS:
         group = parser.add_argument_group(section)
-        for item in fields(getattr(base, section)):
-            option = "--" + prefix + item.name.replace("_", "-")
-            if option in seen:
-                raise RuntimeError(f"duplicate option {option}")
-            seen.add(option)
-            default = getattr(getattr(base, section), item.name)
-            group.add_argument(
-                option,
-                dest=f"{section}.{item.name}",
-                type=_type_of(default),
-                default=None,
-                help=f"(default: {default})",
-            )
+        helps = field_help(kind)
+        for item in fields(kind):
+            dotted = f"{section}.{item.name}"
+            text = helps.get(item.name, "") + (f"; one of {choices[dotted]}" if dotted in choices else "")
+            if section == "dmt_train" and item.name == "steps":
+                text += "; added to --steps: smt+dmt trains --steps SMT steps, then --dmt-steps DMT steps"
+            _add_option(group, option_name(dotted), dotted, getattr(getattr(base, section), item.name), text)
     parser.add_argument(
         "--task-option",
         action="append",
@@ -90,7 +117,8 @@ def _parse_task_options(pairs: list[str]) -> dict:
 
 def config_from_args(args: argparse.Namespace, base=None):
     """A RunConfig from defaults (or ``base``) overridden by the options the user gave."""
-    from smtrnn.config import RunConfig
+    from smtrnn.config import TOP_LEVEL, RunConfig, set_field
+    from smtrnn.tasks.files import file_form
 
     config = base or RunConfig()
     for name in TOP_LEVEL:
@@ -98,17 +126,26 @@ def config_from_args(args: argparse.Namespace, base=None):
             setattr(config, name, getattr(args, name))
     for key, value in vars(args).items():
         if "." in key and value is not None:
-            section, name = key.split(".")
-            setattr(getattr(config, section), name, value)
+            set_field(config, key, value)
     config.task_options.update(_parse_task_options(args.task_option))
-    from smtrnn.tasks.files import file_form
-
-    if (
-        file_form(config.task) is not None and config.task.partition(":")[2]
-    ):  # text:PATH etc.: saved with an absolute path, so a resume works anywhere
+    if file_form(config.task) is not None and config.task.partition(":")[2]:
+        # text:PATH etc.: saved with an absolute path, so a resume works anywhere
         form, _, path = config.task.partition(":")
         config.task = f"{form}:{Path(path).expanduser().resolve()}"
     return config
+
+
+def check_given(config, args: argparse.Namespace) -> None:
+    """Refuse an option the chosen method or cell does not read: never silently ignored."""
+    from smtrnn.config import unread_options
+    from smtrnn.methods import METHODS
+
+    config.model.validate(teacher=False)  # an unknown cell first: the check below assumes a known one
+    if config.method not in METHODS:
+        raise UserError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
+    unread = unread_options(config, [key for key, value in vars(args).items() if "." in key and value is not None])
+    if unread:
+        raise UserError(unread[0])
 
 
 def _write_json(path: str | None, value) -> None:
@@ -124,20 +161,8 @@ def _write_json(path: str | None, value) -> None:
 
 
 def _print_result(result: dict) -> None:
-    keys = [
-        "task",
-        "method",
-        "cell",
-        "length",
-        "accuracy",
-        "loss",
-        "teacher_accuracy",
-        "drift",
-        "seconds",
-        "steps",
-        "sequential_depth",
-    ]
-    for key in keys:
+    keys = ["task", "method", "cell", "length", "accuracy", "loss", "teacher_accuracy", "drift", "seconds", "steps"]
+    for key in keys + ["sequential_depth"]:
         if key in result:
             value = result[key]
             print(f"{key:>18}: {value:.4f}" if isinstance(value, float) else f"{key:>18}: {value}")
@@ -147,9 +172,8 @@ def cmd_train(args) -> None:
     from smtrnn import distributed
     from smtrnn.run import run
 
-    if not args.out:
-        raise UserError("train needs --out DIR")
     config = config_from_args(args)
+    check_given(config, args)
     with distributed.session(config.device):  # several processes under torchrun, else a no-op
         result = run(config, args.out, progress=not args.quiet, tensorboard=args.tensorboard)
         main_process = distributed.rank() == 0
@@ -167,14 +191,8 @@ def cmd_eval(args) -> None:
         raise UserError(f"batches must be positive, got {args.batches}")
     config, task, models = load_run(args.run, args.device)
     length = args.length or config.length
-    result = {
-        "run": str(args.run),
-        "task": config.task,
-        "method": config.method,
-        "cell": config.model.cell,
-        "trained_length": config.length,
-        "length": length,
-    }
+    result = {"run": str(args.run), "task": config.task, "method": config.method, "cell": config.model.cell}
+    result.update(trained_length=config.length, length=length)
     result.update(evaluate_run(config, task, models, length, args.batches))
     _print_result(result)
     _write_json(args.json, result)
@@ -226,56 +244,6 @@ def cmd_plot(args) -> None:
     print(f"wrote {plot_runs(args.runs, args.out)}")
 
 
-def cmd_demo(args) -> None:
-    from smtrnn.demo import demo, format_table
-
-    if args.jobs < 1:
-        raise UserError(f"jobs must be positive, got {args.jobs}")
-    result = demo(args.out, quick=args.quick, progress=not args.quiet, jobs=args.jobs)
-    print(format_table(result))
-    _write_json(args.json, result)
-    if args.markdown:
-        from smtrnn.checkpoint import write_atomic
-        from smtrnn.demo import format_report
-
-        command = "smtrnn demo " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "smtrnn demo"
-        write_atomic(Path(args.markdown), format_report(result, command).encode())
-
-
-def cmd_bench(args) -> None:
-    import torch
-
-    from smtrnn.bench import BenchConfig, quick_config, run_bench
-    from smtrnn.bench_report import figures, markdown
-
-    if args.threads < 0:
-        raise UserError(f"threads must be non-negative, got {args.threads}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {args.device} asked for, but PyTorch sees no CUDA device")
-    options = {"device": args.device, "threads": args.threads, "compile": args.compile, "autocast": args.autocast}
-    config = quick_config(**options) if args.quick else BenchConfig(**options)
-    result = run_bench(config, log=lambda line: print(line, file=sys.stderr, flush=True))
-    for target in result["targets"]:
-        print(f"{'met ' if target['met'] else 'MISS'}  {target['cell']:>11}  {target['target']}: {target['measured']}")
-    _write_json(args.json, result)
-    if args.out_md:
-        from smtrnn.checkpoint import write_atomic
-
-        flags = [("--quick", args.quick), ("--compile", args.compile), ("--autocast", args.autocast)]
-        command = " ".join(
-            ["smtrnn bench"]
-            + [flag for flag, given in flags if given]
-            + [f"--device {args.device}"] * (args.device != "cpu")
-            + [f"--threads {args.threads}"] * bool(args.threads)
-            + [f"--json {args.json}"] * bool(args.json)
-            + [f"--out-md {args.out_md}"]
-        )
-        target = Path(args.out_md)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        figures(result, target.parent / "figures")
-        write_atomic(target, markdown(result, command).encode())
-
-
 def _comma_list(text: str | None, kind, option: str) -> list | None:
     if text is None:
         return None
@@ -288,132 +256,78 @@ def _comma_list(text: str | None, kind, option: str) -> list | None:
         raise UserError(f"{option} wants a comma-separated list of {kind.__name__} values, got {text!r}") from None
 
 
-def _comma_lists(args, **kinds: type) -> dict:
-    """``{option: its list or None}`` for the comma-separated options named in ``kinds`` (name=element type)."""
-    return {name: _comma_list(getattr(args, name), kind, f"--{name}") for name, kind in kinds.items()}
-
-
-def cmd_compare(args) -> None:
-    import shlex
-
-    from smtrnn.compare import compare, customise, preset
-    from smtrnn.report import figures, machine, markdown, write_page
-
-    grid = customise(
-        preset(args.preset),
-        **_comma_lists(args, tasks=str, cells=str, methods=str, lengths=int, seeds=int),
-        steps=args.steps,
-        dmt_steps=args.dmt_steps,
-        generalisation=False if args.no_generalisation else None,
-    )
-    result = compare(
-        grid,
-        args.out,
-        jobs=args.jobs,
-        threads_per_job=args.threads_per_job,
-        progress=not args.quiet,
-        train=not args.report_only,
-    )
-    print(
-        f"{len(result['rows'])} runs ({result['trained']} trained, {result['reused']} reused) in "
-        f"{result['wall_seconds']:.0f} s; rows in {Path(args.out) / 'results.json'}"
-    )
-    _write_json(args.json, result["rows"])
-    if args.figures:
-        figures(result["rows"], args.figures)
-    if args.markdown:
-        command = shlex.join(["smtrnn", *args.argv])
-        write_page(args.markdown, lambda link: markdown(result, command, machine(), link), args.figures)
-
-
-def cmd_realdata(args) -> None:
-    import shlex
-
-    from smtrnn.realdata import customise, preset, realdata, write_outputs
-    from smtrnn.report import machine
-
-    chosen = customise(preset(args.preset), **_comma_lists(args, datasets=str, methods=str, cells=str))
-    result = realdata(chosen, args.out, jobs=args.jobs, progress=not args.quiet, train=not args.report_only)
-    for row in result["rows"]:
-        bits = "diverged" if row["bits_per_byte"] is None else f"{row['bits_per_byte']:.3f} bits/byte"
-        print(f"{row['dataset']:>10} {row['cell']:>6} {row['method']:>8}: {bits}")
-    write_outputs(
-        chosen,
-        result,
-        args.out,
-        shlex.join(["smtrnn", *args.argv]),
-        machine(),
-        json_path=args.json,
-        markdown_path=args.markdown,
-        figures_dir=args.figures,
-    )
-
-
-def cmd_horizon(args) -> None:
-    import shlex
-
-    from smtrnn.horizon_report import figures, markdown
-    from smtrnn.horizon_study import preset, run_study
-    from smtrnn.report import machine, write_page
+def cmd_experiment(args) -> None:
+    from smtrnn import experiments
+    from smtrnn.experiments.runner import run_study
 
     if args.jobs < 1:
         raise UserError(f"jobs must be positive, got {args.jobs}")
-    result = run_study(
-        preset(args.preset), args.out, jobs=args.jobs, progress=not args.quiet, train=not args.report_only
-    )
+    only = {
+        name: _comma_list(getattr(args, name + "s"), kind, f"--{name}s")
+        for name, kind in (("task", str), ("cell", str), ("variant", str), ("length", int), ("seed", int))
+    }
+    chosen = experiments.customise(experiments.study(args.name, args.preset), only, args.steps, args.dmt_steps)
+    out = args.out or f"runs/{args.name}"
+    result = run_study(chosen, out, jobs=args.jobs, progress=not args.quiet, train=not args.report_only)
     print(
-        f"{len(result['rows'])} runs ({result['trained']} trained, {result['reused']} reused) in "
-        f"{result['wall_seconds']:.0f} s"
+        f"{len(result['rows'])} of {result['planned']} runs finished ({result['trained']} trained now); rows from {out}"
     )
-    _write_json(args.json, result)
-    if args.figures:
-        figures(result, args.figures)
-    if args.markdown:
-        command = shlex.join(["smtrnn", *args.argv])
-        write_page(args.markdown, lambda link: markdown(result, command, machine(), link), args.figures)
+    command = shlex.join(["smtrnn", *args.argv])
+    experiments.write(args.name, result, command, args.markdown, args.json, args.figures)
+    if args.name == "demo":
+        from smtrnn.experiments.demo import summary
+
+        print("\n".join(summary(result["rows"])))
 
 
-def _add_preset(parser: argparse.ArgumentParser, choices: str) -> None:
-    parser.add_argument("--preset", default="cpu", help=f"{choices}; default: cpu")
+def cmd_bench(args) -> None:
+    import torch
 
+    from smtrnn.experiments.bench import BenchConfig, quick_config, run_bench
+    from smtrnn.experiments.bench.page import blocks, figures
+    from smtrnn.experiments.pages import write_outputs
 
-def _add_experiment_outputs(parser: argparse.ArgumentParser, out: str, figures: str) -> None:
-    """The options every experiment command shares: where its runs live and where its outputs go."""
-    parser.add_argument("--out", default=out, help=f"run directories (re-running resumes; default: {out})")
-    parser.add_argument("--json", help="write the rows here")
-    parser.add_argument("--markdown", help="write the page here")
-    parser.add_argument("--figures", help=f"write the {figures} figures into this folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
-    parser.add_argument(
-        "--report-only", action="store_true", help="train nothing: write the outputs from the runs already in --out"
-    )
+    if args.threads < 0:
+        raise UserError(f"threads must be non-negative, got {args.threads}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {args.device} asked for, but PyTorch sees no CUDA device")
+    options = {"device": args.device, "threads": args.threads, "compile": args.compile, "autocast": args.autocast}
+    config = quick_config(**options) if args.quick else BenchConfig(**options)
+    result = run_bench(config, log=lambda line: print(line, file=sys.stderr, flush=True))
+    for target in result["targets"]:
+        print(f"{'met ' if target['met'] else 'MISS'}  {target['cell']:>11}  {target['target']}: {target['measured']}")
+    command = shlex.join(["smtrnn", *args.argv])
+    figures_dir = str(Path(args.markdown).parent / "figures") if args.markdown else None
+    write_outputs(result, command, blocks, figures, args.markdown, args.json, figures_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from smtrnn.experiments import EXPERIMENTS
+
     parser = Parser(prog="smtrnn", description="Supervised Memory Training for recurrent networks")
+    parser.add_argument("--version", action="version", version=f"smtrnn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    train = commands.add_parser("train", help="train an RNN with smt, dmt, smt+dmt, bptt or tbptt")
-    _add_config_options(train)
+    train = commands.add_parser(
+        "train", help="train an RNN with smt, dmt, smt+dmt, bptt or tbptt", usage="smtrnn train --out DIR [OPTIONS]"
+    )
     train.add_argument(
         "--out",
-        help="run directory (re-running the same command resumes it; a larger --steps or --dmt-steps continues it)",
+        required=True,
+        help="run directory (required; the same command resumes it, a larger --steps or --dmt-steps continues it)",
     )
-    train.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help="also write the logged metrics as TensorBoard scalars to OUT/tensorboard (needs the tensorboard extra)",
-    )
+    _add_config_options(train)
+    train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to OUT/tensorboard")
     train.add_argument("--json", help="also write the result here")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=cmd_train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a run's RNN on its own (teacher-free)")
-    evaluate.add_argument("run", help="run directory")
+    evaluate = commands.add_parser("eval", help="evaluate a run's RNN on its own (teacher-free), and its teacher")
+    evaluate.add_argument("run", help="run directory (finished, or the latest checkpoint of one in progress)")
     evaluate.add_argument("--length", type=int, default=None, help="sequence length (default: the trained one)")
-    evaluate.add_argument("--batches", type=int, default=8)
-    evaluate.add_argument("--device", default="cpu")
-    evaluate.add_argument("--json")
+    evaluate.add_argument("--batches", type=int, default=8, help="held-out batches of 64 sequences (default: 8)")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    evaluate.add_argument("--json", help="also write the scores here")
     evaluate.set_defaults(handler=cmd_eval)
 
     generate = commands.add_parser("generate", help="sample text, images (PNG grid) or token ids from a run's RNN")
@@ -422,23 +336,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode",
         choices=("rnn", "teacher"),
         default="rnn",
-        help="rnn: the RNN alone reads the prompt and continues; teacher: the teacher encodes the "
-        "prompt and the RNN continues from its memory (not for bptt runs)",
+        help="rnn: the RNN alone reads the prompt and continues; teacher: the teacher encodes the prompt and the "
+        "RNN continues from its memory (not for bptt runs)",
     )
     generate.add_argument("--prompt", help="text to continue (text tasks), or token ids separated by spaces")
     generate.add_argument("--steps", type=int, default=None, help="tokens to generate after the prompt (default: 200)")
     generate.add_argument("--count", type=int, default=1, help="samples (images: a grid of this many)")
     generate.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     generate.add_argument(
         "--prime-rows",
         type=int,
         default=None,
-        help="images: given top rows of held-out images, shown beside the completion (default: "
-        "none in rnn mode, starting from a black first pixel; half the rows in teacher mode)",
+        help="images: given top rows of held-out images, shown beside the completion (default: none in rnn mode, "
+        "half the rows in teacher mode)",
     )
     generate.add_argument("--out", help="write the text here, or the PNG (default for images: RUN/samples-MODE.png)")
-    generate.add_argument("--device", default="cpu")
+    generate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     generate.set_defaults(handler=cmd_generate)
 
     export = commands.add_parser("export", help="write a run's RNN as config.json + model.safetensors (no teacher)")
@@ -451,68 +365,54 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", default="curves.png", help="the PNG to write (default: curves.png)")
     plot.set_defaults(handler=cmd_plot)
 
-    demo = commands.add_parser("demo", help="BPTT against SMT->DMT on long-range retrieval, same cell, three seeds")
-    demo.add_argument("--out", default="runs/demo", help="where the two runs are kept (resumable)")
-    demo.add_argument("--quick", action="store_true", help="a much shorter smoke run (not the result)")
-    demo.add_argument("--jobs", type=int, default=2, help="runs at once, each in its own process (default: 2)")
-    demo.add_argument("--json")
-    demo.add_argument("--markdown", help="also write a markdown report (command, machine, date, table)")
-    demo.add_argument("--quiet", action="store_true")
-    demo.set_defaults(handler=cmd_demo)
+    study = commands.add_parser("experiment", help="run a study behind a page in docs/ (resumable)")
+    study.add_argument(
+        "name", choices=list(EXPERIMENTS), help="; ".join(f"{k}: {v[1]}" for k, v in EXPERIMENTS.items())
+    )
+    study.add_argument(
+        "--preset", default="cpu", help="cpu (the committed page), full or smoke (seconds) where it has them"
+    )
+    study.add_argument("--out", help="run directories (re-running resumes; default: runs/NAME)")
+    study.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (default: 1)")
+    for name, example in (
+        ("tasks", "copy,stack"),
+        ("cells", "tanh,gru"),
+        ("variants", "bptt,smt+dmt"),
+        ("lengths", "64,256"),
+        ("seeds", "0,1"),
+    ):
+        study.add_argument("--" + name, help=f"comma list: only the preset's points with these {name}, e.g. {example}")
+    study.add_argument(
+        "--steps", type=int, help="optimiser steps of every run (default: the preset's budget by length)"
+    )
+    study.add_argument(
+        "--dmt-steps", type=int, help="of which smt+dmt spends this many in DMT (default: the budget's share)"
+    )
+    study.add_argument("--json", help="write the study and its rows here")
+    study.add_argument("--markdown", help="write the page here (its prose outside the generated blocks is kept)")
+    study.add_argument("--figures", help="write the figures into this folder")
+    study.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
+    study.add_argument(
+        "--report-only", action="store_true", help="train nothing: the outputs from the runs already in --out"
+    )
+    study.set_defaults(handler=cmd_experiment)
 
     bench = commands.add_parser("bench", help="time-parallel SMT against BPTT, RNN inference against the teacher")
     bench.add_argument("--quick", action="store_true", help="lengths 64..1024 and contexts to 8k (minutes)")
     bench.add_argument("--json", help="write every row here")
-    bench.add_argument("--out-md", help="write a markdown report here, and its figures to figures/ beside it")
-    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--markdown", help="write the page here, and its figures to figures/ beside it")
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     bench.add_argument("--threads", type=int, default=0, help="PyTorch threads (default: PyTorch's choice)")
     bench.add_argument("--compile", action="store_true", help="also time smt under torch.compile (slow warm-up)")
     bench.add_argument("--autocast", action="store_true", help="also time smt under bf16 autocast (CUDA)")
     bench.set_defaults(handler=cmd_bench)
-
-    grid = commands.add_parser("compare", help="a grid of runs: tasks x cells x methods x lengths x seeds (resumable)")
-    _add_preset(
-        grid,
-        "cpu (the committed grid, about 3.3 h on 2 cores), full (every point, more than 12 h, estimated) or smoke (seconds)",
-    )
-    for option, example in (
-        ("tasks", "retrieval,copy"),
-        ("cells", "tanh,gru"),
-        ("methods", "bptt,smt+dmt"),
-        ("lengths", "32,128"),
-        ("seeds", "0,1"),
-    ):
-        grid.add_argument("--" + option, help=f"comma list replacing the preset's, e.g. {example}")
-    grid.add_argument("--steps", type=int, help="total optimiser steps of every run (default: the preset's by length)")
-    grid.add_argument("--dmt-steps", type=int, help="of which smt+dmt spends this many in DMT")
-    grid.add_argument("--jobs", type=int, default=1, help="grid points at once, each in its own process")
-    grid.add_argument("--threads-per-job", type=int, default=1, help="PyTorch threads of each job")
-    _add_experiment_outputs(grid, "runs/compare", "<task>.png")
-    grid.add_argument("--no-generalisation", action="store_true", help="skip the 2T, 4T, 8T evaluations")
-    grid.set_defaults(handler=cmd_compare)
-
-    horizon = commands.add_parser("horizon", help="the horizon study on needle retrieval (docs/horizon.md; resumable)")
-    _add_preset(
-        horizon, "cpu (the committed study, about 2 h on 2 cores), full (every variant, about 6 h) or smoke (seconds)"
-    )
-    horizon.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process with one thread")
-    _add_experiment_outputs(horizon, "runs/horizon", "horizon-*.png")
-    horizon.set_defaults(handler=cmd_horizon)
-
-    real = commands.add_parser("realdata", help="BPTT against SMT->DMT on MNIST, Quick, Draw! and Brown (resumable)")
-    _add_preset(real, "cpu (the committed experiment) or smoke (seconds)")
-    for option, example in (("datasets", "mnist,brown"), ("methods", "bptt,smt+dmt"), ("cells", "mlp,transformer")):
-        real.add_argument("--" + option, help=f"comma list replacing the preset's, e.g. {example}")
-    real.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process with one thread")
-    _add_experiment_outputs(real, "runs/realdata", "realdata-*.png")
-    real.set_defaults(handler=cmd_realdata)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed, for reports
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed, for pages
         args.handler(args)
     except UserError as error:
         message = " | ".join(line.strip() for line in str(error).splitlines() if line.strip())

@@ -1,55 +1,67 @@
-"""The configuration of one run: ``RunConfig`` (task, method, model, training and method sections) and its
-JSON form (config.json of a run directory). Every field is a command-line option (cli.py).
+"""The configuration of one run: ``RunConfig`` (task, method, model, training and method sections), its
+JSON form (config.json of a run directory), and the one list of its options. Every field is a
+command-line option (cli.py) whose name and help come from here; studies override fields by the same
+dotted names (``"smt.horizon"``).
 
     config = RunConfig(task="retrieval", length=128, method="smt+dmt")
     RunConfig.from_dict(config.to_dict()) == config
+    set_field(config, "smt.horizon", 8); option_name("smt.horizon") == "--smt-horizon"
 """
 
 from __future__ import annotations
 
+import ast
+import inspect
+import io
+import math
+import tokenize
 from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 
 from smtrnn.errors import UserError
-from smtrnn.methods import BPTTConfig, DMTConfig, SMTConfig
-from smtrnn.models import ModelConfig
+from smtrnn.methods import METHODS, BPTTConfig, DMTConfig, SMTConfig, phases, uses_teacher
+from smtrnn.models import CELL_OPTIONS, TEACHER_FIELDS, ModelConfig
 from smtrnn.train import TrainConfig
-
-METHODS = ("smt", "dmt", "smt+dmt", "bptt", "tbptt")
-
-
-def has_teacher(method: str) -> bool:
-    """Whether ``method`` trains the teacher (BPTT's is built but never trained)."""
-    return method not in ("bptt", "tbptt")
 
 
 @dataclass
 class RunConfig:
-    task: str = "retrieval"
-    length: int = 64
-    method: str = "smt+dmt"
-    seed: int = 0
-    device: str = "cpu"
-    init: str | None = None  # a run directory to start from (``dmt`` fine-tunes an SMT run)
-    task_options: dict = field(default_factory=dict)
-    eval_batches: int = 8
+    task: str = "retrieval"  # what to learn
+    length: int = 64  # sequence length T of training (for windowed SMT: the crop, context + future - 1)
+    method: str = "smt+dmt"  # how to train
+    seed: int = 0  # model initialisation, data stream and evaluation stream
+    device: str = "cpu"  # cpu, cuda or cuda:N
+    init: str | None = None  # a run directory whose weights the run starts from (dmt fine-tunes an SMT run)
+    task_options: dict = field(default_factory=dict)  # the task's parameters (--task-option KEY=VALUE)
+    eval_batches: int = 8  # held-out batches of 64 sequences in the final evaluation
     length_generalisation: bool = False  # also evaluate at 2T, 4T and 8T (into result.json)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)  # the main phase (smt, bptt, tbptt; dmt alone)
-    # DMT: four times SMT's batch, so that the readout sees enough labels on the RNN's own memories
+    # DMT after SMT: four times SMT's batch, so that the readout sees enough labels on the RNN's own memories
     dmt_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=128, lr=1e-3, warmup=20))
     smt: SMTConfig = field(default_factory=SMTConfig)
     dmt: DMTConfig = field(default_factory=DMTConfig)
     bptt: BPTTConfig = field(default_factory=BPTTConfig)
 
-    def validate(self):
+    def validate(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.length < 1:
             raise UserError(f"length must be positive, got {self.length}")
+        if self.eval_batches < 1:
+            raise UserError(f"eval batches must be positive, got {self.eval_batches}")
         if self.method == "dmt" and not self.init:
             raise UserError("method dmt fine-tunes an SMT run: give --init DIR")
+        check_finite(self)
+        self.model.validate(teacher=uses_teacher(self))
+        for section in (self.train, self.dmt_train):
+            section.validate()
+        if uses_teacher(self):
+            self._validate_teacher()
+
+    def _validate_teacher(self) -> None:
         if self.model.future > self.length:
-            raise UserError(f"future length {self.model.future} is longer than the sequence ({self.length})")
+            raise UserError(f"--future {self.model.future} is longer than the sequence (--length {self.length})")
         if self.smt.context < 0:
             raise UserError(f"smt context must be 0 (all prefixes) or positive, got {self.smt.context}")
         if self.smt.context and self.length < self.smt.context + self.model.future - 1:
@@ -61,24 +73,21 @@ class RunConfig:
             raise UserError("dmt every and truncate must be positive")
         if self.dmt.start not in ("initial", "teacher"):
             raise UserError(f"dmt start must be initial or teacher, got {self.dmt.start!r}")
-        self.model.validate()
-        self.train.validate()
-        self.dmt_train.validate()
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> RunConfig:
-        nested = SECTIONS
+        values = _without_retired(values)
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise UserError(f"unknown config keys {sorted(unknown)}")
         kwargs = {}
         for key, value in values.items():
-            if key in nested:
-                sub_type = nested[key]
+            if key in SECTION_TYPES:
+                sub_type = SECTION_TYPES[key]
                 sub_known = {f.name for f in fields(sub_type)}
                 if not isinstance(value, dict) or set(value) - sub_known:
                     raise UserError(f"bad config section {key!r}: {value}")
@@ -88,12 +97,134 @@ class RunConfig:
         return cls(**kwargs)
 
 
-# the nested sections of a RunConfig and their types (config.json stores each as a dict)
-SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "dmt_train": TrainConfig,
-    "smt": SMTConfig,
-    "dmt": DMTConfig,
-    "bptt": BPTTConfig,
-}
+# settings smtrnn no longer has, with the value that meant "off": a config.json written before they were
+# removed still loads when it left them off
+RETIRED = {"smt.input_noise": 0.0, "smt.horizon_noise": 0.0, "dmt.whiten": False}
+
+
+def _without_retired(values: dict) -> dict:
+    values = {key: dict(value) if isinstance(value, dict) else value for key, value in values.items()}
+    for dotted, off in RETIRED.items():
+        section, name = dotted.split(".")
+        if isinstance(values.get(section), dict) and name in values[section]:
+            if values[section].pop(name) != off:
+                raise UserError(
+                    f"this config sets {dotted}, which smtrnn no longer has (it was only ever off by default)"
+                )
+    return values
+
+
+# ------------------------------------------------------------------------------------------------
+# the options: one list of sections, one name per field
+
+# (section of RunConfig, its type, option prefix): every field becomes --prefix-field-name
+SECTIONS: list[tuple[str, type, str]] = [
+    ("model", ModelConfig, ""),
+    ("train", TrainConfig, ""),
+    ("smt", SMTConfig, "smt-"),
+    ("dmt", DMTConfig, "dmt-"),
+    ("dmt_train", TrainConfig, "dmt-"),
+    ("bptt", BPTTConfig, "bptt-"),
+]
+SECTION_TYPES: dict[str, type] = {name: kind for name, kind, _ in SECTIONS}
+# top-level fields that are options (task_options has its own --task-option KEY=VALUE)
+TOP_LEVEL = ["task", "length", "method", "seed", "device", "init", "eval_batches", "length_generalisation"]
+
+
+def option_name(dotted: str) -> str:
+    """The command-line option of a field: "smt.horizon" -> "--smt-horizon", "length" -> "--length"."""
+    section, _, name = dotted.rpartition(".")
+    prefix = next((prefix for key, _, prefix in SECTIONS if key == section), "")
+    return "--" + prefix + name.replace("_", "-")
+
+
+def get_field(config: RunConfig, dotted: str):
+    section, _, name = dotted.rpartition(".")
+    return getattr(getattr(config, section) if section else config, name)
+
+
+def set_field(config: RunConfig, dotted: str, value) -> None:
+    """Set "section.field" (or a top-level field) of ``config``; a UserError for a name it does not have."""
+    section, _, name = dotted.rpartition(".")
+    owner = getattr(config, section, None) if section else config
+    if owner is None or section and section not in SECTION_TYPES or name not in {f.name for f in fields(owner)}:
+        raise UserError(f"no config field {dotted!r}")
+    setattr(owner, name, value)
+
+
+@cache
+def field_help(kind: type) -> dict[str, str]:
+    """The comment written beside (or on the lines just above) each field of a dataclass: its help."""
+    source = inspect.getsource(kind)
+    comments: dict[int, str] = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+    helps = {}
+    for node in ast.parse(source).body[0].body:  # type: ignore[attr-defined]
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            line, above = node.lineno, list[str]()
+            while line - 1 - len(above) in comments:
+                above.insert(0, comments[line - 1 - len(above)])
+            helps[node.target.id] = comments.get(node.end_lineno or line) or " ".join(above)
+    return helps
+
+
+# ------------------------------------------------------------------------------------------------
+# options the chosen method or cell does not read: refused, never silently ignored
+
+
+def _changed(config: RunConfig, section: str) -> list[str]:
+    """Dotted names of the fields of ``section`` that differ from their defaults."""
+    default = getattr(RunConfig(), section)
+    current = getattr(config, section)
+    return [
+        f"{section}.{item.name}"
+        for item in fields(current)
+        if getattr(current, item.name) != getattr(default, item.name)
+    ]
+
+
+def _unread(config: RunConfig, names: list[str]) -> list[tuple[str, str]]:
+    """(dotted field, message) for each of ``names`` that this run never reads: a section of a method it
+    does not run, a teacher setting without a teacher, a cell option of another cell."""
+    plan = phases(config)
+    sections = {phase.train_section for phase in plan} | {phase.method_section for phase in plan}
+    read = {name for phase in plan for name in phase.also_reads}
+    teacher = uses_teacher(config)
+    found = []
+    for dotted in names:
+        section, _, name = dotted.rpartition(".")
+        if section in ("smt", "dmt", "dmt_train", "bptt") and section not in sections and dotted not in read:
+            found.append((dotted, f"{option_name(dotted)} is not read by --method {config.method}"))
+        elif section == "model" and name in TEACHER_FIELDS and not teacher:
+            found.append((dotted, f"{option_name(dotted)} sets the teacher, which --method {config.method} has not"))
+        elif section == "model" and name in CELL_OPTIONS and config.model.cell not in CELL_OPTIONS[name]:
+            cells = CELL_OPTIONS[name]
+            owner = f"{', '.join(cells[:-1])} and {cells[-1]} cells" if len(cells) > 1 else f"{cells[0]} cell"
+            message = f"{option_name(dotted)} is read by the {owner}, not by --cell {config.model.cell}"
+            found.append((dotted, message))
+    return found
+
+
+def unread_options(config: RunConfig, names: list[str]) -> list[str]:
+    """The message of each option of ``names`` (dotted fields the user set) that this run never reads."""
+    return [message for _, message in _unread(config, names)]
+
+
+def reset_unused(config: RunConfig) -> None:
+    """Put every field this run never reads back to its default (a study shares one base config across
+    methods and cells; each run keeps only what it reads, so its config.json says what mattered)."""
+    default = RunConfig()
+    changed = [name for section in SECTION_TYPES for name in _changed(config, section)]
+    for dotted, _ in _unread(config, changed):
+        set_field(config, dotted, get_field(default, dotted))
+
+
+def check_finite(config: RunConfig) -> None:
+    """Every float of the config is a finite number (config.json holds no Infinity or NaN)."""
+    for section, _, _ in SECTIONS:
+        for item in fields(getattr(config, section)):
+            value = getattr(getattr(config, section), item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{option_name(section + '.' + item.name)} must be a finite number, got {value}")

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from smtrnn.cells import CELLS
 from smtrnn.errors import UserError
 from smtrnn.rnn import RNN
 from smtrnn.teacher import Teacher, TeacherConfig
@@ -14,18 +15,18 @@ from smtrnn.teacher import Teacher, TeacherConfig
 
 @dataclass
 class ModelConfig:
-    cell: str = "tanh"  # tanh | mlp | gru | lstm | transformer
-    memory_size: int = 64  # M
-    embed_dim: int = 32  # token embedding width of the cell (transformer: M / memory_tokens)
-    memory_tokens: int = 4  # transformer cell: K memory tokens of M/K each
+    cell: str = "tanh"  # the RNN's cell
+    memory_size: int = 64  # M, the size of the RNN's memory (and of the teacher's)
+    embed_dim: int = 32  # token embedding width of the cell (the transformer cell's is M / memory tokens)
+    memory_tokens: int = 4  # transformer cell: the memory is this many tokens of M / K each
     cell_layers: int = 2  # transformer cell: layers
     cell_heads: int = 2  # transformer cell: attention heads
-    readout_hidden: int = 128
-    teacher_width: int = 64
-    teacher_layers: int = 2
-    teacher_decoder_layers: int = 1
-    teacher_heads: int = 4
-    future: int = 16  # Tf
+    readout_hidden: int = 128  # hidden width of the readout MLP (memory -> logits)
+    teacher_width: int = 64  # Transformer width of the teacher's encoder and decoder
+    teacher_layers: int = 2  # teacher encoder layers
+    teacher_decoder_layers: int = 1  # teacher decoder layers
+    teacher_heads: int = 4  # teacher attention heads
+    future: int = 16  # Tf: the decoder predicts y_t .. y_{t+Tf-1} from the memory m*_t alone
     # none: the encoder knows order only from its causal mask, so its memories depend on the prefix, not on
     # the absolute time; an RNN (time-invariant) follows them far more easily (docs/horizon.md)
     teacher_positions: str = "none"  # none | sinusoid
@@ -34,11 +35,17 @@ class ModelConfig:
     memory_levels: int = 0
     round_at_run_time: bool = False  # the trained cell also rounds when it runs on its own
 
-    def validate(self):
-        for name in ("memory_size", "embed_dim", "readout_hidden", "teacher_width", "teacher_layers", "future"):
+    def validate(self, teacher: bool = True):
+        """Refuse sizes the networks cannot be built with (``teacher``: also the teacher's settings)."""
+        if self.cell not in CELLS:
+            raise UserError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        names = ("memory_size", "embed_dim", "readout_hidden") + (
+            ("teacher_width", "teacher_layers", "future") if teacher else ()
+        )
+        for name in names:
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.teacher_positions not in ("sinusoid", "none"):
+        if teacher and self.teacher_positions not in ("sinusoid", "none"):
             raise UserError(f"teacher positions must be sinusoid or none, got {self.teacher_positions!r}")
         if self.memory_levels == 1 or self.memory_levels < 0:
             raise UserError(f"memory levels must be 0 (continuous) or at least 2, got {self.memory_levels}")
@@ -46,20 +53,64 @@ class ModelConfig:
             raise UserError("memory levels need a bounded memory; the lstm cell's c is not: use 0 with --cell lstm")
         if self.round_at_run_time and not self.memory_levels:
             raise UserError("round at run time needs a memory on a grid: give memory levels as well")
-        if self.teacher_width % self.teacher_heads:
+        if teacher and self.teacher_width % self.teacher_heads:
             raise UserError(
                 f"teacher width {self.teacher_width} is not divisible by teacher heads {self.teacher_heads}"
             )
+
+
+# the fields only the teacher reads (a method without a teacher refuses them), and the cell options that
+# only some cells read (the others refuse them): {field: cells that read it}
+TEACHER_FIELDS = (
+    "teacher_width",
+    "teacher_layers",
+    "teacher_decoder_layers",
+    "teacher_heads",
+    "future",
+    "teacher_positions",
+)
+CELL_OPTIONS = {
+    "embed_dim": ("tanh", "gru", "lstm", "mlp"),
+    "memory_tokens": ("transformer",),
+    "cell_layers": ("transformer",),
+    "cell_heads": ("transformer",),
+}
+
+
+def cell_options(config: ModelConfig) -> dict:
+    """The keyword arguments of ``config.cell``'s constructor besides vocabulary and memory size."""
+    names = {"memory_tokens": "memory_tokens", "cell_layers": "layers", "cell_heads": "heads", "embed_dim": "embed_dim"}
+    return {names[name]: getattr(config, name) for name, cells in CELL_OPTIONS.items() if config.cell in cells}
+
+
+def build_rnn(config: ModelConfig, vocab_size: int, num_classes: int) -> RNN:
+    """The RNN (cell + readout) that ``config`` describes."""
+    return RNN(
+        config.cell,
+        vocab_size,
+        num_classes,
+        config.memory_size,
+        config.readout_hidden,
+        config.memory_levels,
+        config.round_at_run_time,
+        **cell_options(config),
+    )
 
 
 # a model of a few thousand parameters for smoke presets and tests (checks machinery, never a result)
 TINY_SIZES = dict(
     memory_size=8, embed_dim=4, readout_hidden=8, teacher_width=8, teacher_layers=1, teacher_heads=2, future=2
 )
+TINY_TRANSFORMER_CELL = dict(memory_tokens=2, cell_layers=1)  # replaces embed_dim for the transformer cell
 
 
-def tiny_model(**overrides) -> ModelConfig:
-    return ModelConfig(**{**TINY_SIZES, **overrides})
+def tiny_model(cell: str = "tanh", **overrides) -> ModelConfig:
+    """A tiny ModelConfig for ``cell``: only the options that cell reads are set away from the defaults."""
+    sizes = dict(TINY_SIZES)
+    if cell == "transformer":
+        del sizes["embed_dim"]
+        sizes.update(TINY_TRANSFORMER_CELL)
+    return ModelConfig(cell=cell, **{**sizes, **overrides})
 
 
 class Models(nn.Module):
@@ -69,26 +120,15 @@ class Models(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.rnn = RNN(
-            config.cell,
-            vocab_size,
-            num_classes,
-            config.memory_size,
-            config.readout_hidden,
-            embed_dim=config.embed_dim,
-            memory_tokens=config.memory_tokens,
-            layers=config.cell_layers,
-            heads=config.cell_heads,
-        )
+        self.rnn = build_rnn(config, vocab_size, num_classes)
         cell = self.rnn.cell
-        cell.levels, cell.round_at_run_time = config.memory_levels, config.round_at_run_time
         teacher_config = TeacherConfig(
-            config.teacher_width,
-            config.teacher_layers,
-            config.teacher_decoder_layers,
-            config.teacher_heads,
-            config.future,
-            config.teacher_positions,
+            width=config.teacher_width,
+            layers=config.teacher_layers,
+            decoder_layers=config.teacher_decoder_layers,
+            heads=config.teacher_heads,
+            future=config.future,
+            positions=config.teacher_positions,
         )
         self.teacher = Teacher(
             vocab_size, num_classes, config.memory_size, cell.memory_space, cell.memory_tokens, teacher_config

@@ -31,10 +31,13 @@ class RNN(nn.Module):
         num_classes: int,
         memory_size: int,
         readout_hidden: int = 128,
+        levels: int = 0,
+        round_at_run_time: bool = False,
         **cell_options,
     ):
         super().__init__()
         self.cell = make_cell(cell_name, vocab_size, memory_size, **cell_options)
+        self.cell.levels, self.cell.round_at_run_time = levels, round_at_run_time  # a memory on a grid (cells.py)
         self.readout = Readout(self.cell.output_size, num_classes, readout_hidden)
 
     def logits(self, memory: torch.Tensor) -> torch.Tensor:

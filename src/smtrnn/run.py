@@ -12,22 +12,20 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from smtrnn import checkpoint, metrics
-from smtrnn.config import METHODS, SECTIONS, RunConfig, has_teacher  # noqa: F401  (re-exported)
+from smtrnn.config import RunConfig
 from smtrnn.errors import UserError
 from smtrnn.evaluate import evaluate_rnn, evaluate_teacher, length_generalisation, memory_diagnostics
-from smtrnn.methods import BPTTConfig, bptt_loss, dmt_loss, smt_loss
+from smtrnn.methods import depths, phases, planned_steps, uses_teacher
 from smtrnn.models import Models
 from smtrnn.tasks import make_task
-from smtrnn.train import TrainConfig, is_main_process, train
+from smtrnn.train import is_main_process, train
 
 
 class Objective(nn.Module):
@@ -42,59 +40,6 @@ class Objective(nn.Module):
         return self.loss_fn(self.models, batch, self.method_config, step=step)
 
 
-@dataclass
-class Phase:
-    """One phase of a method: the loss it minimises (with its config), for how long, over which parameters."""
-
-    name: str  # smt | dmt | bptt | tbptt: also the checkpoints' and metrics' phase name
-    loss: Callable  # loss(models, batch, method_config, step=optimiser step) -> (loss, metrics)
-    method_config: Any
-    train: TrainConfig
-    parameters: list[nn.Parameter]
-    trains_teacher: bool = False
-
-
-def phases(config: RunConfig, models: Models) -> list[Phase]:
-    """The phases of ``config.method``, in order: the one table of what each method is."""
-    everything, rnn_only = list(models.parameters()), list(models.rnn.parameters())
-    smt = Phase("smt", smt_loss, config.smt, config.train, everything, trains_teacher=True)
-    table = {
-        "smt": [smt],
-        "dmt": [Phase("dmt", dmt_loss, config.dmt, config.train, rnn_only)],
-        "smt+dmt": [smt, Phase("dmt", dmt_loss, config.dmt, config.dmt_train, rnn_only)],
-        "bptt": [Phase("bptt", bptt_loss, BPTTConfig(truncate=0), config.train, rnn_only)],
-        "tbptt": [Phase("tbptt", bptt_loss, BPTTConfig(truncate=config.bptt.truncate or 16), config.train, rnn_only)],
-    }
-    return table[config.method]
-
-
-def phase_crop(config: RunConfig, phase: str) -> int:
-    """Tokens of each crop that a phase trains on (0 = all). A windowed SMT teacher (context Tc) never
-    encoded a prefix longer than Tc, so its memories further into a crop would be untrained labels:
-    DMT rolls out within the first Tc tokens of each crop."""
-    return config.smt.context if phase == "dmt" else 0
-
-
-def depths(config: RunConfig) -> dict:
-    """Cell applications in series in one training step: on the gradient path and in the forward pass."""
-    length = config.length
-    dmt_length = phase_crop(config, "dmt") or length
-    rollout = min(config.dmt.rollout or dmt_length, dmt_length)
-    smt_length = config.smt.context or length
-    horizon = min(max(1, config.smt.horizon), smt_length)
-    burnin = min(config.smt.horizon_burnin, smt_length - horizon)
-    per_phase = {
-        "smt": (horizon, burnin + horizon),
-        "dmt": (config.dmt.truncate, rollout),
-        "bptt": (length, length),
-        "tbptt": (min(config.bptt.truncate or 16, length), length),
-    }
-    names = config.method.split("+")
-    gradient = max(per_phase[name][0] for name in names)
-    forward = {name: per_phase[name][1] for name in names}
-    return {"sequential_depth": gradient, "forward_depth": forward}
-
-
 def evaluate_run(
     config: RunConfig, task, models: Models, length: int | None = None, batches: int | None = None, full: bool = False
 ) -> dict:
@@ -105,7 +50,7 @@ def evaluate_run(
     batches = batches or config.eval_batches
     getattr(task, "check_length", lambda _: None)(length)  # a user task need not subclass Task
     result = evaluate_rnn(models.rnn, task, length, batches, 64, config.seed, config.device)
-    teacher_trained = has_teacher(config.method)
+    teacher_trained = uses_teacher(config)
     if teacher_trained:
         teacher = evaluate_teacher(models, task, length, max(1, batches // 2), 64, config.seed, config.device)
         teacher.pop("drift_curve")
@@ -262,17 +207,16 @@ def run(
     elif init_models is not None:
         models.load_state_dict(init_models.state_dict())
     done_phase = checkpoint.load_state(latest, None)[0].get("phase") if latest is not None else None
-    plan = phases(config, models)
+    plan = phases(config)
     names = [phase.name for phase in plan]
     if latest is not None and done_phase not in names:
         raise UserError(f"checkpoint {latest} is from phase {done_phase!r}, not one of this run's ({', '.join(names)})")
     generator = torch.Generator().manual_seed(config.seed)
 
-    def sample(gen: torch.Generator, batch_size: int, phase: str) -> dict:
+    def sample(gen: torch.Generator, batch_size: int, crop: int) -> dict:
         batch = task.sample(batch_size, config.length, gen)
         if sample_hook is not None:
             batch = sample_hook(batch)
-        crop = phase_crop(config, phase)
         return {key: (value[:, :crop] if crop else value).to(config.device) for key, value in batch.items()}
 
     def evaluate() -> dict:
@@ -290,9 +234,9 @@ def run(
         finish = models.hand_off_initial_memory if phase.name == "smt" else None
         train(
             Objective(models, phase.loss, phase.method_config),
-            phase.parameters,
-            functools.partial(sample, batch_size=phase.train.batch_size, phase=phase.name),
-            phase.train,
+            phase.parameters(models),
+            functools.partial(sample, batch_size=phase.train(config).batch_size, crop=phase.crop),
+            phase.train(config),
             model=models,
             phase=phase.name,
             earlier_phases=tuple(names[:index]),
@@ -319,7 +263,7 @@ def run(
     seconds = metrics.phase_seconds(run_dir)
     result["phase_seconds"] = {name: seconds.get(name, 0.0) for name in names}
     result["seconds"] = round(sum(result["phase_seconds"].values()), 3)
-    result["steps"] = sum(phase.train.steps for phase in plan)
+    result["steps"] = planned_steps(config)
     result["parameters"] = models.describe()
     if is_main_process():
         checkpoint.write_json(run_dir / "result.json", result)

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smtrnn.config import has_teacher
 from smtrnn.errors import UserError
+from smtrnn.methods import uses_teacher
 
 MODES = ("rnn", "teacher")
 TEXT_STEPS = 200  # continuation length of text and token-id samples when none is given
@@ -219,7 +219,7 @@ def sample_images(
         first_pixel = torch.zeros(count, 1, dtype=torch.long, device=device)
         drawn = continue_prompt(models, first_pixel, height * width - 1, mode, temperature, generator)
         return torch.cat([first_pixel, drawn], 1).reshape(count, 1, height, width)
-    originals = held_out_images(task, count, generator).to(device)
+    originals = held_out_images(task, count, generator or torch.Generator()).to(device)
     given = originals[:, : prime_rows * width]
     drawn = continue_prompt(models, given, height * width - given.shape[1], mode, temperature, generator)
     completions = torch.cat([given, drawn], 1)
@@ -278,7 +278,7 @@ class Generated:
 def check_generation(config, task, mode: str) -> None:
     """Raise UserError where this run cannot generate in this mode."""
     check_mode(mode)
-    if mode == "teacher" and not has_teacher(config.method):
+    if mode == "teacher" and not uses_teacher(config):
         raise UserError(f"this run was trained with {config.method}: it has no trained teacher; use --mode rnn")
     if task.num_classes != task.vocab_size:
         raise UserError(

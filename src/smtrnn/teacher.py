@@ -22,12 +22,14 @@ from smtrnn.cells import project_memory
 
 @dataclass
 class TeacherConfig:
-    width: int = 64  # Transformer model width
-    layers: int = 2  # encoder layers (the decoder has decoder_layers)
-    decoder_layers: int = 1
-    heads: int = 4
-    future: int = 4  # Tf: the decoder predicts y_t .. y_{t+Tf-1} from m*_t
-    positions: str = "none"  # encoder position codes: none (order only from the causal mask) | sinusoid
+    """The teacher's shape; its defaults live in ModelConfig (models.py), which builds this by name."""
+
+    width: int  # Transformer model width
+    layers: int  # encoder layers (the decoder has decoder_layers)
+    decoder_layers: int
+    heads: int
+    future: int  # Tf: the decoder predicts y_t .. y_{t+Tf-1} from m*_t
+    positions: str  # encoder position codes: none (order only from the causal mask) | sinusoid
 
 
 def sinusoid(positions: int, width: int, device=None, start: int = 0) -> torch.Tensor:
@@ -109,11 +111,10 @@ class Teacher(nn.Module):
         num_classes: int,
         memory_size: int,
         memory_space: str,
-        memory_tokens: int = 1,
-        config: TeacherConfig | None = None,
+        memory_tokens: int,
+        config: TeacherConfig,
     ):
         super().__init__()
-        config = config or TeacherConfig()
         self.config, self.memory_size = config, memory_size
         self.memory_space, self.memory_tokens = memory_space, memory_tokens
         self.levels = 0  # memories on a grid of this many values per unit (0: continuous)

@@ -23,16 +23,16 @@ from smtrnn.errors import UserError
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 2e-3
+    steps: int = 2000  # optimiser steps of this phase
+    batch_size: int = 32  # sequences per step (the global batch under torchrun)
+    lr: float = 2e-3  # peak learning rate (AdamW)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup: int = 100
-    weight_decay: float = 0.0
+    warmup: int = 100  # linear learning-rate warm-up, in steps
+    weight_decay: float = 0.0  # AdamW weight decay
     clip: float = 1.0  # max gradient norm; 0 disables
-    log_every: int = 25
-    checkpoint_every: int = 500
-    eval_every: int = 0  # run the evaluation callback every N steps; 0 = only at the end
+    log_every: int = 25  # steps between lines of metrics.jsonl
+    checkpoint_every: int = 500  # steps between checkpoints (and always at the end)
+    eval_every: int = 0  # score the RNN alone on held-out data every N steps (into metrics.jsonl); 0 = only at the end
 
     def validate(self):
         if self.steps < 0:
@@ -43,6 +43,8 @@ class TrainConfig:
             raise UserError(f"learning rate must be positive, got {self.lr}")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise UserError("checkpoint-every and log-every must be positive")
+        if self.eval_every < 0:
+            raise UserError(f"eval-every must be 0 (only at the end) or positive, got {self.eval_every}")
 
 
 class Diverged(UserError):
@@ -166,7 +168,8 @@ def train(
         optimizer.step()
         step += 1
         bar.update(1)
-        if step % config.log_every == 0 or step == config.steps:
+        evaluating = evaluate is not None and config.eval_every and step % config.eval_every == 0
+        if step % config.log_every == 0 or step == config.steps or evaluating:
             last = {
                 "phase": phase,
                 "step": step,
@@ -175,7 +178,7 @@ def train(
                 **distributed.mean_metrics(step_metrics),
                 "seconds": round(time.perf_counter() - started, 3),
             }
-            if evaluate is not None and config.eval_every and step % config.eval_every == 0:
+            if evaluating and evaluate is not None:
                 last.update(evaluate())
                 step_fn.train()
             _log(run_dir, last, log_hook)

@@ -55,16 +55,3 @@ def relative_memory_error(predicted: torch.Tensor, target: torch.Tensor, spread:
     shrinking its memories or by collapsing them onto one point: an absolute MSE rewards both, while
     the relative one-step error, which is what compounds along a rollout, stays as large as before."""
     return (predicted - target).pow(2).mean() / spread.clamp(min=1e-8)
-
-
-def whitening(memories: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
-    """A matrix W with W^T W = (Cov + ridge * mean variance * I)^-1 for the memories' covariance, so
-    that ``||(a - b) @ W.T||^2 / M`` weighs every direction by the inverse of its variance: a small
-    but vital component (a stored needle among loud recent-token features) counts like a large one."""
-    flat = memories.reshape(-1, memories.shape[-1]).double()
-    centred = flat - flat.mean(0)
-    covariance = centred.T @ centred / max(1, flat.shape[0] - 1)
-    covariance = covariance + ridge * covariance.diagonal().mean() * torch.eye(
-        flat.shape[-1], dtype=flat.dtype, device=flat.device
-    )
-    return torch.linalg.inv(torch.linalg.cholesky(covariance)).to(memories.dtype)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from smtrnn.methods.common import masked_cross_entropy, memory_spread, relative_memory_error, whitening
+from smtrnn.methods.common import masked_cross_entropy, memory_spread, relative_memory_error
 
 
 @dataclass
@@ -24,7 +24,6 @@ class DMTConfig:
     rollout: int = 0  # Td: rollout length; 0 = the whole sequence
     start: str = "initial"  # "initial": from the RNN's m_0; "teacher": from m*_s at a random s
     truncate: int = 1  # gradient crosses at most this many cell applications
-    whiten: bool = False  # measure memory error in the teacher memories' whitened coordinates
 
 
 def dmt_loss(models, batch, config: DMTConfig, step: int = 0):
@@ -33,13 +32,7 @@ def dmt_loss(models, batch, config: DMTConfig, step: int = 0):
     batch_size, length = x.shape
     with torch.no_grad():
         expert = teacher.encode(x)  # [B, T+1, M], frozen labels
-        if config.whiten:
-            whiten = whitening(expert[:, 1:])
-            measure = lambda memory: memory @ whiten.T
-        else:
-            measure = lambda memory: memory
-        target = measure(expert)  # errors are measured in these coordinates
-        spread = memory_spread(target[:, 1:])
+        spread = memory_spread(expert[:, 1:])
     steps = min(config.rollout or length, length)
     if config.start == "teacher":
         begin = int(torch.randint(0, length - steps + 1, ()).item())
@@ -47,7 +40,7 @@ def dmt_loss(models, batch, config: DMTConfig, step: int = 0):
         dyn, terms = x.new_zeros((), dtype=torch.float32), 0  # no m_0 to pull towards m*_0
     else:
         begin, memory = 0, cell.initial_memory(batch_size)
-        dyn, terms = relative_memory_error(measure(cell.initial), target[0, 0], spread), 1
+        dyn, terms = relative_memory_error(cell.initial, expert[0, 0], spread), 1
 
     memories = []
     for offset in range(steps):
@@ -59,7 +52,7 @@ def dmt_loss(models, batch, config: DMTConfig, step: int = 0):
         with nullcontext() if needs_grad else torch.no_grad():
             memory = cell.step(memory, x[:, t])
         if supervise:
-            dyn = dyn + relative_memory_error(measure(memory), target[:, t + 1], spread)
+            dyn = dyn + relative_memory_error(memory, expert[:, t + 1], spread)
             terms += 1
         memories.append(memory.detach())
     dyn = dyn / max(1, terms)  # the mean over the supervised memories (and m_0 when the rollout starts there)

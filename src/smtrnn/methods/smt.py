@@ -34,8 +34,7 @@ class SMTConfig:
     # for this many steps the dynamics and horizon terms train the cell only: their pull on the teacher
     # (towards memories easy to carry forward) would otherwise stop it learning long lookups (T >= 256)
     teacher_delay: int = 500
-    input_noise: float = 0.0  # Gaussian noise on m*_t fed to the cell, in units of the memories' spread
-    uniformity_samples: int = 512
+    uniformity_samples: int = 512  # memory tokens the uniformity loss compares (a random subset)
     context: int = 0  # Tc: windowed mode, the encoder sees the first Tc tokens of a crop; 0 = all-prefix
     # horizon (K > 1): roll the cell K steps from teacher memories and supervise every step (see horizon_loss)
     horizon: int = 16  # K: cell applications in series on the horizon's gradient path; 1 = one-step term only
@@ -45,7 +44,6 @@ class SMTConfig:
     horizon_decay: float = 1.0  # weight decay**(k-1) of the k-th rolled step's error (1: all steps alike)
     horizon_detach: bool = True  # labels m*_{s+k} detached: the horizon trains the cell only
     horizon_burnin: int = 0  # free-running cell steps (no gradient, no loss) before the K supervised ones
-    horizon_noise: float = 0.0  # Gaussian noise on the start memories, in units of the memories' spread
     # the readout's one-step term f(m*_t, x_{t+1}) -> y_{t+1} also trains the cell (one application: the
     # gradient path stays O(1)): the labels, not only the memory's squared error, shape the dynamics
     readout_grad: bool = False
@@ -124,7 +122,6 @@ def rollout_error(
     labels: torch.Tensor | None = None,
     decay: float = 1.0,
     burnin: int = 0,
-    noise: float = 0.0,
 ) -> torch.Tensor:
     """Relative memory error of K-step rollouts of the cell, averaged over starts and steps.
 
@@ -142,8 +139,6 @@ def rollout_error(
     rows = lambda source, at: source.gather(1, at.unsqueeze(-1).expand(-1, -1, size))
     targets = rows(labels, index + 1).reshape(batch_size, count, burnin + steps, size)
     memory = rows(memories, starts)
-    if noise:
-        memory = memory + noise * spread.sqrt() * torch.randn_like(memory)
     with torch.no_grad():  # burn-in: the RNN runs on its own, so the supervised steps start off the teacher's path
         for k in range(burnin):
             memory = cell.step(memory, tokens[..., k])
@@ -165,8 +160,6 @@ def smt_loss(models, batch, config: SMTConfig, step: int = 0):
     joint = memories.detach() if step < config.teacher_delay else memories  # what the dynamics may move
     target = joint[:, 1:].detach() if config.detach_target else joint[:, 1:]
     source = joint[:, :-1]
-    if config.input_noise:  # the RNN will run from its own, slightly wrong memories: learn to recover
-        source = source + config.input_noise * memory_spread(source).detach().sqrt() * torch.randn_like(source)
     predicted = rnn.cell.step(source, x)  # the only cell application: all B*T pairs
     # the RNN starts from its own learned m_0, which must equal the teacher's empty memory m*_0
     spread = memory_spread(target)  # part of the label side: detached with it
@@ -175,7 +168,7 @@ def smt_loss(models, batch, config: SMTConfig, step: int = 0):
     dyn = (relative_memory_error(predicted, target, spread) * steps + start) / (steps + 1)
     horizon = min(horizon_length(config, step), steps)
     burnin = min(config.horizon_burnin, steps - horizon)
-    if horizon > 1 or burnin or config.horizon_noise:  # K-step rollouts from (detached) teacher memories
+    if horizon > 1 or burnin:  # K-step rollouts from (detached) teacher memories
         starts = horizon_starts(x.shape[0], steps, burnin + horizon, config.horizon_starts, x.device)
         labels = memories.detach() if config.horizon_detach else joint
         rolled = rollout_error(
@@ -188,7 +181,6 @@ def smt_loss(models, batch, config: SMTConfig, step: int = 0):
             labels,
             config.horizon_decay,
             burnin,
-            config.horizon_noise,
         )
     else:
         rolled = dyn.new_zeros(())

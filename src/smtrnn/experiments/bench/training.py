@@ -7,12 +7,14 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from functools import partial
+from typing import Any
 
 import torch
 
-from smtrnn.bench.config import BenchConfig, sampled_positions
-from smtrnn.bench.measure import count_flops, measure_later, set_peak, time_round_robin
-from smtrnn.methods import BPTTConfig, SMTConfig, bptt_loss, smt_loss
+from smtrnn.config import RunConfig
+from smtrnn.experiments.bench.config import BenchConfig, sampled_positions
+from smtrnn.experiments.bench.measure import count_flops, measure_later, set_peak, time_round_robin
+from smtrnn.methods import BPTTConfig, SMTConfig, bptt_loss, depths, smt_loss
 from smtrnn.methods.common import masked_cross_entropy
 from smtrnn.models import ModelConfig, Models
 from smtrnn.tasks.base import IGNORE
@@ -51,10 +53,13 @@ def windowed(config: BenchConfig, length: int) -> tuple[int, int]:
     return max(1, crop - future + 1), crop  # a stream shorter than Tf: one memory, truncated targets
 
 
-def sequential_depth(method: str, length: int) -> int:
-    """Cell applications in series on one training step's gradient path: SMT's horizon K (within the
-    sequence), BPTT's T."""
-    return min(SMTConfig().horizon, length) if method.startswith("smt") else length
+def sequential_depth(method: str, length: int, config: BenchConfig) -> int:
+    """Cell applications in series on one training step's gradient path, as the method's phases count it
+    (methods.depths): SMT's horizon K within the sequence (the window, for windowed SMT), BPTT's T."""
+    run = RunConfig(length=length, method="smt" if method.startswith("smt") else "bptt")
+    if method == "smt-windowed":
+        run.smt.context, run.length = windowed(config, length)
+    return depths(run)["sequential_depth"]
 
 
 class TrainingStep:
@@ -67,12 +72,12 @@ class TrainingStep:
         vocab = vocab or config.vocab
         model = ModelConfig(cell=cell, memory_size=config.memory_size)
         self.models = Models(model, vocab, classes or vocab).to(config.device)
-        self.first_call_seconds = None  # includes torch.compile's warm-up
+        self.first_call_seconds: float | None = None  # includes torch.compile's warm-up
         smt = method.startswith("smt")
         self.loss_fn = smt_loss if smt else (bptt_loss if method == "bptt-fused" else loop_bptt_loss)
         sampled = method in ("smt-sampled", "smt-windowed")
         # the step as training runs it once the horizon has grown to K and the dynamics reach the teacher
-        self.loss_config = (
+        self.loss_config: Any = (
             SMTConfig(
                 decoder_positions=sampled_positions(config) if sampled else 0,
                 horizon_grow=0,
@@ -119,9 +124,12 @@ def training_rows(
                     steps["smt-windowed"], {key: value[:, :crop] for key, value in batch.items()}
                 )
             # the first warm-up step counts the FLOPs (the compiled step, which does the same, warms up plain)
-            flop_counts = {
-                method: call() if method == "smt-compiled" else count_flops(call) for method, call in calls.items()
-            }
+            flop_counts: dict[str, int] = {}
+            for method, call in calls.items():
+                if method == "smt-compiled":
+                    call()  # its warm-up; the FLOPs are the plain step's
+                else:
+                    flop_counts[method] = count_flops(call)
             seconds = time_round_robin(calls, max(0, config.warmup - 1), config.repeats, config.device)
             for method, call in calls.items():
                 flops = flop_counts["smt" if method == "smt-compiled" else method]
@@ -136,7 +144,7 @@ def training_rows(
                     * (context if method == "smt-windowed" else length)
                     / seconds[method],
                     "peak_mb": None,
-                    "sequential_depth": sequential_depth(method, length),
+                    "sequential_depth": sequential_depth(method, length, config),
                     "gflop_per_step": flops / 1e9,
                     "achieved_gflops": flops / 1e9 / seconds[method],
                 }

@@ -19,7 +19,6 @@ How each number is taken (honest first, cheap second):
 from __future__ import annotations
 
 import ctypes
-import os
 import re
 import statistics
 import time
@@ -38,7 +37,7 @@ def time_round_robin(calls: dict, warmup: int, repeats: int, device: str = "cpu"
     for _ in range(warmup):
         for call in calls.values():
             call()
-    seconds = {name: [] for name in calls}
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
             sync(device)
@@ -51,7 +50,10 @@ def time_round_robin(calls: dict, warmup: int, repeats: int, device: str = "cpu"
 
 def _proc_status_mb(key: str) -> float:
     with open("/proc/self/status") as handle:
-        return int(re.search(key + r":\s+(\d+) kB", handle.read()).group(1)) / 1024
+        found = re.search(key + r":\s+(\d+) kB", handle.read())
+    if found is None:
+        raise OSError(f"/proc/self/status has no {key}")
+    return int(found.group(1)) / 1024
 
 
 _LIBC = None
@@ -72,10 +74,10 @@ def peak_memory_mb(call, device: str = "cpu") -> float | None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
+        allocated = torch.cuda.memory_allocated()
         call()
         torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
+        return (torch.cuda.max_memory_allocated() - allocated) / 2**20
     try:
         libc = _exact_resident_memory()
         libc.malloc_trim(0)
@@ -126,29 +128,6 @@ def matmul_peak(size: int, repeats: int = 5, device: str = "cpu") -> dict:
         sync(device)
         best = min(best, time.perf_counter() - start)
     return {"size": size, "seconds": best, "gflops": 2 * size**3 / best / 1e9}
-
-
-def machine() -> dict:
-    def first(path, pattern):
-        try:
-            with open(path) as handle:
-                found = re.search(pattern, handle.read(), re.M)
-            return found.group(1).strip() if found else None
-        except OSError:
-            return None
-
-    memory_kb = first("/proc/meminfo", r"^MemTotal:\s+(\d+)")
-    info = {
-        "cpu": first("/proc/cpuinfo", r"^model name\s*:(.*)$"),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "memory_gb": round(int(memory_kb) / 2**20, 1) if memory_kb else None,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def measure_later(tasks: list, later: list | None) -> None:

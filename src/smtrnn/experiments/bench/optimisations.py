@@ -9,9 +9,9 @@ from functools import partial
 import torch
 
 from smtrnn import teacher as teacher_module
-from smtrnn.bench.config import BenchConfig, sampled_positions
-from smtrnn.bench.measure import measure_later, peak_memory_mb, time_round_robin
-from smtrnn.bench.training import TrainingStep
+from smtrnn.experiments.bench.config import BenchConfig, sampled_positions
+from smtrnn.experiments.bench.measure import measure_later, peak_memory_mb, time_round_robin
+from smtrnn.experiments.bench.training import TrainingStep
 from smtrnn.methods import smt as smt_module
 from smtrnn.models import ModelConfig, Models
 from smtrnn.sampling import uncached_teacher_logits

@@ -1,25 +1,15 @@
-"""Render a ``bench.run_bench`` result: docs/benchmarks.md (tables, targets) and two figures."""
+"""The page of a ``run_bench`` result: docs/benchmarks.md's generated blocks (tables, targets) and two figures."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from smtrnn.report import table
-
-STYLE = {
-    "smt": ("o", "C0"),
-    "smt-sampled": ("s", "C1"),
-    "smt-windowed": ("X", "C6"),
-    "smt-compiled": ("D", "C4"),
-    "smt-bf16": ("P", "C5"),
-    "bptt": ("^", "C2"),
-    "bptt-fused": ("v", "C3"),
-}
+from smtrnn.experiments.pages import MISSING, STYLE, Blocks, figure, save, table
 
 
 def _number(value, digits: int = 3) -> str:
     if value is None:
-        return "n/a"
+        return MISSING
     if isinstance(value, bool):
         return "yes" if value else "**no**"
     if isinstance(value, int):
@@ -162,33 +152,6 @@ def _optimisation_section(result: dict) -> list[str]:
     return lines
 
 
-NOTES = """\
-- `smt-sampled` is all-prefix SMT with the decoder on a few sampled positions per sequence: its encoder
-  still attends over the whole sequence, quadratic in T. `smt-windowed` trains on a crop of Tc + Tf - 1
-  tokens whatever the stream's length, which is what SMT does on long streams (pixels, text); it is not
-  the same learning problem as BPTT over the whole T (that is truncated BPTT's), so read its rows as the
-  cost of a windowed step, and the `smt` rows as the like-for-like comparison.
-- The CUDA paths (synchronised timing, torch.cuda.max_memory_allocated, `--autocast` bf16) are written
-  but untested: no GPU was available.
-- `--compile` (torch.compile of `smt_loss`) is not part of the quick run: on CPU its warm-up takes
-  minutes. `smtrnn bench --compile` adds `smt-compiled` rows beside eager, with the first call's time.
-- Reading the targets: on a CPU a step costs its FLOPs, not its sequential depth. All-prefix SMT runs a
-  Transformer teacher (encoder over every prefix, decoder over every window) beside a small RNN, so it
-  does many times the FLOPs of a BPTT step of that RNN; it wins on depth (1 against T), which pays on
-  hardware that runs the T-wide batch in parallel, or against a cell whose step is expensive in series.
-"""
-
-THREADS_NOTE = """\
-- One PyTorch thread on a machine with more cores: chosen with `--threads 1` because other jobs shared the
-  machine (see the load average), and PyTorch's default of two threads stalled whenever a third process
-  took a core: while developing, a transformer-cell BPTT step at T=1024 took 30 s on two threads against
-  2.1 s on one; one two-thread quick run did not finish in fifteen minutes, and another finished in five
-  but with its last rows (transformer cell, T=1024) slowed 4x when a job started beside it, which hits
-  the many small operations of a BPTT loop hardest and so flattered SMT. On one thread every method ran
-  under the same, steady setting; the matmul peak above is one thread's too.
-"""
-
-
 def _summary(result: dict) -> list[str]:
     training, inference = result["training"], result["inference"]
     last = max(r["length"] for r in training)
@@ -221,96 +184,70 @@ def _summary(result: dict) -> list[str]:
     return lines + [""]
 
 
-def markdown(result: dict, command: str | None = None, notes: str = NOTES) -> str:
+def _header(result: dict, command: str) -> list[str]:
     machine, matmul = result["machine"], result["matmul"]
-    lines = [
+    threads = machine.get("torch_threads")
+    busy = max(machine["load_before"] + machine["load_after"]) > (machine.get("usable_cpus") or 1)
+    return [
         "# Benchmarks",
         "",
-        f"Produced on {result['date']} in {result['seconds'] / 60:.1f} minutes by"
-        + (f"\n\n    {command}\n" if command else " `smtrnn bench`.\n"),
+        f"Command: `{command}`  ",
+        f"Date: {result['date']}, {result['seconds'] / 60:.1f} minutes  ",
         f"Machine: {machine.get('cpu')}, {machine.get('usable_cpus')} usable of {machine.get('logical_cpus')} logical "
-        f"CPUs, {machine.get('memory_gb')} GB, PyTorch {machine.get('torch')} on {machine.get('torch_threads')} "
-        f"thread{'s' if machine.get('torch_threads') != 1 else ''}{', ' + machine['gpu'] if machine.get('gpu') else ''}. "
+        f"CPUs, {machine.get('memory_gb')} GB, PyTorch {machine.get('torch')} on {threads} "
+        f"thread{'s' if threads != 1 else ''}{', ' + machine['gpu'] if machine.get('gpu') else ''}. "
         f"Load average (1, 5, 15 min) {'/'.join(f'{x:.1f}' for x in machine['load_before'])} at the start and "
         f"{'/'.join(f'{x:.1f}' for x in machine['load_after'])} at the end"
-        + (
-            ": above the CPU count, other work shared the machine and absolute times are noisy"
-            if max(machine["load_before"] + machine["load_after"]) > (machine.get("usable_cpus") or 1)
-            else ""
-        )
-        + ". The methods of one row group were timed in turn, so the ratios between them are the numbers to "
-        "read.",
+        + (": above the CPU count, other work shared the machine and absolute times are noisy" if busy else "")
+        + ".",
         "",
         f"Matmul peak, measured in the same run: {matmul['gflops']:.1f} GFLOP/s (float32, "
         f"{matmul['size']}x{matmul['size']} @ {matmul['size']}x{matmul['size']}, best of 5).",
         "",
-        "![seconds per training step against T](figures/bench_step_time.png)",
+    ]
+
+
+def blocks(result: dict, command: str, link: str | None) -> Blocks:
+    """The page's generated blocks: how and where it ran, the summary, the targets and every table."""
+    images = [
+        f"![seconds per training step against T]({link}/bench_step_time.png)",
         "",
-        "![per-token inference against context](figures/bench_inference.png)",
+        f"![per-token inference against context]({link}/bench_inference.png)",
         "",
     ]
-    lines += _summary(result) + ["## Targets", ""]
-    lines += _table(
+    targets = _table(
         ["target", "cell", "measured", "met"],
         [[r["target"], r["cell"], r["measured"], r["met"]] for r in result["targets"]],
     )
-    lines += _training_section(result) + _inference_section(result) + _optimisation_section(result)
-    lines += [
-        "## How it is measured",
-        "",
-        "- Time: median of the timed steps after warm-up; on CUDA with synchronisation around each step.",
-        "- Memory: on CPU the peak resident set during the call (VmHWM, reset via /proc/self/clear_refs) minus "
-        "the resident set before it, with glibc mapping every allocation over 64 KiB on its own so freed "
-        "tensors leave at once; measured in a pass after all timings. On CUDA, "
-        "torch.cuda.max_memory_allocated minus the memory allocated before.",
-        "- FLOPs: torch.utils.flop_counter over one step; PyTorch's CPU flash-attention kernels counted with "
-        "its SDPA formulas, halved when causal.",
-        "- Sequential depth: SMT applies the cell once to all (m*_t, x_{t+1}) pairs (depth 1); BPTT applies "
-        "it T times in series, fused kernel or not.",
-        "",
+    return [
+        ("header", _header(result, command) + (images if link else [])),
+        ("summary", _summary(result)),
+        ("targets", ["## Targets", "", *targets]),
+        ("training", _training_section(result)),
+        ("inference", _inference_section(result)),
+        ("optimisations", _optimisation_section(result)),
     ]
-    if machine.get("torch_threads") == 1 and (machine.get("usable_cpus") or 1) > 1:
-        notes += THREADS_NOTE
-    if notes:
-        lines += ["## Notes", "", notes.strip(), ""]
-    return "\n".join(lines)
 
 
-def figures(result: dict, folder: str | Path) -> list[Path]:
-    """docs/figures/bench_step_time.png and bench_inference.png (log-log)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+def figures(result: dict, folder: Path) -> list[Path]:
+    """bench_step_time.png and bench_inference.png (log-log)."""
     training = result["training"]
     cells = list(dict.fromkeys(r["cell"] for r in training))
-    figure, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.6), sharey=True, squeeze=False)
+    drawn, axes = figure(1, len(cells), 4.2, 3.6)
     for axis, cell in zip(axes[0], cells):
         for method in dict.fromkeys(r["method"] for r in training if r["cell"] == cell):
             rows = [r for r in training if r["cell"] == cell and r["method"] == method]
             marker, color = STYLE.get(method, ("x", "k"))
-            axis.plot(
-                [r["length"] for r in rows],
-                [r["seconds_per_step"] for r in rows],
-                marker=marker,
-                color=color,
-                label=method,
-            )
+            lengths, seconds = [r["length"] for r in rows], [r["seconds_per_step"] for r in rows]
+            axis.plot(lengths, seconds, marker=marker, color=color, label=method)
         axis.set(xscale="log", yscale="log", title=f"{cell} cell", xlabel="sequence length T")
         axis.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("seconds per training step")
-    legend = {label: handle for axis in axes[0] for handle, label in zip(*axis.get_legend_handles_labels())}
-    axes[0][0].legend(legend.values(), legend.keys(), fontsize=8)
-    figure.tight_layout()
-    step_path = folder / "bench_step_time.png"
-    figure.savefig(step_path, dpi=120)
-    plt.close(figure)
-
+    axes[0][0].legend(fontsize=8)
+    paths = [save(drawn, Path(folder) / "bench_step_time.png")]
     inference = result["inference"]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    drawn, axes = figure(1, 2, 4.5, 3.6)
+    left, right = axes[0]
     for model in dict.fromkeys(r["model"] for r in inference):
         rows = [r for r in inference if r["model"] == model]
         contexts = [r["context"] for r in rows]
@@ -321,8 +258,4 @@ def figures(result: dict, folder: str | Path) -> list[Path]:
     for axis in (left, right):
         axis.grid(True, which="both", alpha=0.3)
     left.legend(fontsize=8)
-    figure.tight_layout()
-    inference_path = folder / "bench_inference.png"
-    figure.savefig(inference_path, dpi=120)
-    plt.close(figure)
-    return [step_path, inference_path]
+    return paths + [save(drawn, Path(folder) / "bench_inference.png")]

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from functools import partial
 
 import torch
 
-from smtrnn.bench.config import BenchConfig
-from smtrnn.bench.measure import measure_later, set_peak, sync, time_round_robin
+from smtrnn.experiments.bench.config import BenchConfig
+from smtrnn.experiments.bench.measure import measure_later, set_peak, sync, time_round_robin
 from smtrnn.models import ModelConfig, Models
 from smtrnn.sampling import CachedTeacherStream, RNNStream, uncached_teacher_logits
 
@@ -57,13 +58,13 @@ def inference_rows(config: BenchConfig, log=print, later: list | None = None) ->
     longest = contexts[-1]
     tokens = torch.randint(0, config.vocab, (1, longest + 1), generator=torch.Generator().manual_seed(config.seed))
     tokens = tokens.to(config.device)
-    streams = {
+    streams: dict[str, Callable[[], RNNStream | CachedTeacherStream]] = {
         "rnn": lambda: RNNStream(models.rnn),
         "teacher-kv-cache": lambda: CachedTeacherStream(models.teacher, longest + 2),
     }
     rows = {}
     for name, make in streams.items():
-        stream, states = make(), {}
+        stream, states = make(), dict[int, int]()
         times = _stream(stream, tokens, config.device, contexts, lambda c: states.__setitem__(c, stream.state_bytes()))
         for context in contexts:
             rows[name, context] = _inference_row(name, context, _token_window(times, context), states[context])

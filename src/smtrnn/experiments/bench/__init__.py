@@ -19,11 +19,11 @@ from datetime import datetime, timezone
 
 import torch
 
-from smtrnn.bench.config import BenchConfig, quick_config, sampled_positions
-from smtrnn.bench.inference import inference_rows
-from smtrnn.bench.measure import count_flops, machine, matmul_peak, peak_memory_mb, time_round_robin
-from smtrnn.bench.optimisations import derived_rows, optimisation_rows
-from smtrnn.bench.training import (
+from smtrnn.experiments.bench.config import BenchConfig, quick_config, sampled_positions
+from smtrnn.experiments.bench.inference import inference_rows
+from smtrnn.experiments.bench.measure import count_flops, matmul_peak, peak_memory_mb, time_round_robin
+from smtrnn.experiments.bench.optimisations import derived_rows, optimisation_rows
+from smtrnn.experiments.bench.training import (
     FUSED,
     TrainingStep,
     dense_batch,
@@ -33,6 +33,7 @@ from smtrnn.bench.training import (
     training_rows,
     windowed,
 )
+from smtrnn.experiments.pages import machine_details
 from smtrnn.models import ModelConfig
 from smtrnn.sampling import CachedTeacherStream, RNNStream, uncached_teacher_logits
 
@@ -47,7 +48,6 @@ __all__ = [
     "derived_rows",
     "inference_rows",
     "loop_bptt_loss",
-    "machine",
     "matmul_peak",
     "optimisation_rows",
     "peak_memory_mb",
@@ -145,7 +145,7 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     result = {
         "date": started.isoformat(timespec="seconds"),
         "seconds": (datetime.now(timezone.utc) - started).total_seconds(),
-        "machine": {**machine(), "load_before": load_before, "load_after": os.getloadavg()},
+        "machine": {**machine_details(), "load_before": load_before, "load_after": os.getloadavg()},
         "config": {**asdict(config), "decoder_positions": sampled_positions(config)},
         "model_defaults": asdict(ModelConfig()),
         "matmul": peak,

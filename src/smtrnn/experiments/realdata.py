@@ -1,0 +1,214 @@
+"""Real data (docs/realdata.md): BPTT against SMT->DMT on MNIST, Quick, Draw! sketches and Brown fiction
+as byte streams, the same model, crops, batch and total optimiser steps for every method.
+
+SMT is windowed: the teacher encodes the first Tc tokens of a crop of Tc + Tf - 1, so that every memory
+has Tf future targets; DMT rolls the RNN out over Td tokens from a teacher memory. Image crops are
+aligned whole images (Tc = 784), so the RNN alone can draw an image from its initial memory m_0. Every
+25 steps the RNN alone is scored on held-out crops: the curves put that against training tokens and
+against sequential compute."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from smtrnn.config import RunConfig
+from smtrnn.experiments import measure
+from smtrnn.experiments.pages import STYLE, Blocks, figure, fmt, groups, header, save, table
+from smtrnn.experiments.runner import directory, smoke
+from smtrnn.experiments.spec import Budget, Point, Study, Variant
+from smtrnn.methods import DMTConfig, SMTConfig
+from smtrnn.models import ModelConfig
+from smtrnn.sampling import image_grid
+from smtrnn.train import TrainConfig
+
+TITLE = "Real data: BPTT against SMT->DMT"
+VARIANTS = [
+    Variant("bptt", "BPTT over whole crops", {"method": "bptt"}),
+    Variant("tbptt", "truncated BPTT", {"method": "tbptt"}),
+    Variant("smt+dmt", "windowed SMT, then DMT from teacher memories"),
+]
+FUTURE = 16
+
+
+def _plan(context: int, rollout: int, **options) -> dict:
+    """A dataset's cut: SMT context Tc (crops of Tc + Tf - 1 tokens), DMT rollout Td, the task's options."""
+    return {"smt.context": context, "dmt.rollout": rollout, "task_options": options}
+
+
+def _study(preset: str, plans: dict[str, dict], future: int = FUTURE) -> Study:
+    """Measured per step on one core (batch 16): images (crops of 799) BPTT 0.53 s, SMT 0.9 s, DMT 0.25 s;
+    text (crops of 271) 0.22, 0.23 and 0.08 s: 600 + 150 steps against 750 take about 25 minutes with
+    two jobs. 32 decoder positions per crop send 32 x 16 = 512 windows to the decoder per step, near
+    BPTT's 16 x 799 labelled tokens in predictions made."""
+    schedule = dict(batch_size=16, log_every=25, eval_every=25)
+    base = RunConfig(
+        model=ModelConfig(cell="mlp", future=future),
+        train=TrainConfig(lr=2e-3, warmup=50, **schedule),
+        dmt_train=TrainConfig(lr=1e-3, warmup=10, **schedule),
+        smt=SMTConfig(decoder_positions=32, dyn_warmup=150),
+        dmt=DMTConfig(start="teacher", every=16),
+    )
+    points = [
+        Point(variant, dataset, "mlp", plan["smt.context"] + future - 1)
+        for dataset, plan in plans.items()
+        for variant in ("bptt", "smt+dmt")
+    ]
+    overrides = {
+        name: {key: value for key, value in plan.items() if key != "task_options"} for name, plan in plans.items()
+    }
+    return Study(
+        "realdata",
+        preset,
+        base,
+        VARIANTS,
+        points,
+        [0],
+        {10**6: Budget(750, 150)},  # every length: 600 SMT + 150 DMT steps, BPTT 750
+        tasks={name: plan["task_options"] for name, plan in plans.items()},
+        task_overrides=overrides,
+        measurements=["curve", "bytes"],
+    )
+
+
+def cpu() -> Study:
+    image = _plan(784, 256, align=True)  # whole images
+    return _study("cpu", {"mnist": image, "quickdraw": image, "brown": _plan(256, 128)})
+
+
+def _smoke() -> Study:
+    plans = {
+        "mnist": _plan(16, 8, limit=200, align=False),
+        "quickdraw": _plan(16, 8, limit=200, align=False, classes=2),
+        "brown": _plan(16, 8, limit=20000),
+    }
+    return smoke(_study("smoke", plans, future=2), points=6, steps=3)
+
+
+PRESETS = {"cpu": cpu, "smoke": _smoke}
+
+
+# ------------------------------------------------------------------------------------------------
+# the page
+
+
+def main_table(rows: list[dict]) -> list[str]:
+    lines = [
+        [
+            row["task"],
+            row["cell"],
+            row["variant"],
+            fmt(row["bits_per_token"]),
+            fmt(row.get("teacher_bits_per_byte")),
+            fmt(row.get("unigram_bits_per_byte")),
+            fmt(row["accuracy"]),
+            f"{row['tokens']:,}" if row.get("tokens") else "–",
+            str(row["steps"]),
+            fmt(row["seconds"], 0),
+            str(row["sequential_depth"]),
+            f"{row['sequential_compute']:,}" if row.get("sequential_compute") else "–",
+        ]
+        for row in rows
+    ]
+    titles = ["dataset", "cell", "method", "bits/byte (RNN alone)", "teacher bits/byte", "byte frequencies"]
+    return table(
+        titles + ["next-byte accuracy", "training tokens", "steps", "train s", "gradient depth", "sequential compute"],
+        lines,
+    )
+
+
+def samples(rows: list[dict]) -> list[str]:
+    lines = []
+    for row in rows:
+        if row.get("sample_text") is not None:
+            lines += [
+                f"{row['variant']} ({row['cell']}), the RNN alone continuing {row['sample_prompt']!r} at temperature "
+                f"{measure.TEXT_TEMPERATURE}, seed {row['seed']}:",
+                "",
+                "```text",
+                row["sample_text"],
+                "```",
+                "",
+            ]
+    return lines
+
+
+def blocks(result: dict, command: str, link: str | None) -> Blocks:
+    rows = result["rows"]
+    page: Blocks = [("header", header(result, TITLE, command)), ("table", main_table(rows))]
+    for (dataset,), group in groups(rows, "task").items():
+        kinds = ["curves"] + (["samples"] if any(row.get("drew_images") for row in group) else [])
+        images = [[f"![{dataset} {kind}]({link}/realdata-{dataset}-{kind}.png)", ""] for kind in kinds] if link else []
+        page.append((f"dataset-{dataset}", [f"## {dataset}", "", *sum(images, []), *samples(group)]))
+    return page
+
+
+def _folder(result: dict, row: dict) -> Path:
+    return directory(result["out"], Point(row["variant"], row["task"], row["cell"], row["length"]), row["seed"])
+
+
+def curves(rows: list[dict], path: Path) -> Path:
+    """Held-out bits per byte of the RNN alone against training tokens and against sequential compute."""
+    drawn, axes = figure(1, 2, 4.6, 3.6)
+    for row in rows:
+        color = STYLE.get(row["variant"], ("o", "k"))[1]
+        for axis, key in zip(axes[0], ("tokens", "sequential")):
+            points = row.get("curve") or []
+            axis.plot(
+                [p[key] for p in points],
+                [p["bits_per_byte"] for p in points],
+                marker=".",
+                color=color,
+                label=row["variant"],
+            )
+            if row.get("teacher_bits_per_byte") is not None:
+                axis.axhline(
+                    row["teacher_bits_per_byte"],
+                    color=color,
+                    linestyle=":",
+                    linewidth=1,
+                    label=f"{row['variant']} teacher",
+                )
+    for axis, label in zip(axes[0], ("training tokens seen", "sequential compute (cell applications in series)")):
+        axis.set(xlabel=label, ylabel="held-out bits/byte, RNN alone")
+        if any(row.get("curve") for row in rows):
+            axis.set_xscale("log")
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    drawn.suptitle(rows[0]["task"])
+    return save(drawn, path)
+
+
+def drawings(result: dict, rows: list[dict], path: Path) -> Path | None:
+    """Per method: images drawn by the RNN alone from m_0; held-out top halves completed by the RNN
+    reading them; and (SMT runs) completed from the teacher's memory of the top half."""
+    columns = [
+        ("rnn", "RNN alone from m_0"),
+        ("rnn-primed", "top half read by the RNN"),
+        ("teacher-primed", "top half encoded by the teacher"),
+    ]
+    drawn_by = [(row, measure.images(_folder(result, row))) for row in rows]
+    if not any(images for _, images in drawn_by):
+        return None
+    drawn, axes = figure(len(rows), len(columns), 3.4, 3.6)
+    for axes_row, (row, images) in zip(axes, drawn_by):
+        for axis, (kind, title) in zip(axes_row, columns):
+            axis.set_axis_off()
+            if kind in images:
+                batch = torch.from_numpy(images[kind])
+                grid = image_grid(batch, columns=math.ceil(math.sqrt(batch.shape[0] * batch.shape[1]) / batch.shape[1]))
+                axis.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+                axis.set_title(f"{row['variant']}: {title}", fontsize=9)
+    return save(drawn, path)
+
+
+def figures(result: dict, folder: Path) -> list[Path]:
+    """Per dataset: realdata-<dataset>-curves.png, and for images realdata-<dataset>-samples.png."""
+    written = []
+    for (dataset,), rows in groups(result["rows"], "task").items():
+        written.append(curves(rows, folder / f"realdata-{dataset}-curves.png"))
+        sampled = drawings(result, rows, folder / f"realdata-{dataset}-samples.png")
+        written += [sampled] if sampled else []
+    return written

@@ -1,0 +1,240 @@
+"""One runner for every study: each (point, seed) becomes a RunConfig (variant overrides, budget and
+warm-up scaling), runs are trained ``jobs`` at a time in spawned processes, resumable run by run, then
+measured (experiments/measure.py) and read back as rows.
+
+A run whose directory holds result.json for the same config is read back, not retrained; an
+interrupted run resumes from its last checkpoint; a run that diverges leaves diverged.json (its
+message) and is not retried (delete that file to retry).
+
+    result = run_study(study, "runs/horizon", jobs=2)   # {"study", "rows", "planned", "trained", ...}
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Generator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import closing
+from dataclasses import asdict, replace
+from functools import partial
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from smtrnn import checkpoint
+from smtrnn.config import RunConfig, get_field, reset_unused, set_field
+from smtrnn.errors import UserError
+from smtrnn.experiments import measure
+from smtrnn.experiments.spec import Budget, Point, Study
+from smtrnn.methods import planned_steps
+from smtrnn.models import TINY_SIZES, tiny_model
+from smtrnn.run import build, run, saved_config_matches
+from smtrnn.train import Diverged
+
+DIVERGED_FILE = "diverged.json"  # marks a finished run whose training diverged: {"note": message}
+SMT_SCHEDULES = ("smt.dyn_warmup", "smt.teacher_delay", "smt.horizon_grow")  # at most half of SMT's steps
+
+
+def run_config(study: Study, point: Point, seed: int) -> RunConfig:
+    """The RunConfig of one run: the base, the point's task, cell and length, its task's and variant's
+    overrides, its share of the budget, and the warm-ups scaled to fit it:
+
+    - every method trains the budget's steps (times the variant's ``steps``); smt+dmt spends the
+      budget's ``dmt_steps`` of them in DMT;
+    - the learning-rate warm-up of a phase is at most a tenth of its steps, SMT's schedules (the
+      dynamics warm-up, the teacher's delay, the horizon's growth) at most half of the budget's SMT share (times the variant's ``steps``);
+    - the decoder's future window is at most the sequence;
+    - sections and settings the method does not read are left at their defaults."""
+    variant = study.variant(point.variant)
+    config = RunConfig.from_dict(copy.deepcopy(study.base.to_dict()))
+    config.task, config.length, config.seed = point.task, point.length, seed
+    config.task_options = copy.deepcopy(study.tasks.get(point.task, config.task_options))
+    config.model.cell = point.cell
+    for dotted, value in {**study.task_overrides.get(point.task, {}), **variant.overrides}.items():
+        set_field(config, dotted, copy.deepcopy(value))
+    budget = study.budget(point.length)
+    total = round(budget.steps * variant.steps)
+    dmt_steps = budget.dmt_steps if config.method == "smt+dmt" else 0
+    config.train.steps = total - dmt_steps
+    config.train.warmup = min(config.train.warmup, config.train.steps // 10)
+    config.dmt_train.steps = dmt_steps or config.dmt_train.steps
+    config.dmt_train.warmup = min(config.dmt_train.warmup, dmt_steps // 10) if dmt_steps else config.dmt_train.warmup
+    smt_share = round((budget.steps - budget.dmt_steps) * variant.steps)
+    for dotted in SMT_SCHEDULES:
+        set_field(config, dotted, min(get_field(config, dotted), smt_share // 2))
+    config.model.future = min(config.model.future, config.length)
+    reset_unused(config)
+    return config
+
+
+def directory(out: str | Path, point: Point, seed: int) -> Path:
+    return Path(out) / point.variant / point.task / point.cell / f"T{point.length}" / f"seed{seed}"
+
+
+def smoke(study: Study, points: int = 3, steps: int = 6, dmt_steps: int = 2) -> Study:
+    """The one smoke version of a study: its first ``points`` points, one seed, a tiny model, a few steps
+    (seconds; it checks the machinery, never a result)."""
+    small = Study.from_dict(study.to_dict())
+    small.preset, small.points, small.seeds = "smoke", small.points[:points], small.seeds[:1]
+    small.budgets = {
+        length: Budget(steps, dmt_steps if budget.dmt_steps else 0) for length, budget in small.budgets.items()
+    }
+    base = small.base
+    base.model = tiny_model(**{**asdict(base.model), **TINY_SIZES})
+    every = lambda train: min(train.eval_every, 1)  # a study that scores during training does at every step
+    base.train = replace(base.train, batch_size=4, log_every=1, eval_every=every(base.train))
+    base.dmt_train = replace(base.dmt_train, batch_size=4, log_every=1, eval_every=every(base.dmt_train))
+    base.smt = replace(base.smt, horizon=min(base.smt.horizon, 4), horizon_burnin=min(base.smt.horizon_burnin, 2))
+    base.eval_batches = 1
+    for variant in small.variants:
+        variant.steps = min(variant.steps, 2.0)
+    return small
+
+
+def configs(study: Study) -> dict[tuple, tuple[RunConfig, Point]]:
+    """{(variant, task, cell, length, seed): (RunConfig, point)} for every run, in the study's order."""
+    return {point.key(seed): (run_config(study, point, seed), point) for point, seed in study.keys()}
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+
+
+def outcome(config: RunConfig, folder: Path) -> dict | None:
+    """A finished run's result.json, {"diverged": note} for a diverged one, None when unfinished (or
+    when the directory holds another config)."""
+    if not saved_config_matches(config, folder):
+        return None
+    if (folder / "result.json").exists():
+        return checkpoint.read_json(folder / "result.json")
+    if (folder / DIVERGED_FILE).exists():
+        return {"diverged": checkpoint.read_json(folder / DIVERGED_FILE).get("note", "diverged")}
+    return None
+
+
+def train_run(config: RunConfig, folder: str, measurements: tuple[str, ...] = ()) -> None:
+    """Train (or resume) one run, then take its measurements (in the worker). A diverged run is finished
+    too: its message goes to diverged.json."""
+    try:
+        run(config, folder, progress=False)
+    except Diverged as error:
+        checkpoint.write_json(Path(folder) / DIVERGED_FILE, {"note": f"diverged: {error}"})
+        return
+    measure.take(config, Path(folder), measurements)
+
+
+def _check(table: dict, out: Path) -> None:
+    """Every mistake before the first run starts, not hours into a sweep."""
+    built = set()
+    for key, (config, point) in table.items():
+        config.validate()
+        signature = (config.task, repr(sorted(config.task_options.items())), config.model.cell, config.length)
+        if signature not in built:  # task options, lengths and cell sizes
+            build(config)
+            built.add(signature)
+        if saved_config_matches(config, directory(out, point, key[-1])) is False:
+            raise UserError(f"{directory(out, point, key[-1])} holds a run with a different config; use another --out")
+
+
+def _work(config: RunConfig) -> int:
+    """A rough cost of a run (optimiser steps x length x horizon) to order a sweep and weigh its progress."""
+    horizon = max(1, config.smt.horizon) if config.method.startswith("smt") else 1
+    return max(1, planned_steps(config) * config.length * (1 + horizon // 4))
+
+
+def _execute(work: list, jobs: int, threads: int, measurements: tuple[str, ...]) -> Generator:
+    """Yield the keys of runs as they finish: in this process for one job, else in spawned workers."""
+    task = partial(train_run, measurements=measurements)
+    if jobs == 1:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for key, config, folder in work:
+                task(config, str(folder))
+                yield key
+        finally:
+            torch.set_num_threads(previous)
+        return
+    # spawn: workers must not inherit this process's torch threads or locks (fork is unsafe with them)
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(threads,)
+    )
+    try:
+        futures = {pool.submit(task, config, str(folder)): key for key, config, folder in work}
+        for future in as_completed(futures):
+            future.result()
+            yield futures[future]
+    finally:
+        # on an error: drop the runs not started; those running finish (and are kept for a re-run)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_study(study: Study, out: str | Path, jobs: int = 1, progress: bool = True, train: bool = True) -> dict:
+    """Train every run of ``study`` not yet finished under ``out`` (longest first, ``jobs`` at a time) and
+    return {"study", "out", "rows", "planned", "trained", "reused", "wall_seconds", "jobs"}. With ``train=False``
+    nothing is trained or measured: the rows are the runs already finished (no checkpoint is loaded)."""
+    if jobs < 1:
+        raise UserError(f"jobs must be positive, got {jobs}")
+    out = Path(out)
+    table = configs(study)
+    if train:
+        _check(table, out)
+    folders = {key: directory(out, point, key[-1]) for key, (_, point) in table.items()}
+    finished = {key: outcome(config, folders[key]) for key, (config, _) in table.items()}
+    pending = sorted((key for key in table if finished[key] is None), key=lambda key: -_work(table[key][0]))
+    started = time.perf_counter()
+    if train and pending:
+        weights = {key: _work(table[key][0]) for key in pending}
+        bar = tqdm(
+            total=sum(weights.values()),
+            disable=not progress,
+            dynamic_ncols=True,
+            bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
+        )
+        work = [(key, table[key][0], folders[key]) for key in pending]
+        with bar, closing(_execute(work, jobs, study.threads_per_job, tuple(study.measurements))) as done:
+            for count, key in enumerate(done, 1):
+                bar.update(weights[key])
+                bar.set_description_str(f"{study.name}: {count}/{len(pending)} runs")
+                finished[key] = outcome(table[key][0], folders[key])
+                if progress:
+                    bar.write(describe(key, finished[key] or {}))
+    if train:  # runs finished by an earlier invocation that was stopped before measuring
+        for key, result in finished.items():
+            if result is not None and "diverged" not in result:
+                measure.take(table[key][0], folders[key], tuple(study.measurements))
+    rows = []
+    for key, (config, _) in table.items():
+        if (result := finished[key]) is not None:
+            rows.append(row(study, key, config, result, folders[key]))
+    return {
+        "study": study.to_dict(),
+        "out": str(out),
+        "rows": rows,
+        "planned": len(table),
+        "trained": len(pending) if train else 0,
+        "reused": len(table) - len(pending),
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "jobs": jobs,
+    }
+
+
+def describe(key: tuple, result: dict) -> str:
+    variant, task, cell, length, seed = key
+    score = "diverged" if "diverged" in result else f"accuracy {result.get('accuracy', float('nan')):.3f}"
+    return f"{variant} {task} {cell} T={length} seed {seed}: {score}"
+
+
+def row(study: Study, key: tuple, config: RunConfig, result: dict, folder: Path) -> dict:
+    """One row of the study's JSON: the run's point and seed, its method, the study's keys of its
+    result.json, and its measurements (null where a measurement is missing)."""
+    variant, task, cell, length, seed = key
+    entry = {"variant": variant, "task": task, "cell": cell, "length": length, "seed": seed, "method": config.method}
+    entry.update({name: result.get(name) for name in study.row_keys})
+    entry["steps"] = result.get("steps", planned_steps(config))
+    entry.update(measure.read(folder, tuple(study.measurements)))
+    entry["note"] = result.get("diverged")
+    return entry

@@ -1,0 +1,135 @@
+"""A study as data: a base RunConfig, named variants (overrides by dotted field name, as on the command
+line), the points to run, the seeds, a budget table and what to measure after training. It round-trips
+through JSON, so the JSON a study writes says exactly what was run.
+
+    study = Study(
+        name="horizon", preset="cpu", base=RunConfig(task="retrieval"),
+        variants=[Variant("recipe", "the defaults"), Variant("K1", "no horizon", {"smt.horizon": 1})],
+        points=[Point("recipe", "retrieval", "tanh", 64), Point("K1", "retrieval", "tanh", 64)],
+        seeds=[0, 1, 2], budgets={64: Budget(steps=1500, dmt_steps=300)},
+    )
+    Study.from_dict(json.loads(json.dumps(study.to_dict()))) == study
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from smtrnn.config import RunConfig
+from smtrnn.errors import UserError
+
+# what a row keeps of a run's result.json (a key the result lacks is null); studies may ask for more
+ROW_KEYS = (
+    "accuracy",
+    "loss",
+    "bits_per_token",
+    "chance",
+    "teacher_accuracy",
+    "readout_accuracy",  # the RNN's readout on the teacher's memories m*_t
+    "one_step_accuracy",  # the readout on one cell step from them, f(m*_{t-1}, x_t)
+    "drift",
+    "seconds",
+    "steps",
+    "sequential_depth",
+    "forward_depth",
+)
+
+
+@dataclass
+class Budget:
+    """The optimiser steps of every run at a length: all phases together, so that every method gets the
+    same number; smt+dmt spends ``dmt_steps`` of them in DMT."""
+
+    steps: int
+    dmt_steps: int = 0
+
+
+@dataclass
+class Variant:
+    """A named change to the base config: ``overrides`` by dotted field name ("smt.horizon": 8,
+    "method": "bptt"), and ``steps``, a multiple of the budget (BPTT with ten times the steps: 10)."""
+
+    name: str
+    description: str
+    overrides: dict = field(default_factory=dict)
+    steps: float = 1.0
+    group: str = ""  # the part of its page the variant belongs to (e.g. "ladder")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One configuration of a study, run once per seed."""
+
+    variant: str
+    task: str
+    cell: str
+    length: int
+
+    def key(self, seed: int) -> tuple:
+        return (self.variant, self.task, self.cell, self.length, seed)
+
+
+@dataclass
+class Study:
+    name: str  # the experiment's name (smtrnn experiment NAME)
+    preset: str  # which of its presets this is
+    base: RunConfig  # what every point starts from: the library's defaults unless the study says otherwise
+    variants: list[Variant]
+    points: list[Point]
+    seeds: list[int]
+    budgets: dict[int, Budget]  # by length: a point takes the entry of the next length >= its own
+    tasks: dict[str, dict] = field(default_factory=dict)  # task options by task name (others: the task's defaults)
+    task_overrides: dict[str, dict] = field(default_factory=dict)  # dotted overrides for the points of a task
+    measurements: list[str] = field(default_factory=list)  # measured after training (experiments/measure.py)
+    row_keys: list[str] = field(default_factory=lambda: list(ROW_KEYS))
+    threads_per_job: int = 1  # PyTorch threads of each run
+
+    def variant(self, name: str) -> Variant:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise UserError(f"{self.name}: no variant {name!r}; it has {', '.join(v.name for v in self.variants)}")
+
+    def budget(self, length: int) -> Budget:
+        longer = [limit for limit in self.budgets if limit >= length]
+        return self.budgets[min(longer) if longer else max(self.budgets)]
+
+    def keys(self) -> list[tuple[Point, int]]:
+        """Every (point, seed) of the study, in the order of its points."""
+        return [(point, seed) for point in self.points for seed in self.seeds]
+
+    def to_dict(self) -> dict:
+        values = {item.name: getattr(self, item.name) for item in fields(self)}
+        values.update(
+            base=self.base.to_dict(),
+            variants=[asdict(variant) for variant in self.variants],
+            points=[asdict(point) for point in self.points],
+            budgets={str(length): asdict(budget) for length, budget in self.budgets.items()},
+        )
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Study:
+        values = dict(values)
+        values.update(
+            base=RunConfig.from_dict(values["base"]),
+            variants=[Variant(**variant) for variant in values["variants"]],
+            points=[Point(**point) for point in values["points"]],
+            budgets={int(length): Budget(**budget) for length, budget in values["budgets"].items()},
+        )
+        return cls(**values)
+
+    def narrowed(self, **allowed: list | None) -> Study:
+        """The study with only the points whose fields take the allowed values (None: any), e.g.
+        ``narrowed(task=["copy"], length=[16])``; ``seed`` replaces the seeds."""
+        seeds = allowed.pop("seed", None)
+        points = [
+            point
+            for point in self.points
+            if all(values is None or getattr(point, name) in values for name, values in allowed.items())
+        ]
+        if not points:
+            raise UserError(f"{self.name}: no point of preset {self.preset} is left by that choice")
+        copy = Study.from_dict(self.to_dict())
+        copy.points, copy.seeds = points, seeds if seeds is not None else copy.seeds
+        return copy

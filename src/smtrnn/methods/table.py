@@ -1,0 +1,103 @@
+"""What each method is: a list of phases, each carrying every fact about itself. Everything else asks
+the phases (how many steps a run plans, its gradient depth, whether it has a teacher) instead of
+re-deriving it from the method's name.
+
+    for phase in phases(config):        # config: a RunConfig
+        phase.name, phase.loss, phase.train.steps, phase.gradient_depth, phase.trains_teacher
+    depths(config)                      # {"sequential_depth": 16, "forward_depth": {"smt": 16, "dmt": 64}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from smtrnn.methods.bptt import BPTTConfig, bptt_loss
+from smtrnn.methods.dmt import dmt_loss
+from smtrnn.methods.smt import smt_loss
+
+if TYPE_CHECKING:
+    from smtrnn.config import RunConfig
+
+METHODS = ("smt", "dmt", "smt+dmt", "bptt", "tbptt")
+TBPTT_WINDOW = 16  # tbptt's gradient window when --bptt-truncate is 0
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a method: the loss it minimises, with which sections of the RunConfig, over which
+    networks, on which tokens, and how deep its computation runs."""
+
+    name: str  # smt | dmt | bptt | tbptt: also the checkpoints' and metrics' phase name
+    loss: Callable  # loss(models, batch, method_config, step=optimiser step) -> (loss, metrics)
+    method_config: Any
+    method_section: str  # the RunConfig section of its options: "smt", "dmt" or "bptt"
+    train_section: str  # the RunConfig field holding its TrainConfig: "train" or "dmt_train"
+    trains_teacher: bool  # the teacher learns in this phase (SMT)
+    uses_teacher: bool  # the phase reads a teacher (SMT trains it, DMT reads a frozen one)
+    crop: int  # tokens of each sampled sequence it trains on; 0 = all
+    gradient_depth: int  # cell applications in series on one step's gradient path
+    forward_depth: int  # cell applications in series in one step's forward pass
+    also_reads: tuple[str, ...] = ()  # options of other sections it reads (dotted names)
+
+    def train(self, config: RunConfig):
+        """Its TrainConfig (steps, batch, learning rate...)."""
+        return getattr(config, self.train_section)
+
+    def parameters(self, models) -> list:
+        """What its optimiser moves: everything in SMT, the RNN alone otherwise."""
+        return list(models.parameters() if self.trains_teacher else models.rnn.parameters())
+
+
+def _smt(config: RunConfig) -> Phase:
+    length = config.smt.context or config.length  # windowed: the encoder and the cell see the first Tc tokens
+    horizon = min(max(1, config.smt.horizon), length)
+    burnin = min(config.smt.horizon_burnin, length - horizon)
+    return Phase("smt", smt_loss, config.smt, "smt", "train", True, True, 0, horizon, burnin + horizon)
+
+
+def _dmt(config: RunConfig, train_section: str) -> Phase:
+    # a windowed SMT teacher (context Tc) never encoded a prefix longer than Tc, so its memories further
+    # into a crop would be untrained labels: DMT rolls out within the first Tc tokens of each crop
+    crop = config.smt.context
+    rollout = min(config.dmt.rollout or crop or config.length, crop or config.length)
+    depth = min(config.dmt.truncate, rollout)
+    return Phase("dmt", dmt_loss, config.dmt, "dmt", train_section, False, True, crop, depth, rollout, ("smt.context",))
+
+
+def _bptt(config: RunConfig, name: str, window: int) -> Phase:
+    depth = min(window, config.length) if window else config.length
+    return Phase(name, bptt_loss, BPTTConfig(truncate=window), "bptt", "train", False, False, 0, depth, config.length)
+
+
+def phases(config: RunConfig) -> list[Phase]:
+    """The phases of ``config.method``, in order: the one table of what each method is."""
+    table = {
+        "smt": lambda: [_smt(config)],
+        "dmt": lambda: [_dmt(config, "train")],  # fine-tunes the SMT run named by --init
+        "smt+dmt": lambda: [_smt(config), _dmt(config, "dmt_train")],
+        "bptt": lambda: [_bptt(config, "bptt", config.bptt.truncate)],
+        "tbptt": lambda: [_bptt(config, "tbptt", config.bptt.truncate or TBPTT_WINDOW)],
+    }
+    return table[config.method]()
+
+
+def uses_teacher(config: RunConfig) -> bool:
+    """Whether the run has a teacher: one it trains (SMT) or one it reads (DMT after --init)."""
+    return any(phase.uses_teacher for phase in phases(config))
+
+
+def planned_steps(config: RunConfig) -> int:
+    """Optimiser steps of the whole run, every phase together."""
+    return sum(phase.train(config).steps for phase in phases(config))
+
+
+def depths(config: RunConfig) -> dict:
+    """Cell applications in series in one training step: on the gradient path (the deepest phase) and
+    in the forward pass of each phase."""
+    plan = phases(config)
+    return {
+        "sequential_depth": max(phase.gradient_depth for phase in plan),
+        "forward_depth": {phase.name: phase.forward_depth for phase in plan},
+    }

@@ -1,0 +1,204 @@
+"""The studies as data and their one runner and one writer: every preset round-trips through JSON and
+builds valid configs; budgets and warm-ups follow one rule; the smoke studies run through the command
+line into rows, figures and pages; a re-run trains nothing; --report-only loads no checkpoint and
+writes the same page; prose outside the generated blocks survives; the library imports no study."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+import smtrnn
+import smtrnn.experiments.runner as runner_module
+from conftest import assert_user_error
+from smtrnn import checkpoint, experiments
+from smtrnn.cli import main
+from smtrnn.config import RunConfig
+from smtrnn.experiments.compare import breaks_at
+from smtrnn.experiments.pages import render
+from smtrnn.experiments.runner import configs, run_config, run_study
+from smtrnn.experiments.spec import Budget, Point, Study, Variant
+from smtrnn.methods import planned_steps
+
+PNG = b"\x89PNG\r\n\x1a\n"
+LIBRARY = Path(smtrnn.__file__).parent
+
+
+def every_preset():
+    return [(name, preset) for name in experiments.EXPERIMENTS for preset in experiments.module(name).PRESETS]
+
+
+def without_time(rows: list[dict]) -> list[dict]:
+    """Rows less their wall time, the one field two identical runs may differ in."""
+    return [{key: value for key, value in row.items() if key != "seconds"} for row in rows]
+
+
+def test_the_library_imports_no_study():
+    """Only the command line (the layer above both) may import smtrnn.experiments."""
+    for path in LIBRARY.rglob("*.py"):
+        if "experiments" in path.relative_to(LIBRARY).parts or path.name in ("cli.py", "__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in getattr(node, "names", [])]
+            module = getattr(node, "module", None) or ""
+            imported = [module, *(f"{module}.{name}" for name in names)] if module else names
+            assert not any(name.startswith("smtrnn.experiments") for name in imported), path
+
+
+@pytest.mark.parametrize("name, preset", every_preset())
+def test_every_preset_round_trips_and_builds_valid_configs(name, preset):
+    study = experiments.study(name, preset)
+    assert Study.from_dict(json.loads(json.dumps(study.to_dict()))) == study
+    assert len(set(study.points)) == len(study.points) and len(study.seeds) >= 1
+    for config, _ in configs(study).values():
+        config.validate()  # every option it sets is read by its method and cell
+
+
+def test_every_method_gets_the_same_steps_and_the_warm_ups_fit():
+    study = experiments.study("compare", "cpu")
+    for length, budget in study.budgets.items():
+        runs = {v: run_config(study, Point(v, "retrieval", "gru", length), 0) for v in ("bptt", "tbptt", "smt+dmt")}
+        smt = runs["smt+dmt"]
+        assert smt.dmt_train.steps == budget.dmt_steps and smt.train.steps == budget.steps - budget.dmt_steps
+        for config in runs.values():
+            assert config.model == smt.model and planned_steps(config) == budget.steps
+        assert smt.train.warmup <= smt.train.steps // 10 and smt.dmt_train.warmup <= budget.dmt_steps // 10
+        for value in (smt.smt.dyn_warmup, smt.smt.teacher_delay, smt.smt.horizon_grow):
+            assert value <= (budget.steps - budget.dmt_steps) // 2
+    long = run_config(study, Point("bptt-10x", "retrieval", "tanh", 64), 0)
+    assert long.method == "bptt" and long.train.steps == 10 * study.budget(64).steps
+    assert long.smt == RunConfig().smt  # what BPTT does not read stays at the defaults
+
+
+def test_the_t128_defaults_point_is_the_library_default():
+    """docs/horizon.md's T=128 rows are `smtrnn train --task retrieval --length 128 --seed S`."""
+    study = experiments.study("horizon", "cpu")
+    for seed in (0, 1, 2):
+        config = run_config(study, Point("recipe", "retrieval", "tanh", 128), seed)
+        assert config.to_dict() == RunConfig(task="retrieval", length=128, seed=seed).to_dict()
+
+
+def test_customise_narrows_points_and_replaces_budgets():
+    study = experiments.customise(experiments.study("compare", "cpu"), {"task": ["copy"], "length": [16]}, steps=100)
+    assert {(point.task, point.length) for point in study.points} == {("copy", 16)}
+    assert study.budget(16) == Budget(100, round(100 * 100 / 500))
+    with pytest.raises(smtrnn.errors.UserError, match="no point"):
+        experiments.customise(experiments.study("compare", "cpu"), {"task": ["mqar"]})
+
+
+@pytest.mark.parametrize(
+    "teacher, readout, one_step, alone, expected",
+    [
+        (1.0, 1.0, 1.0, 0.95, "solved"),  # 0.94 of the way from chance 0.2 to 1
+        (0.5, 0.5, 0.5, 0.45, "the teacher"),
+        (1.0, 0.4, 0.4, 0.4, "the readout"),
+        (0.8, 0.8, 0.2, 0.2, "one step"),
+        (1.0, 1.0, 1.0, 0.2, "the rollout"),
+        (1.0, 1.0, None, 0.2, "–"),  # BPTT rows have no rungs
+    ],
+)
+def test_breaks_at_names_the_rung_that_loses_most(teacher, readout, one_step, alone, expected):
+    row = {"chance": 0.2, "teacher_accuracy": teacher, "readout_accuracy": readout, "one_step_accuracy": one_step}
+    assert breaks_at([dict(row, accuracy=alone - 0.01), dict(row, accuracy=alone + 0.01)]) == expected
+
+
+def test_render_keeps_prose_and_replaces_blocks():
+    first = render([("a", ["one"]), ("b", ["two"])])
+    edited = "# Title\n\nWritten by a person.\n\n" + first + "\nMore prose.\n"
+    again = render([("a", ["ONE"]), ("b", ["TWO"]), ("c", ["three"])], edited)
+    assert "Written by a person." in again and "More prose." in again
+    assert "ONE" in again and "one" not in again and again.index("ONE") < again.index("TWO") < again.index("three")
+
+
+def run_cli(name: str, out: Path, pages: Path, *extra: str) -> int:
+    return main(
+        ["experiment", name, "--preset", "smoke", "--quiet", "--out", str(out)]
+        + ["--json", str(pages / f"{name}.json"), "--markdown", str(pages / f"{name}.md"), "--figures", str(pages)]
+        + list(extra)
+    )
+
+
+@pytest.mark.parametrize("name", list(experiments.EXPERIMENTS))
+def test_smoke_study_rows_page_and_report_only(name, tmp_path, monkeypatch):
+    out, pages = tmp_path / "runs", tmp_path / "pages"
+    assert run_cli(name, out, pages) == 0
+    result = json.loads((pages / f"{name}.json").read_text())
+    assert len(result["rows"]) == result["planned"] == len(configs(experiments.study(name, "smoke")))
+    for row in result["rows"]:
+        assert {"variant", "task", "cell", "length", "seed", "method", "accuracy", "note"} <= set(row)
+        assert row["note"] is None and 0 <= row["accuracy"] <= 1
+    page = (pages / f"{name}.md").read_text()
+    for figure in pages.glob("*.png"):
+        assert figure.read_bytes().startswith(PNG)
+    # the page and JSON again, from the run directories alone: no training, no checkpoint loaded
+    refuse = lambda *args, **kwargs: pytest.fail("--report-only loaded a checkpoint or trained")
+    monkeypatch.setattr(checkpoint, "load_weights", refuse)
+    monkeypatch.setattr(runner_module, "run", refuse)
+    (pages / f"{name}.md").write_text("Prose a person wrote.\n\n" + page)
+    assert run_cli(name, out, pages, "--report-only") == 0
+    again = json.loads((pages / f"{name}.json").read_text())
+    assert again["rows"] == result["rows"] and again["trained"] == 0
+    rewritten = (pages / f"{name}.md").read_text()
+    assert rewritten.startswith("Prose a person wrote.") and rewritten.count("<!-- generated: header -->") == 1
+
+
+def test_smoke_needle_measurements_and_depths(tmp_path):
+    result = run_study(experiments.study("horizon", "smoke"), tmp_path, progress=False)
+    rows = {row["variant"]: row for row in result["rows"]}
+    assert rows["bptt"]["sequential_depth"] == 16 and rows["paper"]["sequential_depth"] == 1
+    assert rows["recipe"]["sequential_depth"] == 4  # the smoke study's K
+    for name in ("paper", "recipe"):
+        assert [entry["lag"] for entry in rows[name]["probe"]] == [0, 1, 3, 8]
+        assert len(rows[name]["error_curve"]) == 16 and len(rows[name]["stability"]["moduli"]) == 3
+    assert "probe" not in rows["bptt"]
+
+
+def small_study(**changes) -> Study:
+    study = experiments.study("compare", "smoke").narrowed(task=["parity"])
+    for key, value in changes.items():
+        setattr(study, key, value)
+    return study
+
+
+def test_rerun_trains_nothing_and_two_jobs_give_the_rows_of_one(tmp_path, monkeypatch):
+    first = run_study(small_study(), tmp_path / "one", progress=False)
+    monkeypatch.setattr(runner_module, "run", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    again = run_study(small_study(), tmp_path / "one", progress=False)
+    assert again["rows"] == first["rows"] and again["trained"] == 0
+    monkeypatch.undo()
+    parallel = run_study(small_study(), tmp_path / "two", jobs=2, progress=False)
+    assert without_time(parallel["rows"]) == without_time(first["rows"])
+
+
+def test_a_diverged_run_is_a_row_and_is_not_retried(tmp_path, monkeypatch):
+    study = small_study(variants=[*small_study().variants, Variant("hot", "lr 1e9", {"train.lr": 1e9})])
+    study.points = [Point("hot", "parity", "tanh", 16)]
+    result = run_study(study, tmp_path, progress=False)
+    assert result["rows"][0]["note"].startswith("diverged") and result["rows"][0]["accuracy"] is None
+    monkeypatch.setattr(runner_module, "run", lambda *a, **k: pytest.fail("a diverged run was retried"))
+    assert run_study(study, tmp_path, progress=False)["rows"] == result["rows"]
+
+
+def test_a_directory_of_another_config_is_refused_before_training(tmp_path):
+    run_study(small_study(), tmp_path, progress=False)
+    changed = small_study(budgets={16: Budget(8, 2)})
+    with pytest.raises(smtrnn.errors.UserError, match="different config"):
+        run_study(changed, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["experiment", "nope"], "invalid choice"),
+        (["experiment", "compare", "--preset", "huge"], "no preset 'huge'"),
+        (["experiment", "compare", "--preset", "smoke", "--tasks", "copy"], "no point"),
+        (["experiment", "compare", "--preset", "smoke", "--lengths", "a,b"], "comma-separated list of int"),
+        (["experiment", "compare", "--preset", "smoke", "--jobs", "0"], "jobs must be positive"),
+        (["experiment", "compare", "--preset", "smoke", "--steps", "5", "--dmt-steps", "5"], "dmt steps < steps"),
+    ],
+)
+def test_experiment_mistakes_are_one_line_errors(argv, fragment, tmp_path, capsys):
+    assert_user_error(main([*argv, "--out", str(tmp_path / "runs")]), capsys, fragment)
