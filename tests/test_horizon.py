@@ -167,3 +167,17 @@ def test_dynamics_train_only_the_cell_during_the_teacher_delay(step, reaches_tea
     gradients = backward(models, loss)
     assert not all_zero({n: g for n, g in gradients.items() if n.startswith("rnn.cell.")})
     assert all_zero({n: g for n, g in gradients.items() if n.startswith("teacher.")}) != reaches_teacher
+
+
+def test_change_weighted_starts_follow_the_teachers_writes():
+    """horizon_starts_at="changes": starts land mostly right after the memory moved, never past T - K."""
+    memories = torch.zeros(200, 41, 3)
+    memories[:, 10:] = 1.0  # one write: m*_10 differs from m*_9, nothing else moves
+    starts = horizon_starts(200, 40, 8, 6, "cpu", memories)
+    assert torch.equal(starts[:, 0], torch.zeros(200, dtype=torch.long)) and starts.max() <= 40 - 8
+    others = starts[:, 1:].flatten()
+    assert (others == 10).float().mean() > 0.4  # uniform would give 1 / 33
+    assert (others != 10).any()  # the mean change keeps every position possible
+    config = SMTConfig(horizon=4, horizon_grow=0, horizon_starts_at="changes", dyn_warmup=0)
+    loss, _ = smt_loss(make_models("tanh"), make_batch(batch=3, length=10), config)
+    assert torch.isfinite(loss)

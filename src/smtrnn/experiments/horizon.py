@@ -149,8 +149,11 @@ def variant_table(rows: list[dict], descriptions: dict, lag: int) -> list[str]:
     return table(titles + ["top eigenvalue modulus", "drift", "gradient depth", "s per run"], lines)
 
 
-def per_seed_table(rows: list[dict]) -> list[str]:
-    """Every SMT run on its own: where a failing seed loses the needle, and why."""
+def per_seed_table(
+    rows: list[dict], lags: tuple[int, ...] = (8, 32, 64), times: tuple[int, ...] = (8, 32)
+) -> list[str]:
+    """Every SMT run on its own: where a failing seed loses the needle (probes at ``lags`` after it, the
+    rollout's error at ``times`` and at T), and why (the Jacobian's largest moduli)."""
     lines = []
     for row in rows:
         if not row.get("stability"):
@@ -160,16 +163,18 @@ def per_seed_table(rows: list[dict]) -> list[str]:
             [
                 f"`{row['variant']}`",
                 row["cell"],
+                str(row["length"]),
                 str(row["seed"]),
                 fmt(row["accuracy"]),
-                " / ".join(fmt(probe_at(row, lag), 2) for lag in (8, 32, 64)),
+                " / ".join(fmt(probe_at(row, lag), 2) for lag in lags),
                 " / ".join(fmt(value) for value in stability["moduli"]),
                 " / ".join(fmt(value, 2) for value in stability["needle_share"]),
-                " / ".join(fmt(curve[t - 1], 3) for t in (8, 32, len(curve))),
+                " / ".join(fmt(curve[min(t, len(curve)) - 1], 3) for t in (*times, len(curve))),
             ]
         )
-    titles = ["variant", "cell", "seed", "RNN alone", "probe at lag 8 / 32 / 64", "top 3 eigenvalue moduli"]
-    return table(titles + ["their share in the needle subspace", "rollout error at t = 8 / 32 / T"], lines)
+    probes, errors = " / ".join(map(str, lags)), " / ".join(map(str, times))
+    titles = ["variant", "cell", "T", "seed", "RNN alone", f"probe at lag {probes}", "top 3 eigenvalue moduli"]
+    return table(titles + ["their share in the needle subspace", f"rollout error at t = {errors} / T"], lines)
 
 
 def scale_table(rows: list[dict]) -> list[str]:

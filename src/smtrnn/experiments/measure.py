@@ -26,7 +26,7 @@ from smtrnn.methods import uses_teacher
 from smtrnn.methods.common import masked_cross_entropy
 from smtrnn.run import load_run
 
-PROBE_LAGS = (0, 1, 3, 8, 16, 32, 64)
+PROBE_LAGS = (0, 1, 3, 8, 16, 32, 64, 128, 256, 512)
 TEXT_PROMPT = "She looked at him and said"
 TEXT_STEPS, TEXT_TEMPERATURE = 300, 0.8
 IMAGE_SAMPLES, IMAGE_TEMPERATURE = 16, 1.0
@@ -45,7 +45,8 @@ def needle(config: RunConfig, folder: Path) -> dict:
         return {}
     _, task, models = load_run(folder)
     lags = tuple(lag for lag in PROBE_LAGS if lag < config.length)
-    size = 2048 if config.model.memory_size > 8 else 64  # a tiny smoke model: a handful of sequences
+    # a tiny smoke model: a handful of sequences; long ones: fewer (the probes hold every memory at once)
+    size = 64 if config.model.memory_size <= 8 else 2048 if config.length <= 256 else 512
     return {
         "probe": needle_probe(models, task, config.length, lags, train=size, test=size // 4),
         "error_curve": rollout_error_curve(models, task, config.length),

@@ -78,7 +78,8 @@ def smoke(study: Study, points: int = 3, steps: int = 6, dmt_steps: int = 2) -> 
     """The one smoke version of a study: its first ``points`` points, one seed, a tiny model, a few steps
     (seconds; it checks the machinery, never a result)."""
     small = Study.from_dict(study.to_dict())
-    small.preset, small.points, small.seeds = "smoke", small.points[:points], small.seeds[:1]
+    small.preset, small.seeds = "smoke", small.seeds[:1]
+    small.points = [replace(point, seeds=point.seeds[:1]) if point.seeds else point for point in small.points[:points]]
     small.budgets = {
         length: Budget(steps, dmt_steps if budget.dmt_steps else 0) for length, budget in small.budgets.items()
     }

@@ -13,7 +13,7 @@ through JSON, so the JSON a study writes says exactly what was run.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from smtrnn.config import RunConfig
 from smtrnn.errors import UserError
@@ -64,6 +64,11 @@ class Point:
     task: str
     cell: str
     length: int
+    seeds: tuple[int, ...] | None = None  # its own seeds instead of the study's (e.g. one seed of a long run)
+
+    def __post_init__(self):
+        if self.seeds is not None:
+            object.__setattr__(self, "seeds", tuple(self.seeds))  # from JSON: a list
 
     def key(self, seed: int) -> tuple:
         return (self.variant, self.task, self.cell, self.length, seed)
@@ -96,7 +101,7 @@ class Study:
 
     def keys(self) -> list[tuple[Point, int]]:
         """Every (point, seed) of the study, in the order of its points."""
-        return [(point, seed) for point in self.points for seed in self.seeds]
+        return [(point, seed) for point in self.points for seed in (point.seeds or self.seeds)]
 
     def to_dict(self) -> dict:
         values = {item.name: getattr(self, item.name) for item in fields(self)}
@@ -131,5 +136,11 @@ class Study:
         if not points:
             raise UserError(f"{self.name}: no point of preset {self.preset} is left by that choice")
         copy = Study.from_dict(self.to_dict())
+        if seeds is not None:
+            points = [
+                replace(point, seeds=tuple(s for s in point.seeds if s in seeds)) if point.seeds else point
+                for point in points
+            ]
+            points = [point for point in points if point.seeds != ()]
         copy.points, copy.seeds = points, seeds if seeds is not None else copy.seeds
         return copy

@@ -39,6 +39,9 @@ class SMTConfig:
     # horizon (K > 1): roll the cell K steps from teacher memories and supervise every step (see horizon_loss)
     horizon: int = 16  # K: cell applications in series on the horizon's gradient path; 1 = one-step term only
     horizon_starts: int = 8  # S: start positions per sequence (the first one is the empty prefix, m*_0)
+    # uniform: the other starts anywhere; changes: drawn in proportion to how much the teacher's memory
+    # changed on arriving there (plus its mean change), so that rollouts start right after a stored write
+    horizon_starts_at: str = "uniform"
     horizon_grow: int = 1000  # grow K linearly from 1 to ``horizon`` over this many steps; 0 = K from the start
     c_horizon: float = 1.0  # weight of the horizon term (it follows c_dyn's warm-up ramp)
     horizon_decay: float = 1.0  # weight decay**(k-1) of the k-th rolled step's error (1: all steps alike)
@@ -104,10 +107,19 @@ def horizon_length(config: SMTConfig, step: int) -> int:
     return 1 + int((config.horizon - 1) * min(1.0, step / config.horizon_grow))
 
 
-def horizon_starts(batch_size: int, length: int, steps: int, count: int, device) -> torch.Tensor:
+def horizon_starts(
+    batch_size: int, length: int, steps: int, count: int, device, memories: torch.Tensor | None = None
+) -> torch.Tensor:
     """[B, S] start positions s in 0..T-K (memory m*_s, inputs x_{s+1}..x_{s+K}); the first of every
-    sequence is 0, the empty prefix, where the RNN's own rollouts begin."""
-    starts = torch.randint(0, length - steps + 1, (batch_size, count), device=device)
+    sequence is 0, the empty prefix, where the RNN's own rollouts begin. Given the teacher's
+    ``memories`` [B, T+1, M], the others are drawn with probability proportional to
+    ||m*_s - m*_{s-1}||^2 plus its mean over the sequence: mostly right after a write, sometimes anywhere."""
+    if memories is None:
+        starts = torch.randint(0, length - steps + 1, (batch_size, count), device=device)
+    else:
+        change = F.pad((memories[:, 1:] - memories[:, :-1]).pow(2).sum(-1), (1, 0))[:, : length - steps + 1]
+        weights = change + change.mean(-1, keepdim=True) + 1e-12
+        starts = torch.multinomial(weights, count, replacement=True)
     starts[:, 0] = 0
     return starts
 
@@ -169,7 +181,8 @@ def smt_loss(models, batch, config: SMTConfig, step: int = 0):
     horizon = min(horizon_length(config, step), steps)
     burnin = min(config.horizon_burnin, steps - horizon)
     if horizon > 1 or burnin:  # K-step rollouts from (detached) teacher memories
-        starts = horizon_starts(x.shape[0], steps, burnin + horizon, config.horizon_starts, x.device)
+        changes = memories.detach() if config.horizon_starts_at == "changes" else None
+        starts = horizon_starts(x.shape[0], steps, burnin + horizon, config.horizon_starts, x.device, changes)
         labels = memories.detach() if config.horizon_detach else joint
         rolled = rollout_error(
             rnn.cell,

@@ -1,0 +1,78 @@
+"""Where an SMT step's time goes as T grows (docs/benchmarks.md, "SMT step breakdown"): each term of the
+loss timed on its own, forward and backward, in the order the loss computes them, with the library's
+default model on needle retrieval; and one DMT step beside it. The terms share inputs the way the loss
+does (the teacher's memories), so their sum is close to a whole step, which is timed too."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from smtrnn.config import RunConfig
+from smtrnn.methods import dmt_loss, smt_loss
+from smtrnn.methods.common import masked_cross_entropy, memory_spread, relative_memory_error, uniformity
+from smtrnn.methods.smt import horizon_starts, predictive_loss, rollout_error
+from smtrnn.run import build
+from smtrnn.tasks.base import IGNORE
+
+
+def _timed(call, repeats: int) -> float:
+    """Median seconds of ``call()`` (forward and backward) over ``repeats`` calls after one warm-up."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def breakdown_rows(lengths=(256, 512, 1024), repeats: int = 3, seed: int = 0, log=print) -> list[dict]:
+    """Per length: seconds of each SMT term (forward + backward) and of whole SMT and DMT steps."""
+    rows = []
+    for length in lengths:
+        config = RunConfig(task="retrieval", length=length)
+        config.smt.horizon_grow = config.smt.teacher_delay = 0  # the step once K has grown to its full length
+        task, models = build(config)
+        generator = torch.Generator().manual_seed(seed)
+        batch = task.sample(config.train.batch_size, length, generator)
+        dmt_batch = task.sample(config.dmt_train.batch_size, length, generator)
+        x, y = batch["x"], batch["y"]
+        teacher, cell, smt = models.teacher, models.rnn.cell, config.smt
+
+        def backward(loss):
+            models.zero_grad(set_to_none=True)
+            loss.backward()
+
+        with torch.no_grad():
+            fixed = teacher.encode(x)
+        spread = memory_spread(fixed[:, 1:])
+        memories = lambda: fixed.clone().requires_grad_()
+        starts = horizon_starts(x.shape[0], length, smt.horizon, smt.horizon_starts, x.device)
+        labelled = (y != IGNORE).reshape(-1)
+        terms = {
+            "encoder": lambda: backward(teacher.encode(x).sum()),
+            "decoder": lambda: backward(predictive_loss(teacher, memories(), x, y, smt)[0]),
+            "one-step dynamics": lambda: backward(
+                relative_memory_error(cell.step(memories()[:, :-1], x), fixed[:, 1:], spread)
+            ),
+            "horizon": lambda: backward(rollout_error(cell, memories(), x, starts, smt.horizon, spread)),
+            "uniformity": lambda: backward(uniformity(memories()[:, 1:], cell.memory_tokens)),
+            "readout": lambda: backward(
+                masked_cross_entropy(
+                    models.rnn.logits(memories()[:, 1:].reshape(-1, fixed.shape[-1])[labelled]), y.reshape(-1)[labelled]
+                )[0]
+            ),
+        }
+        row = {"length": length, "batch": x.shape[0], **{name: _timed(call, repeats) for name, call in terms.items()}}
+        row["smt step"] = _timed(lambda: backward(smt_loss(models, batch, smt, step=10**6)[0]), repeats)
+        models.teacher.requires_grad_(False)
+        row["dmt step"] = _timed(lambda: backward(dmt_loss(models, dmt_batch, config.dmt)[0]), repeats)
+        models.teacher.requires_grad_(True)
+        rows.append(row)
+        log(
+            "breakdown T={length}: ".format(**row)
+            + ", ".join(f"{k} {v:.3f}s" for k, v in row.items() if k not in ("length", "batch"))
+        )
+    return rows

@@ -1,0 +1,165 @@
+"""The length study (docs/length.md): does the RNN alone keep what its teacher stores at T = 256, 512 and
+1,024? Needle retrieval with the library's defaults against BPTT with the same steps, for the tanh and
+GRU cells (MLP at 256), and at T=256 the defaults beside the candidates that were tried against the
+slow leak of a stored value: the previous, continuous memory; the grid without rounding at run time;
+horizon starts placed where the teacher's memory changes; more weight on the horizon's later steps.
+Every SMT run is measured for where its rollout loses the needle (probe.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smtrnn.config import RunConfig
+from smtrnn.experiments.horizon import per_seed_table, probe_at, top_modulus
+from smtrnn.experiments.pages import Blocks, figure, fmt, groups, header, mean, per_seed, save, table
+from smtrnn.experiments.runner import smoke
+from smtrnn.experiments.spec import Budget, Point, Study, Variant
+
+TITLE = "The length study: a rollout that holds at T = 256, 512 and 1,024"
+CONTINUOUS = {"model.memory_levels": 0, "model.round_at_run_time": False}
+VARIANTS = [
+    Variant("defaults", "the library's defaults", group="main"),
+    Variant("bptt", "BPTT, the same cell and number of optimiser steps", {"method": "bptt"}, group="main"),
+    Variant("continuous", "a continuous memory (no grid): the previous defaults", CONTINUOUS, group="candidates"),
+    Variant(
+        "no-run-rounding",
+        "the grid in training only: the cell does not round when it runs alone",
+        {"model.round_at_run_time": False},
+        group="candidates",
+    ),
+    Variant(
+        "change-starts",
+        "continuous; horizon starts where the teacher's memory changes",
+        {**CONTINUOUS, "smt.horizon_starts_at": "changes"},
+        group="candidates",
+    ),
+    Variant(
+        "later-steps",
+        "continuous; the k-th horizon step weighted 1.1^(k-1) (4.2x at k=16)",
+        {**CONTINUOUS, "smt.horizon_decay": 1.1},
+        group="candidates",
+    ),
+]
+BUDGETS = {256: Budget(2300, 300), 512: Budget(2300, 300), 1024: Budget(2300, 300)}
+
+
+def cpu() -> Study:
+    """About 9 h of training on 2 cores (the T=512 and T=1,024 runs with two threads each)."""
+    points = [Point(name, "retrieval", "tanh", 256) for name in ("defaults", "bptt")]
+    points += [
+        Point(name, "retrieval", "tanh", 256)
+        for name in ("continuous", "no-run-rounding", "change-starts", "later-steps")
+    ]
+    points += [Point(name, "retrieval", cell, 256) for cell in ("gru", "mlp") for name in ("defaults", "bptt")]
+    points += [Point(name, "retrieval", cell, 512) for cell in ("tanh", "gru") for name in ("defaults", "bptt")]
+    points += [Point(name, "retrieval", "tanh", 1024, seeds=(0,)) for name in ("defaults", "bptt")]
+    return Study(
+        "length", "cpu", RunConfig(task="retrieval"), VARIANTS, points, [0, 1, 2], BUDGETS, measurements=["needle"]
+    )
+
+
+PRESETS = {
+    "cpu": cpu,
+    "smoke": lambda: smoke(
+        Study(
+            "length",
+            "cpu",
+            RunConfig(task="retrieval"),
+            VARIANTS,
+            [Point(v, "retrieval", "tanh", 16) for v in ("defaults", "bptt", "continuous")],
+            [0],
+            {16: Budget(6, 2)},
+            measurements=["needle"],
+        )
+    ),
+}
+
+
+def main_table(rows: list[dict]) -> list[str]:
+    lines = []
+    for (cell, length), group in groups(rows, "cell", "length").items():
+        smt = [row for row in group if row["variant"] == "defaults"]
+        bptt = [row for row in group if row["variant"] == "bptt"]
+        if not smt:
+            continue
+        values = [row["accuracy"] for row in smt if row["accuracy"] is not None]
+        lines.append(
+            [
+                cell,
+                str(length),
+                per_seed(smt),
+                fmt(min(values, default=None)),
+                fmt(mean(row["teacher_accuracy"] for row in smt)),
+                per_seed(bptt) if bptt else "–",
+                f"{smt[0]['sequential_depth']} / {bptt[0]['sequential_depth'] if bptt else '–'}",
+                f"{fmt(mean(row['seconds'] for row in smt), 0)} / {fmt(mean(row['seconds'] for row in bptt), 0)}",
+            ]
+        )
+    titles = ["cell", "T", "defaults: RNN alone, per seed", "worst", "teacher", "BPTT, per seed"]
+    return table(titles + ["gradient depth SMT / BPTT", "train s per run SMT / BPTT"], lines)
+
+
+def candidates_table(rows: list[dict], descriptions: dict) -> list[str]:
+    lines = []
+    for (name,), group in groups(rows, "variant").items():
+        if name == "bptt":
+            continue
+        values = [row["accuracy"] for row in group if row["accuracy"] is not None]
+        lines.append(
+            [
+                f"`{name}`",
+                descriptions[name],
+                per_seed(group),
+                fmt(min(values, default=None)),
+                fmt(mean(probe_at(row, 128) for row in group), 2),
+                fmt(mean(top_modulus(row) for row in group)),
+                fmt(mean(row["seconds"] for row in group), 0),
+            ]
+        )
+    titles = ["variant", "what changes", "RNN alone, per seed", "worst", "probe at lag 128", "top eigenvalue modulus"]
+    return table(titles + ["train s per run"], lines)
+
+
+def blocks(result: dict, command: str, link: str | None) -> Blocks:
+    rows = result["rows"]
+    descriptions = {variant["name"]: variant["description"] for variant in result["study"]["variants"]}
+    tanh256 = [row for row in rows if row["cell"] == "tanh" and row["length"] == 256]
+    failing = [row for row in rows if row.get("stability") and (row["accuracy"] or 0) < 0.95]
+    image = [f"![RNN-alone accuracy against T, each seed]({link}/length-scale.png)", ""] if link else []
+    return [
+        ("header", header(result, TITLE, command)),
+        ("main", main_table(rows) + image),
+        ("candidates", candidates_table(tanh256, descriptions)),
+        ("failures", per_seed_table(failing, (32, 128, 256), (32, 128))),
+        (
+            "all-seeds",
+            per_seed_table(
+                [r for r in rows if r.get("stability") and r["variant"] == "defaults"], (32, 128, 256), (32, 128)
+            ),
+        ),
+    ]
+
+
+def figures(result: dict, folder: Path) -> list[Path]:
+    rows = [row for row in result["rows"] if row["variant"] in ("defaults", "bptt") and row["accuracy"] is not None]
+    cells = list(dict.fromkeys(row["cell"] for row in rows))
+    if not cells:
+        return []
+    drawn, axes = figure(1, len(cells), 3.4, 3.4)
+    ticks = sorted({row["length"] for row in rows})
+    for axis, cell in zip(axes[0], cells):
+        for name, marker, label in (("defaults", "o", "SMT->DMT (defaults)"), ("bptt", "^", "BPTT")):
+            picked = [row for row in rows if row["cell"] == cell and row["variant"] == name]
+            axis.scatter(
+                [row["length"] for row in picked],
+                [row["accuracy"] for row in picked],
+                marker=marker,
+                label=label,
+                alpha=0.7,
+            )
+        axis.axhline(0.125, color="grey", lw=0.8, ls=":")
+        axis.set(xscale="log", xlabel="T", title=cell, ylim=(0, 1.05))
+        axis.set_xticks(ticks, [str(value) for value in ticks])
+    axes[0][0].set_ylabel("RNN-alone accuracy (each seed)")
+    axes[0][0].legend(fontsize=8)
+    return [save(drawn, folder / "length-scale.png")]
