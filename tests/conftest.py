@@ -134,19 +134,21 @@ def only(**coefficients) -> SMTConfig:
 
 
 class StepSpy:
-    """Wraps ``cell.step`` on the instance: counts calls (and those under grad), records in/out."""
+    """Wraps the cell's step on the instance (``step_with_update``, which ``step`` calls): counts calls
+    (and those under grad), records inputs and the next memories."""
 
     def __init__(self, cell, transform=None):
-        self.original, self.transform = cell.step, transform
+        self.raw, self.transform = cell.step_with_update, transform
+        self.original = lambda memory, token: self.raw(memory, token)[0]  # the cell's own step
         self.calls, self.grad_calls, self.inputs, self.outputs = 0, 0, [], []
-        cell.step = self
+        cell.step_with_update = self
 
     def __call__(self, memory, token):
         self.calls += 1
         self.grad_calls += torch.is_grad_enabled()
         self.inputs.append((memory.detach().clone(), token.clone()))
-        out = self.original(self.transform(memory) if self.transform else memory, token)
-        self.outputs.append(out.detach().clone())
+        out = self.raw(self.transform(memory) if self.transform else memory, token)
+        self.outputs.append(out[0].detach().clone())
         return out
 
 

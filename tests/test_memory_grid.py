@@ -122,3 +122,44 @@ def test_on_grid_refuses_an_unbounded_space():
     with pytest.raises(UserError, match="bounded"):
         on_grid(torch.zeros(4), "lstm", 5)
     assert set(CELLS) >= {"tanh", "gru", "mlp", "transformer"} and make_cell("tanh", VOCAB, 4).levels == 0
+
+
+def test_dmt_on_a_grid_rolls_out_rounded_memories_and_pulls_the_update_before_rounding():
+    from conftest import StepSpy
+    from smtrnn.methods import DMTConfig, dmt_loss
+    from smtrnn.methods.common import memory_spread, relative_memory_error
+
+    torch.manual_seed(0)
+    models = Models(tiny_model("tanh", memory_levels=5), VOCAB, CLASSES)
+    batch = make_batch(batch=3, length=6)
+    updates = []
+    spy = StepSpy(models.rnn.cell)
+    spy.raw = lambda memory, token, raw=spy.raw: updates.append(raw(memory, token)) or updates[-1]
+    _, metrics = dmt_loss(models, batch, DMTConfig(every=1))
+    assert all(on_the_grid(step) for step in spy.outputs)  # the rollout carries rounded memories
+    expert = models.teacher.encode(batch["x"]).detach()
+    spread = memory_spread(expert[:, 1:])
+    pulls = [relative_memory_error(update, expert[:, t + 1], spread) for t, (_, update) in enumerate(updates)]
+    start = relative_memory_error(models.rnn.cell.initial, expert[0, 0], spread)
+    torch.testing.assert_close(metrics["dyn"], (start + sum(pulls)) / (len(pulls) + 1))
+    assert not torch.equal(updates[0][0], updates[0][1])  # the update itself is off the grid
+
+
+@pytest.mark.parametrize("grid_error", ["rounded", "update"])
+def test_smt_compares_the_rounded_memory_or_the_update_as_asked(grid_error):
+    """With no teacher delay and one step: the dynamics term is the error of the rounded memory or of
+    the update before rounding, whichever --smt-grid-error names."""
+    from conftest import only
+    from smtrnn.methods.common import memory_spread, relative_memory_error
+
+    torch.manual_seed(0)
+    models = Models(tiny_model("tanh", memory_levels=5), VOCAB, CLASSES)
+    batch = make_batch(batch=3, length=6)
+    _, metrics = smt_loss(models, batch, only(c_dyn=1.0, horizon=1, grid_error=grid_error))
+    memories = models.teacher.encode(batch["x"]).detach()
+    stepped, update = models.rnn.cell.step_with_update(memories[:, :-1], batch["x"])
+    spread = memory_spread(memories[:, 1:])
+    compared = update if grid_error == "update" else stepped
+    start = relative_memory_error(models.rnn.cell.initial, memories[0, 0], spread)
+    expected = (relative_memory_error(compared, memories[:, 1:], spread) * 6 + start) / 7
+    torch.testing.assert_close(metrics["dyn"], expected.detach())

@@ -352,7 +352,7 @@ def test_dmt_truncate_1_gradient_crosses_exactly_one_step(cell):
     loss, metrics = dmt_loss(models, batch, config)
     got = backward(models, loss)
     # the rollout runs on the RNN's own memories, from m_0: the step inputs are its own outputs
-    models.rnn.cell.step = spy.original
+    models.rnn.cell.step_with_update = spy.raw
     assert spy.calls == 6
     with torch.no_grad():
         rolled = models.rnn.cell.rollout(batch["x"])
@@ -365,7 +365,7 @@ def test_dmt_truncate_1_gradient_crosses_exactly_one_step(cell):
     detached = StepSpy(models.rnn.cell, transform=lambda memory: memory.detach())
     reference_loss, reference_metrics = dmt_loss(models, batch, config)
     reference = backward(models, reference_loss)
-    models.rnn.cell.step = detached.original
+    models.rnn.cell.step_with_update = detached.raw
     torch.testing.assert_close(loss.detach(), reference_loss.detach(), **TIGHT)
     torch.testing.assert_close(metrics["dyn"], reference_metrics["dyn"], **TIGHT)
     assert_grads_close(got, reference)
@@ -389,9 +389,9 @@ def test_dmt_every_k_supervises_k_times_fewer_memories(every):
     class HookedSpy(StepSpy):
         def __call__(self, memory, token):
             out = super().__call__(memory, token)
-            if out.requires_grad:
-                out.retain_grad()
-            outputs.append(out)
+            if out[0].requires_grad:
+                out[0].retain_grad()
+            outputs.append(out[0])
             return out
 
     spy = HookedSpy(models.rnn.cell)
@@ -414,7 +414,7 @@ def test_dmt_start_teacher_begins_from_a_teacher_memory():
         torch.manual_seed(seed)
         spy = StepSpy(models.rnn.cell)
         dmt_loss(models, batch, DMTConfig(start="teacher", rollout=4))
-        models.rnn.cell.step = spy.original
+        models.rnn.cell.step_with_update = spy.raw
         assert spy.calls == 4
         first_memory, first_token = spy.inputs[0]
         matches = [s for s in range(0, 10 - 4 + 1) if torch.equal(first_memory, expert[:, s])]

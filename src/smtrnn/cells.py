@@ -108,8 +108,14 @@ class Cell(nn.Module):
 
     def step(self, memory: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
         """The next memory: ``update``, rounded onto the grid when ``rounds()``."""
-        memory = self.update(memory, token)
-        return on_grid(memory, self.memory_space, self.levels, self.memory_tokens) if self.rounds() else memory
+        return self.step_with_update(memory, token)[0]
+
+    def step_with_update(self, memory: torch.Tensor, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the next memory as ``step`` gives it, the update before any rounding): a loss on the second
+        keeps a margin to the edge of the grid's cell, where one on the rounded value sees nothing."""
+        update = self.update(memory, token)
+        rounded = on_grid(update, self.memory_space, self.levels, self.memory_tokens) if self.rounds() else update
+        return rounded, update
 
     @property
     def output_size(self) -> int:

@@ -71,6 +71,8 @@ class RunConfig:
             )
         if self.dmt.every < 1 or self.dmt.truncate < 1:
             raise UserError("dmt every and truncate must be positive")
+        if self.smt.grid_error not in ("rounded", "update"):
+            raise UserError(f"smt grid error must be rounded or update, got {self.smt.grid_error!r}")
         if self.smt.horizon_starts_at not in ("uniform", "changes"):
             raise UserError(f"smt horizon starts at must be uniform or changes, got {self.smt.horizon_starts_at!r}")
         if self.dmt.start not in ("initial", "teacher"):

@@ -50,9 +50,11 @@ def dmt_loss(models, batch, config: DMTConfig, step: int = 0):
         supervise = (offset + 1) % config.every == 0
         needs_grad = supervise or config.truncate > 1
         with nullcontext() if needs_grad else torch.no_grad():
-            memory = cell.step(memory, x[:, t])
+            # on a grid the rollout carries the rounded memory and the pull acts on the update before
+            # rounding: the rounded value's straight-through gradient sees no error within half a level
+            memory, update = cell.step_with_update(memory, x[:, t])
         if supervise:
-            dyn = dyn + relative_memory_error(memory, expert[:, t + 1], spread)
+            dyn = dyn + relative_memory_error(update, expert[:, t + 1], spread)
             terms += 1
         memories.append(memory.detach())
     dyn = dyn / max(1, terms)  # the mean over the supervised memories (and m_0 when the rollout starts there)

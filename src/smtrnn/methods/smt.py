@@ -50,6 +50,10 @@ class SMTConfig:
     # the readout's one-step term f(m*_t, x_{t+1}) -> y_{t+1} also trains the cell (one application: the
     # gradient path stays O(1)): the labels, not only the memory's squared error, shape the dynamics
     readout_grad: bool = False
+    # a memory on a grid: the dynamics and horizon errors of the cell's rounded memory (straight-through,
+    # blind within half a level) or of its update before rounding (a margin to the grid cell's edge);
+    # the horizon's rollouts carry the rounded memory either way
+    grid_error: str = "rounded"  # rounded | update
 
 
 def future_windows(x: torch.Tensor, y: torch.Tensor, future: int):
@@ -134,6 +138,7 @@ def rollout_error(
     labels: torch.Tensor | None = None,
     decay: float = 1.0,
     burnin: int = 0,
+    error_of: str = "rounded",
 ) -> torch.Tensor:
     """Relative memory error of K-step rollouts of the cell, averaged over starts and steps.
 
@@ -156,8 +161,9 @@ def rollout_error(
             memory = cell.step(memory, tokens[..., k])
     total = memories.new_zeros(())
     for k in range(steps):
-        memory = cell.step(memory, tokens[..., burnin + k])
-        total = total + decay**k * relative_memory_error(memory, targets[:, :, burnin + k], spread)
+        memory, update = cell.step_with_update(memory, tokens[..., burnin + k])
+        compared = update if error_of == "update" else memory
+        total = total + decay**k * relative_memory_error(compared, targets[:, :, burnin + k], spread)
     return total / sum(decay**k for k in range(steps))
 
 
@@ -172,7 +178,8 @@ def smt_loss(models, batch, config: SMTConfig, step: int = 0):
     joint = memories.detach() if step < config.teacher_delay else memories  # what the dynamics may move
     target = joint[:, 1:].detach() if config.detach_target else joint[:, 1:]
     source = joint[:, :-1]
-    predicted = rnn.cell.step(source, x)  # the only cell application: all B*T pairs
+    stepped, update = rnn.cell.step_with_update(source, x)  # the only cell application: all B*T pairs
+    predicted = update if config.grid_error == "update" else stepped
     # the RNN starts from its own learned m_0, which must equal the teacher's empty memory m*_0
     spread = memory_spread(target)  # part of the label side: detached with it
     start = relative_memory_error(rnn.cell.initial, memories[0, 0].detach(), spread.detach())
@@ -194,13 +201,14 @@ def smt_loss(models, batch, config: SMTConfig, step: int = 0):
             labels,
             config.horizon_decay,
             burnin,
+            config.grid_error,
         )
     else:
         rolled = dyn.new_zeros(())
 
     unif = uniformity(memories[:, 1:], rnn.cell.memory_tokens, config.uniformity_samples)
     flat = lambda memory: memory.detach().reshape(-1, memory.shape[-1])
-    step_rows = predicted.reshape(-1, predicted.shape[-1]) if config.readout_grad else flat(predicted)
+    step_rows = stepped.reshape(-1, stepped.shape[-1]) if config.readout_grad else flat(stepped)
     teacher_memories, step_memories, labels = labelled_rows(
         (y != IGNORE).reshape(-1), flat(memories[:, 1:]), step_rows, y.reshape(-1)
     )
