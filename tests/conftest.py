@@ -69,7 +69,9 @@ CELL_NAMES = ["tanh", "mlp", "gru", "lstm", "transformer"]
 TIGHT = dict(rtol=1e-9, atol=1e-11)
 
 
-def make_models(cell="tanh", memory_size=8, future=3, seed=0, double=True) -> Models:
+def make_models(cell="tanh", memory_size=8, future=3, seed=0, double=True, levels=0) -> Models:
+    """Continuous memories by default (levels 0): the method tests check the math of the losses against
+    slow references; the grid's own tests are in test_memory_grid.py."""
     torch.manual_seed(seed)
     config = ModelConfig(
         cell=cell,
@@ -84,6 +86,7 @@ def make_models(cell="tanh", memory_size=8, future=3, seed=0, double=True) -> Mo
         teacher_decoder_layers=1,
         teacher_heads=2,
         future=future,
+        memory_levels=levels,
     )
     models = Models(config, VOCAB, CLASSES)
     return models.double() if double else models

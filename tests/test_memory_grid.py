@@ -49,7 +49,7 @@ def test_teacher_memories_and_training_steps_lie_on_the_grid(cell):
 @pytest.mark.parametrize("cell", ["tanh", "gru"])
 def test_the_cell_rounds_while_training_and_at_run_time_only_when_asked(cell):
     torch.manual_seed(0)
-    rnn = Models(tiny_model(cell, memory_levels=5), VOCAB, CLASSES).rnn
+    rnn = Models(tiny_model(cell, memory_levels=5, round_at_run_time=False), VOCAB, CLASSES).rnn
     x = make_batch(batch=2, length=9)["x"]
     rnn.train()
     assert on_the_grid(rnn.cell.rollout(x))
@@ -109,8 +109,6 @@ def test_smt_with_a_grid_trains_and_its_loss_has_gradients():
     [
         ({"memory_levels": 1}, "at least 2"),
         ({"memory_levels": -3}, "at least 2"),
-        ({"memory_levels": 5, "cell": "lstm"}, "lstm"),
-        ({"round_at_run_time": True}, "memory levels"),
     ],
 )
 def test_bad_grid_settings_are_refused(changes, fragment):
@@ -163,3 +161,16 @@ def test_smt_compares_the_rounded_memory_or_the_update_as_asked(grid_error):
     start = relative_memory_error(models.rnn.cell.initial, memories[0, 0], spread)
     expected = (relative_memory_error(compared, memories[:, 1:], spread) * 6 + start) / 7
     torch.testing.assert_close(metrics["dyn"], expected.detach())
+
+
+def test_the_lstm_cell_is_continuous_and_the_grid_options_say_so(tmp_path, capsys):
+    from conftest import assert_user_error, tiny_args
+    from smtrnn.cli import main
+
+    assert ModelConfig(cell="lstm").grid_levels() == 0 and ModelConfig(cell="gru").grid_levels() == 5
+    assert Models(tiny_model("lstm"), VOCAB, CLASSES).rnn.cell.levels == 0
+    out = str(tmp_path / "run")
+    code = main(["train", *tiny_args(), "--cell", "lstm", "--memory-levels", "5", "--out", out])
+    assert_user_error(code, capsys, "--memory-levels is not read by the lstm cell")
+    code = main(["train", *tiny_args(), "--memory-levels", "0", "--round-at-run-time", "--out", out])
+    assert_user_error(code, capsys, "--round-at-run-time needs a memory on a grid")

@@ -61,7 +61,7 @@ class TrainedRNN(RNN):
             spec["num_classes"],
             config.memory_size,
             config.readout_hidden,
-            config.memory_levels,
+            config.grid_levels(),
             config.round_at_run_time,
             **cell_options(config),
         )

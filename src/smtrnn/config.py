@@ -203,6 +203,10 @@ def _unread(config: RunConfig, names: list[str]) -> list[tuple[str, str]]:
             found.append((dotted, f"{option_name(dotted)} is not read by --method {config.method}"))
         elif section == "model" and name in TEACHER_FIELDS and not teacher:
             found.append((dotted, f"{option_name(dotted)} sets the teacher, which --method {config.method} has not"))
+        elif dotted == "model.memory_levels" and config.model.cell == "lstm":
+            found.append((dotted, f"{option_name(dotted)} is not read by the lstm cell (its c is unbounded)"))
+        elif dotted == "model.round_at_run_time" and not config.model.grid_levels():
+            found.append((dotted, f"{option_name(dotted)} needs a memory on a grid (--memory-levels 2 or more)"))
         elif section == "model" and name in CELL_OPTIONS and config.model.cell not in CELL_OPTIONS[name]:
             cells = CELL_OPTIONS[name]
             owner = f"{', '.join(cells[:-1])} and {cells[-1]} cells" if len(cells) > 1 else f"{cells[0]} cell"

@@ -31,9 +31,14 @@ class ModelConfig:
     # the absolute time; an RNN (time-invariant) follows them far more easily (docs/horizon.md)
     teacher_positions: str = "none"  # none | sinusoid
     # a memory on a grid: every memory the teacher writes, and every memory the cell writes while
-    # training, is rounded to this many values per unit (straight-through); 0 = continuous
-    memory_levels: int = 0
-    round_at_run_time: bool = False  # the trained cell also rounds when it runs on its own
+    # training, is rounded to this many values per unit (straight-through); 0 = continuous; the lstm
+    # cell, whose c is unbounded, is always continuous
+    memory_levels: int = 5
+    round_at_run_time: bool = True  # on a grid, the trained cell also rounds when it runs alone
+
+    def grid_levels(self) -> int:
+        """The levels of the memory grid this model has: ``memory_levels``, 0 for the lstm cell."""
+        return 0 if self.cell == "lstm" else self.memory_levels
 
     def validate(self, teacher: bool = True):
         """Refuse sizes the networks cannot be built with (``teacher``: also the teacher's settings)."""
@@ -49,10 +54,6 @@ class ModelConfig:
             raise UserError(f"teacher positions must be sinusoid or none, got {self.teacher_positions!r}")
         if self.memory_levels == 1 or self.memory_levels < 0:
             raise UserError(f"memory levels must be 0 (continuous) or at least 2, got {self.memory_levels}")
-        if self.memory_levels and self.cell == "lstm":
-            raise UserError("memory levels need a bounded memory; the lstm cell's c is not: use 0 with --cell lstm")
-        if self.round_at_run_time and not self.memory_levels:
-            raise UserError("round at run time needs a memory on a grid: give memory levels as well")
         if teacher and self.teacher_width % self.teacher_heads:
             raise UserError(
                 f"teacher width {self.teacher_width} is not divisible by teacher heads {self.teacher_heads}"
@@ -91,7 +92,7 @@ def build_rnn(config: ModelConfig, vocab_size: int, num_classes: int) -> RNN:
         num_classes,
         config.memory_size,
         config.readout_hidden,
-        config.memory_levels,
+        config.grid_levels(),
         config.round_at_run_time,
         **cell_options(config),
     )
@@ -133,7 +134,7 @@ class Models(nn.Module):
         self.teacher = Teacher(
             vocab_size, num_classes, config.memory_size, cell.memory_space, cell.memory_tokens, teacher_config
         )
-        self.teacher.levels = config.memory_levels
+        self.teacher.levels = config.grid_levels()
 
     @torch.no_grad()
     def hand_off_initial_memory(self) -> None:

@@ -16,17 +16,11 @@ from smtrnn.experiments.runner import smoke
 from smtrnn.experiments.spec import Budget, Point, Study, Variant
 
 TITLE = "The length study: a rollout that holds at T = 256, 512 and 1,024"
-CONTINUOUS = {"model.memory_levels": 0, "model.round_at_run_time": False}
+CONTINUOUS = {"model.memory_levels": 0}
 VARIANTS = [
     Variant("defaults", "the library's defaults", group="main"),
     Variant("bptt", "BPTT, the same cell and number of optimiser steps", {"method": "bptt"}, group="main"),
     Variant("continuous", "a continuous memory (no grid): the previous defaults", CONTINUOUS, group="candidates"),
-    Variant(
-        "no-run-rounding",
-        "the grid in training only: the cell does not round when it runs alone",
-        {"model.round_at_run_time": False},
-        group="candidates",
-    ),
     Variant(
         "change-starts",
         "continuous; horizon starts where the teacher's memory changes",
@@ -46,15 +40,19 @@ BUDGETS = {256: Budget(2300, 300), 512: Budget(2300, 300), 1024: Budget(2300, 30
 def cpu() -> Study:
     """About 9 h of training on 2 cores (the T=512 and T=1,024 runs with two threads each)."""
     points = [Point(name, "retrieval", "tanh", 256) for name in ("defaults", "bptt")]
-    points += [
-        Point(name, "retrieval", "tanh", 256)
-        for name in ("continuous", "no-run-rounding", "change-starts", "later-steps")
-    ]
+    points += [Point(name, "retrieval", "tanh", 256) for name in ("continuous", "change-starts", "later-steps")]
     points += [Point(name, "retrieval", cell, 256) for cell in ("gru", "mlp") for name in ("defaults", "bptt")]
     points += [Point(name, "retrieval", cell, 512) for cell in ("tanh", "gru") for name in ("defaults", "bptt")]
     points += [Point(name, "retrieval", "tanh", 1024, seeds=(0,)) for name in ("defaults", "bptt")]
     return Study(
-        "length", "cpu", RunConfig(task="retrieval"), VARIANTS, points, [0, 1, 2], BUDGETS, measurements=["needle"]
+        "length",
+        "cpu",
+        RunConfig(task="retrieval"),
+        VARIANTS,
+        points,
+        [0, 1, 2],
+        BUDGETS,
+        measurements=["needle", "unrounded"],
     )
 
 
@@ -69,7 +67,7 @@ PRESETS = {
             [Point(v, "retrieval", "tanh", 16) for v in ("defaults", "bptt", "continuous")],
             [0],
             {16: Budget(6, 2)},
-            measurements=["needle"],
+            measurements=["needle", "unrounded"],
         )
     ),
 }

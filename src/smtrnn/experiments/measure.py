@@ -4,6 +4,7 @@ files and never need a checkpoint.
 
 - ``needle``: where a retrieval run loses the needle (smtrnn.probe): probes at lags after it, the
   rollout's error against t, the Jacobian's largest eigenvalues in the needle subspace;
+- ``unrounded``: a grid run's RNN alone without rounding at run time;
 - ``curve``: the periodic held-out scores of training against tokens seen and sequential compute;
 - ``bytes``: for byte streams, the teacher's bits per byte from its memory alone, the byte frequencies'
   bits per byte, a text sample of the RNN alone, or images it draws (for image tasks).
@@ -136,7 +137,19 @@ def training_curve(config: RunConfig, folder: Path) -> dict:
     return {"curve": points, "tokens": tokens, "sequential_compute": sequential}
 
 
-MEASUREMENTS = {"needle": needle, "bytes": byte_stream, "curve": training_curve}
+def unrounded(config: RunConfig, folder: Path) -> dict:
+    """A grid run's RNN alone with the cell not rounding at run time (what rounding adds); {} otherwise."""
+    from smtrnn.evaluate import evaluate_rnn
+
+    if not (config.model.grid_levels() and config.model.round_at_run_time):
+        return {}
+    _, task, models = load_run(folder)
+    models.rnn.cell.round_at_run_time = False
+    scores = evaluate_rnn(models.rnn, task, config.length, config.eval_batches, 64, config.seed)
+    return {"accuracy_unrounded": scores["accuracy"]}
+
+
+MEASUREMENTS = {"needle": needle, "bytes": byte_stream, "curve": training_curve, "unrounded": unrounded}
 
 
 def take(config: RunConfig, folder: Path, names: tuple[str, ...]) -> None:
