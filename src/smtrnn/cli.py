@@ -4,12 +4,15 @@ options of ``train`` are generated from the config dataclasses (options.py)."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shlex
 import sys
 from pathlib import Path
 
 from smtrnn import __version__
 from smtrnn.errors import UserError
+from smtrnn.interrupt import Interrupted
 from smtrnn.options import add_config_options, check_given, config_from_args
 
 __all__ = ["build_parser", "check_given", "config_from_args", "main"]
@@ -20,8 +23,28 @@ class Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+def check_writable(path: str | None, option: str = "--json") -> None:
+    """Refuse, before any work, a file that cannot be written: its nearest existing folder must take files
+    (the folders below it are created when it is written). ``-`` is standard output."""
+    if not path or path == "-":
+        return
+    target = Path(path).expanduser().absolute()
+    if target.is_dir():
+        raise UserError(f"{option} {path} is a directory")
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"{option} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UserError(f"{option} {path}: cannot write there (permission denied)")
+
+
 def _write_json(path: str | None, value) -> None:
-    if path:
+    """Write ``value`` to ``path`` (``-``: to standard output, alone)."""
+    if path == "-":
+        print(json.dumps(value, indent=2, sort_keys=True))
+    elif path:
         from smtrnn.checkpoint import write_json
 
         target = Path(path)
@@ -32,8 +55,16 @@ def _write_json(path: str | None, value) -> None:
             raise UserError(f"cannot write {path}: {error.strerror}") from None
 
 
+def _report(result: dict, json_path: str | None) -> None:
+    """The result: printed as a table, and as JSON to ``json_path`` (``-``: JSON alone on standard output)."""
+    if json_path != "-":
+        _print_result(result)
+    _write_json(json_path, result)
+
+
 def _print_result(result: dict) -> None:
-    keys = ["task", "method", "cell", "length", "accuracy", "loss", "teacher_accuracy", "drift", "seconds", "steps"]
+    keys = ["task", "method", "cell", "length", "checkpoint", "accuracy", "loss", "teacher_accuracy", "drift"]
+    keys += ["seconds", "steps"]
     for key in keys + ["sequential_depth"]:
         if key in result:
             value = result[key]
@@ -46,35 +77,42 @@ def cmd_train(args) -> None:
 
     config = config_from_args(args)
     check_given(config, args)
+    check_writable(args.json)
     with distributed.session(config.device):  # several processes under torchrun, else a no-op
         result = run(config, args.out, progress=not args.quiet, tensorboard=args.tensorboard)
         main_process = distributed.rank() == 0
     if main_process:
-        _print_result(result)
-        _write_json(args.json, result)
+        _report(result, args.json)
 
 
 def cmd_eval(args) -> None:
-    from smtrnn.run import evaluate_run, load_run
+    from smtrnn.run import evaluate_run, read_run
 
     if args.length is not None and args.length < 1:
         raise UserError(f"length must be positive, got {args.length}")
     if args.batches < 1:
         raise UserError(f"batches must be positive, got {args.batches}")
-    config, task, models = load_run(args.run, args.device)
+    check_writable(args.json)
+    loaded = read_run(args.run, args.device, args.data)
+    config, used = loaded.config, f"{loaded.checkpoint.get('phase')} step {loaded.checkpoint.get('step')}"
     length = args.length or config.length
-    result = {"run": str(args.run), "task": config.task, "method": config.method, "cell": config.model.cell}
-    result.update(trained_length=config.length, length=length)
-    result.update(evaluate_run(config, task, models, length, args.batches))
-    _print_result(result)
-    _write_json(args.json, result)
+    result: dict = {"run": str(args.run), "task": config.task, "method": config.method, "cell": config.model.cell}
+    # which weights were scored: a run still training has only its latest checkpoint, not its final model
+    result["checkpoint"] = used + ("" if loaded.finished else " (in progress)")
+    result.update(finished=loaded.finished, trained_length=config.length, length=length)
+    if not loaded.finished:
+        print(
+            f"smtrnn: {args.run} is still in progress (no result.json): scoring its {used} checkpoint", file=sys.stderr
+        )
+    result.update(evaluate_run(config, loaded.task, loaded.models, length, args.batches))
+    _report(result, args.json)
 
 
 def cmd_generate(args) -> None:
     from smtrnn.run import load_run
     from smtrnn.sampling import generate, save_png
 
-    config, task, models = load_run(args.run, args.device)
+    config, task, models = load_run(args.run, args.device)  # the data is read only for primed images
     generated = generate(
         config,
         task,
@@ -153,16 +191,15 @@ def cmd_experiment(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    import torch
 
+    from smtrnn.config import check_device
     from smtrnn.experiments.bench import BenchConfig, quick_config, run_bench
     from smtrnn.experiments.bench.page import blocks, figures
     from smtrnn.experiments.pages import write_outputs
 
     if args.threads < 0:
         raise UserError(f"threads must be non-negative, got {args.threads}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {args.device} asked for, but PyTorch sees no CUDA device")
+    check_device(args.device)
     options = {"device": args.device, "threads": args.threads, "compile": args.compile, "autocast": args.autocast}
     config = quick_config(**options) if args.quick else BenchConfig(**options)
     result = run_bench(config, log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -190,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_options(train)
     train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to OUT/tensorboard")
-    train.add_argument("--json", help="also write the result here")
+    train.add_argument("--json", help="also write the result here (- for standard output)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=cmd_train)
 
@@ -199,7 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--length", type=int, default=None, help="sequence length (default: the trained one)")
     evaluate.add_argument("--batches", type=int, default=8, help="held-out batches of 64 sequences (default: 8)")
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    evaluate.add_argument("--json", help="also write the scores here")
+    evaluate.add_argument(
+        "--data",
+        metavar="NEW_PATH",
+        help="the run's data file at a new place (it must hold the same bytes: its sha256 is checked)",
+    )
+    evaluate.add_argument("--json", help="also write the scores here (- for standard output)")
     evaluate.set_defaults(handler=cmd_eval)
 
     generate = commands.add_parser("generate", help="sample text, images (PNG grid) or token ids from a run's RNN")
@@ -286,12 +328,15 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed, for pages
         args.handler(args)
+    except Interrupted as error:  # a checkpoint was saved at the step reached: not a mistake
+        print(f"smtrnn: {error}", file=sys.stderr)
+        return error.exit_code
     except UserError as error:
         message = " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
         print(f"smtrnn: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("smtrnn: interrupted; the last checkpoint is kept", file=sys.stderr)
+    except KeyboardInterrupt as error:  # outside training, or a second signal: nothing more was saved
+        print(f"smtrnn: interrupted{f' ({error})' if str(error) else ''}", file=sys.stderr)
         return 130
     return 0
 
