@@ -79,8 +79,13 @@ def cmd_train(args) -> None:
     check_given(config, args)
     check_writable(args.json)
     with distributed.session(config.device):  # several processes under torchrun, else a no-op
-        result = run(config, args.out, progress=not args.quiet, tensorboard=args.tensorboard)
         main_process = distributed.rank() == 0
+        try:
+            result = run(config, args.out, progress=not args.quiet, tensorboard=args.tensorboard)
+        except Interrupted as stop:
+            if not main_process:  # every rank stopped at the same step: rank 0 says so
+                raise SystemExit(stop.exit_code) from None
+            raise
     if main_process:
         _report(result, args.json)
 

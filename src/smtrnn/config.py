@@ -262,8 +262,8 @@ def check_device(device: str) -> None:
         raise UserError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            built = "" if torch.version.cuda else ", which was built without CUDA"
-            raise UserError(f"--device {device}: PyTorch {torch.__version__}{built} sees no CUDA device here")
+            why = "PyTorch sees no CUDA device here" if torch.version.cuda else "this PyTorch was built without CUDA"
+            raise UserError(f"--device {device}: {why} ({torch.__version__}); use --device cpu")
         count = torch.cuda.device_count()
         if parsed.index is not None and parsed.index >= count:
             raise UserError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
