@@ -14,13 +14,29 @@ Models and batches for the method tests (float64, checked against slow reference
 The one-line error contract of the CLI:
     TINY, tiny_args(method)         command-line options for a run that trains in well under a second
     assert_user_error               exit code 2, one ``smtrnn: error:`` line on stderr, no traceback
+
+The command line as a user runs it (``python -m smtrnn`` in a subprocess):
+    smtrnn_cli, launch              run a command to its end / start one in the background
+    assert_refused                  its exit code 2, one ``smtrnn: error:`` line with the fragments, no traceback
+    gated_task(folder, gate, at)    a parity task that holds training at its batch ``at`` while a gate file exists
+    wait_until                      poll a condition while a background command runs
+    records, final_tensors, assert_identical   a run's metrics (no clock), last checkpoint's tensors, bit-equality
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from smtrnn import checkpoint
 from smtrnn.config import RunConfig, reset_unused
 from smtrnn.methods import SMTConfig
 from smtrnn.models import ModelConfig, Models
@@ -182,3 +198,101 @@ def assert_user_error(code: int, capsys, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+# ================================================================================================
+# the command line as a user runs it
+
+CLI_ENV = {
+    **os.environ,
+    "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def _command(args) -> list[str]:
+    return [sys.executable, "-m", "smtrnn", *map(str, args)]
+
+
+def smtrnn_cli(*args, timeout: float = 300, **options) -> subprocess.CompletedProcess:
+    """``python -m smtrnn ARGS`` to its end: exit code, stdout and stderr as text."""
+    return subprocess.run(_command(args), capture_output=True, text=True, env=CLI_ENV, timeout=timeout, **options)
+
+
+def launch(*args) -> subprocess.Popen:
+    """``python -m smtrnn ARGS`` started in the background (``communicate()`` collects its output)."""
+    return subprocess.Popen(_command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLI_ENV)
+
+
+def assert_refused(done: subprocess.CompletedProcess, *fragments: str) -> str:
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("smtrnn: error:"), done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+GATED_TASK = """
+import os
+import time
+from dataclasses import dataclass
+
+from smtrnn.tasks.synthetic import Parity
+
+
+@dataclass
+class GatedParity(Parity):
+    gate: str = ""  # while this file exists, the batch numbered ``at`` waits
+    at: int = 0
+
+    def sample(self, batch_size, length, generator):
+        self.drawn = getattr(self, "drawn", 0) + 1
+        while self.drawn == self.at and os.path.exists(self.gate):
+            time.sleep(0.01)
+        return super().sample(batch_size, length, generator)
+"""
+
+
+def gated_task(folder: Path, gate: Path, at: int) -> list[str]:
+    """--task options of a parity task (its source written into ``folder``) whose training waits before its
+    batch ``at`` while the file ``gate`` exists: a test holds a run at a known step, then lets it go."""
+    source = folder / "gated_task.py"
+    source.write_text(GATED_TASK)
+    return ["--task", f"{source}:GatedParity", "--task-option", f"gate={gate}", "--task-option", f"at={at}"]
+
+
+def wait_until(process: subprocess.Popen, ready, timeout: float = 180) -> None:
+    """Poll ``ready()`` while ``process`` runs; fail if it ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, f"the command ended first: {process.communicate()}"
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def logged_steps(run_dir: Path) -> list[tuple[str, int]]:
+    return [(record["phase"], record["step"]) for record in records(run_dir)]
+
+
+def records(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the clock (the one thing two runs of one command do not share)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines if line.endswith("}")]
+
+
+def final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    """Weights, optimizer moments and RNG states of the latest checkpoint."""
+    folder = checkpoint.latest_checkpoint(run_dir)
+    return {
+        **{"model." + k: v for k, v in load_file(folder / "model.safetensors").items()},
+        **{"state." + k: v for k, v in load_file(folder / "state.safetensors").items()},
+    }
+
+
+def assert_identical(left: dict, right: dict):
+    assert set(left) == set(right)
+    for key in left:
+        assert left[key].dtype == right[key].dtype and torch.equal(left[key], right[key]), key

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import smtrnn.methods.table as phases_module
+from conftest import assert_identical, final_tensors, records
 from smtrnn import checkpoint
 from smtrnn.cli import main
 from smtrnn.config import RunConfig
@@ -101,26 +102,6 @@ TRAIN_ARGS = [
     "1",
     "--quiet",
 ]
-
-
-def records(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
-
-
-def final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
-    """Weights, optimizer moments and RNG states of the latest checkpoint."""
-    folder = checkpoint.latest_checkpoint(run_dir)
-    return {
-        **{"model." + k: v for k, v in load_file(folder / "model.safetensors").items()},
-        **{"state." + k: v for k, v in load_file(folder / "state.safetensors").items()},
-    }
-
-
-def assert_identical(left: dict, right: dict):
-    assert set(left) == set(right)
-    for key in left:
-        assert left[key].dtype == right[key].dtype and torch.equal(left[key], right[key]), key
 
 
 # ================================================================================================

@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from smtrnn import checkpoint
+from smtrnn.config import check_device
 from smtrnn.errors import UserError
 from smtrnn.models import ModelConfig, cell_options
 from smtrnn.rnn import RNN
@@ -325,6 +326,7 @@ def _checked_spec(folder: Path) -> dict:
 
 def load_export(export_dir: PathLike, device: str = "cpu") -> TrainedRNN:
     """The RNN rebuilt from an export's config.json and model.safetensors (eval mode, frozen)."""
+    check_device(device)
     folder = Path(export_dir)
     if not folder.is_dir():
         raise UserError(f"no export directory {folder}")

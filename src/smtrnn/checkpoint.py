@@ -30,11 +30,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(directory: bool = False) -> int:
+    """The permissions ``open()`` (0o666) or ``mkdir()`` (0o777) would give under the current umask:
+    mkstemp and mkdtemp create private files (0o600, 0o700), which another user could not read."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a synced temporary file and a rename."""
+    """Write ``data`` to ``path`` via a synced temporary file and a rename; the file gets the
+    permissions a plain ``open()`` would give it."""
     path = Path(path)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, plain_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -104,6 +118,7 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
     try:
+        staging.chmod(plain_mode(directory=True))  # the checkpoint folder it becomes is readable by others
         weights = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
         config = _model_config(model)
         metadata = {MODEL_CONFIG_KEY: json.dumps(config, sort_keys=True)} if config is not None else None
@@ -116,6 +131,7 @@ def save_checkpoint(
         save_file({k: v.cpu() for k, v in state_tensors.items()}, staging / "state.safetensors")
         (staging / "state.json").write_text(json.dumps({"meta": meta, "optimizer": plain}, indent=1))
         for file in staging.iterdir():
+            file.chmod(plain_mode())  # safetensors writes its files private (0o600)
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
         final = root / name

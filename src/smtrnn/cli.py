@@ -1,18 +1,21 @@
 """Command line: a thin layer over the library (and, for ``experiment`` and ``bench``, the studies). The
-options of ``train`` are generated from the config dataclasses (config.SECTIONS), their help from the
-comments beside the fields, so every field is settable and names and help never drift apart."""
+options of ``train`` are generated from the config dataclasses (options.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from smtrnn import __version__
 from smtrnn.errors import UserError
+from smtrnn.interrupt import Interrupted
+from smtrnn.options import add_config_options, check_given, config_from_args
+
+__all__ = ["build_parser", "check_given", "config_from_args", "main"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -20,136 +23,28 @@ class Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _type_of(default):
-    if isinstance(default, bool):
-        return _bool
-    if default is None:
-        return str
-    return type(default)
-
-
-def _help(text: str, default) -> str:
-    return f"{text} (default: {default})" if text else f"(default: {default})"
-
-
-def _choices() -> dict[str, str]:
-    """The choices of the options that name a task, method or cell, for their help."""
-    from smtrnn.cells import CELLS
-    from smtrnn.methods import METHODS
-    from smtrnn.tasks import TASKS
-    from smtrnn.tasks.files import FORMS_HELP
-
-    return {
-        "task": f"{', '.join(sorted(TASKS))}, FILE.py:Class or your data ({FORMS_HELP})",
-        "method": ", ".join(METHODS),
-        "model.cell": ", ".join(CELLS),
-    }
-
-
-def _add_option(parser, option: str, dest: str, default, text: str) -> None:
-    """One option; a yes/no one works bare (--x), negated (--no-x) and with a value (--x false)."""
-    metavar = dest.rpartition(".")[2].upper()
-    if isinstance(default, bool):
-        parser.add_argument(
-            option,
-            dest=dest,
-            nargs="?",
-            const=True,
-            type=_bool,
-            default=None,
-            metavar="yes|no",
-            help=_help(text, default),
-        )
-        parser.add_argument("--no-" + option[2:], dest=dest, action="store_const", const=False, help=argparse.SUPPRESS)
-    else:
-        parser.add_argument(
-            option, dest=dest, type=_type_of(default), default=None, metavar=metavar, help=_help(text, default)
-        )
-
-
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    from smtrnn.config import SECTIONS, TOP_LEVEL, RunConfig, field_help, option_name
-
-    base, choices = RunConfig(), _choices()
-    top = field_help(RunConfig)
-    for name in TOP_LEVEL:
-        text = top[name] + (f"; one of {choices[name]}" if name in choices else "")
-        _add_option(parser, option_name(name), name, getattr(base, name), text)
-    for section, kind, _ in SECTIONS:
-        group = parser.add_argument_group(section)
-        helps = field_help(kind)
-        for item in fields(kind):
-            dotted = f"{section}.{item.name}"
-            text = helps.get(item.name, "") + (f"; one of {choices[dotted]}" if dotted in choices else "")
-            if section == "dmt_train" and item.name == "steps":
-                text += "; added to --steps: smt+dmt trains --steps SMT steps, then --dmt-steps DMT steps"
-            _add_option(group, option_name(dotted), dotted, getattr(getattr(base, section), item.name), text)
-    parser.add_argument(
-        "--task-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a parameter of the task, e.g. values=4 (repeatable)",
-    )
-
-
-def _parse_task_options(pairs: list[str]) -> dict:
-    options = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise UserError(f"--task-option wants KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
-
-
-def config_from_args(args: argparse.Namespace, base=None):
-    """A RunConfig from defaults (or ``base``) overridden by the options the user gave."""
-    from smtrnn.config import TOP_LEVEL, RunConfig, set_field
-    from smtrnn.tasks.files import file_form
-
-    config = base or RunConfig()
-    for name in TOP_LEVEL:
-        if getattr(args, name) is not None:
-            setattr(config, name, getattr(args, name))
-    for key, value in vars(args).items():
-        if "." in key and value is not None:
-            set_field(config, key, value)
-    config.task_options.update(_parse_task_options(args.task_option))
-    if file_form(config.task) is not None and config.task.partition(":")[2]:
-        # text:PATH etc.: saved with an absolute path, so a resume works anywhere
-        form, _, path = config.task.partition(":")
-        config.task = f"{form}:{Path(path).expanduser().resolve()}"
-    return config
-
-
-def check_given(config, args: argparse.Namespace) -> None:
-    """Refuse an option the chosen method or cell does not read: never silently ignored."""
-    from smtrnn.config import unread_options
-    from smtrnn.methods import METHODS
-
-    config.model.validate(teacher=False)  # an unknown cell first: the check below assumes a known one
-    if config.method not in METHODS:
-        raise UserError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
-    unread = unread_options(config, [key for key, value in vars(args).items() if "." in key and value is not None])
-    if unread:
-        raise UserError(unread[0])
+def check_writable(path: str | None, option: str = "--json") -> None:
+    """Refuse, before any work, a file that cannot be written: its nearest existing folder must take files
+    (the folders below it are created when it is written). ``-`` is standard output."""
+    if not path or path == "-":
+        return
+    target = Path(path).expanduser().absolute()
+    if target.is_dir():
+        raise UserError(f"{option} {path} is a directory")
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"{option} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UserError(f"{option} {path}: cannot write there (permission denied)")
 
 
 def _write_json(path: str | None, value) -> None:
-    if path:
+    """Write ``value`` to ``path`` (``-``: to standard output, alone)."""
+    if path == "-":
+        print(json.dumps(value, indent=2, sort_keys=True))
+    elif path:
         from smtrnn.checkpoint import write_json
 
         target = Path(path)
@@ -160,8 +55,16 @@ def _write_json(path: str | None, value) -> None:
             raise UserError(f"cannot write {path}: {error.strerror}") from None
 
 
+def _report(result: dict, json_path: str | None) -> None:
+    """The result: printed as a table, and as JSON to ``json_path`` (``-``: JSON alone on standard output)."""
+    if json_path != "-":
+        _print_result(result)
+    _write_json(json_path, result)
+
+
 def _print_result(result: dict) -> None:
-    keys = ["task", "method", "cell", "length", "accuracy", "loss", "teacher_accuracy", "drift", "seconds", "steps"]
+    keys = ["task", "method", "cell", "length", "checkpoint", "accuracy", "loss", "teacher_accuracy", "drift"]
+    keys += ["seconds", "steps"]
     for key in keys + ["sequential_depth"]:
         if key in result:
             value = result[key]
@@ -174,35 +77,47 @@ def cmd_train(args) -> None:
 
     config = config_from_args(args)
     check_given(config, args)
+    check_writable(args.json)
     with distributed.session(config.device):  # several processes under torchrun, else a no-op
-        result = run(config, args.out, progress=not args.quiet, tensorboard=args.tensorboard)
         main_process = distributed.rank() == 0
+        try:
+            result = run(config, args.out, progress=not args.quiet, tensorboard=args.tensorboard)
+        except Interrupted as stop:
+            if not main_process:  # every rank stopped at the same step: rank 0 says so
+                raise SystemExit(stop.exit_code) from None
+            raise
     if main_process:
-        _print_result(result)
-        _write_json(args.json, result)
+        _report(result, args.json)
 
 
 def cmd_eval(args) -> None:
-    from smtrnn.run import evaluate_run, load_run
+    from smtrnn.run import evaluate_run, read_run
 
     if args.length is not None and args.length < 1:
         raise UserError(f"length must be positive, got {args.length}")
     if args.batches < 1:
         raise UserError(f"batches must be positive, got {args.batches}")
-    config, task, models = load_run(args.run, args.device)
+    check_writable(args.json)
+    loaded = read_run(args.run, args.device, args.data)
+    config, used = loaded.config, f"{loaded.checkpoint.get('phase')} step {loaded.checkpoint.get('step')}"
     length = args.length or config.length
-    result = {"run": str(args.run), "task": config.task, "method": config.method, "cell": config.model.cell}
-    result.update(trained_length=config.length, length=length)
-    result.update(evaluate_run(config, task, models, length, args.batches))
-    _print_result(result)
-    _write_json(args.json, result)
+    result: dict = {"run": str(args.run), "task": config.task, "method": config.method, "cell": config.model.cell}
+    # which weights were scored: a run still training has only its latest checkpoint, not its final model
+    result["checkpoint"] = used + ("" if loaded.finished else " (in progress)")
+    result.update(finished=loaded.finished, trained_length=config.length, length=length)
+    if not loaded.finished:
+        print(
+            f"smtrnn: {args.run} is still in progress (no result.json): scoring its {used} checkpoint", file=sys.stderr
+        )
+    result.update(evaluate_run(config, loaded.task, loaded.models, length, args.batches))
+    _report(result, args.json)
 
 
 def cmd_generate(args) -> None:
     from smtrnn.run import load_run
     from smtrnn.sampling import generate, save_png
 
-    config, task, models = load_run(args.run, args.device)
+    config, task, models = load_run(args.run, args.device)  # the data is read only for primed images
     generated = generate(
         config,
         task,
@@ -281,16 +196,15 @@ def cmd_experiment(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    import torch
 
+    from smtrnn.config import check_device
     from smtrnn.experiments.bench import BenchConfig, quick_config, run_bench
     from smtrnn.experiments.bench.page import blocks, figures
     from smtrnn.experiments.pages import write_outputs
 
     if args.threads < 0:
         raise UserError(f"threads must be non-negative, got {args.threads}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {args.device} asked for, but PyTorch sees no CUDA device")
+    check_device(args.device)
     options = {"device": args.device, "threads": args.threads, "compile": args.compile, "autocast": args.autocast}
     config = quick_config(**options) if args.quick else BenchConfig(**options)
     result = run_bench(config, log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -316,9 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="run directory (required; the same command resumes it, a larger --steps or --dmt-steps continues it)",
     )
-    _add_config_options(train)
+    add_config_options(train)
     train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to OUT/tensorboard")
-    train.add_argument("--json", help="also write the result here")
+    train.add_argument("--json", help="also write the result here (- for standard output)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=cmd_train)
 
@@ -327,7 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--length", type=int, default=None, help="sequence length (default: the trained one)")
     evaluate.add_argument("--batches", type=int, default=8, help="held-out batches of 64 sequences (default: 8)")
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    evaluate.add_argument("--json", help="also write the scores here")
+    evaluate.add_argument(
+        "--data",
+        metavar="NEW_PATH",
+        help="the run's data file at a new place (it must hold the same bytes: its sha256 is checked)",
+    )
+    evaluate.add_argument("--json", help="also write the scores here (- for standard output)")
     evaluate.set_defaults(handler=cmd_eval)
 
     generate = commands.add_parser("generate", help="sample text, images (PNG grid) or token ids from a run's RNN")
@@ -414,12 +333,15 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed, for pages
         args.handler(args)
+    except Interrupted as error:  # a checkpoint was saved at the step reached: not a mistake
+        print(f"smtrnn: {error}", file=sys.stderr)
+        return error.exit_code
     except UserError as error:
         message = " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
         print(f"smtrnn: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("smtrnn: interrupted; the last checkpoint is kept", file=sys.stderr)
+    except KeyboardInterrupt as error:  # outside training, or a second signal: nothing more was saved
+        print(f"smtrnn: interrupted{f' ({error})' if str(error) else ''}", file=sys.stderr)
         return 130
     return 0
 

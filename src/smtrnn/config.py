@@ -18,6 +18,8 @@ import tokenize
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 
+import torch
+
 from smtrnn.errors import UserError
 from smtrnn.methods import METHODS, BPTTConfig, DMTConfig, SMTConfig, phases, uses_teacher
 from smtrnn.models import CELL_OPTIONS, TEACHER_FIELDS, ModelConfig
@@ -52,6 +54,12 @@ class RunConfig:
             raise UserError(f"eval batches must be positive, got {self.eval_batches}")
         if self.method == "dmt" and not self.init:
             raise UserError("method dmt fine-tunes an SMT run: give --init DIR")
+        if self.method == "smt+dmt" and self.train.steps == 0:
+            raise UserError(
+                "--steps 0 with --method smt+dmt would run DMT from an untrained teacher; to fine-tune a "
+                "trained SMT run, give --method dmt --init RUN"
+            )
+        check_device(self.device)
         check_finite(self)
         self.model.validate(teacher=uses_teacher(self))
         for section in (self.train, self.dmt_train):
@@ -236,3 +244,37 @@ def check_finite(config: RunConfig) -> None:
             value = getattr(getattr(config, section), item.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"{option_name(section + '.' + item.name)} must be a finite number, got {value}")
+
+
+def check_learning_rates(config: RunConfig) -> None:
+    """A learning rate above 1 is almost surely a typo: AdamW moves every weight by about the learning
+    rate at each step, whatever the gradient's scale, so the model is wrecked in a few steps. Checked on
+    the command line only: a study may diverge a run on purpose."""
+    for section in ("train", "dmt_train"):
+        lr, default = getattr(config, section).lr, getattr(RunConfig(), section).lr
+        if math.isfinite(lr) and lr > 1:  # not finite: check_finite's to refuse
+            raise UserError(
+                f"{option_name(section + '.lr')} {lr} is above 1, almost surely a typo: AdamW moves every "
+                f"weight by about the learning rate at each step (default {default})"
+            )
+
+
+def check_device(device: str) -> None:
+    """A one-line UserError unless this machine has ``device``: cpu, cuda, cuda:N (N below the number of
+    GPUs) or mps; asked before anything is built or written."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "PyTorch sees no CUDA device here" if torch.version.cuda else "this PyTorch was built without CUDA"
+            raise UserError(f"--device {device}: {why} ({torch.__version__}); use --device cpu")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise UserError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError(f"--device {device}: PyTorch sees no MPS device here")
+    elif parsed.type != "cpu":
+        raise UserError(f"--device {device}: smtrnn runs on cpu, cuda, cuda:N or mps")

@@ -137,6 +137,16 @@ def mean(value: torch.Tensor) -> torch.Tensor:
     return total / world_size()
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest of an integer over ranks (collective; the value itself for one process): a decision
+    every rank must take together, such as stopping on a signal only some of them received."""
+    if world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def mean_metrics(metrics: dict) -> dict[str, float]:
     """Per-rank metric values averaged over ranks, as floats (one collective for all of them)."""
     names = list(metrics)

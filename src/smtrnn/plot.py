@@ -37,6 +37,22 @@ def curves(run_dir: str | Path) -> tuple[dict[str, list[tuple[int, float]]], lis
 
 def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Draw the curves of ``run_dirs`` to the PNG ``out`` and return its path."""
+    figure = draw(run_dirs)
+    import matplotlib.pyplot as plt  # after draw() chose the Agg backend
+
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(out, dpi=110)
+    except OSError as error:
+        raise UserError(f"cannot write {out}: {error.strerror}") from None
+    finally:
+        plt.close(figure)
+    return out
+
+
+def draw(run_dirs: list[str | Path]):
+    """The figure of the curves of ``run_dirs`` (close it with ``matplotlib.pyplot.close``)."""
     if not run_dirs:
         raise UserError("plot needs at least one run directory")
     import matplotlib
@@ -53,10 +69,12 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
         for key, points in series.items():
             steps, values = zip(*points)
             label = f"{name} {key}".strip()
+            # markers: a phase logged once (a short run, a large --log-every) is a point, and a line needs two
+            style = {"color": color, "label": label, "marker": "o", "markersize": 2.5}
             if key.endswith(" loss"):
-                loss_axis.plot(steps, values, color=color, label=label)
+                loss_axis.plot(steps, values, **style)
             else:
-                accuracy_axis.plot(steps, values, color=color, linestyle=next(styles), label=label)
+                accuracy_axis.plot(steps, values, linestyle=next(styles), **style)
         for boundary in boundaries:
             for axis in (loss_axis, accuracy_axis):
                 axis.axvline(boundary, color=color, linestyle=":", linewidth=1)
@@ -75,12 +93,4 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
     figure.tight_layout()
-    out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(out, dpi=110)
-    except OSError as error:
-        raise UserError(f"cannot write {out}: {error.strerror}") from None
-    finally:
-        plt.close(figure)
-    return out
+    return figure

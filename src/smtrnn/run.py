@@ -7,24 +7,23 @@ trainer (resuming where a checkpoint says), evaluate the RNN alone, write result
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
-import os
-import sys
-import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from smtrnn import checkpoint, metrics
-from smtrnn.config import RunConfig
+from smtrnn import checkpoint, distributed, interrupt, metrics, rundir, task_record
+from smtrnn.config import RunConfig, check_device
 from smtrnn.errors import UserError
 from smtrnn.evaluate import evaluate_rnn, evaluate_teacher, length_generalisation, memory_diagnostics
 from smtrnn.methods import depths, phases, planned_steps, uses_teacher
 from smtrnn.models import Models
 from smtrnn.tasks import make_task
+from smtrnn.tasks.files import file_form
 from smtrnn.train import is_main_process, train
 
 
@@ -69,96 +68,67 @@ def build(config: RunConfig):
     task = make_task(config.task, **config.task_options)
     if hasattr(task, "check_length"):
         task.check_length(config.length)
+    return task, build_models(config, task)
+
+
+def build_models(config: RunConfig, task) -> Models:
     torch.manual_seed(config.seed)
-    models = Models(config.model, task.vocab_size, task.num_classes).to(config.device)
-    return task, models
+    return Models(config.model, task.vocab_size, task.num_classes).to(config.device)
 
 
-def load_run(run_dir: str | Path, device: str = "cpu"):
-    """(config, task, models) of a finished or interrupted run, weights from its latest checkpoint."""
+@dataclass
+class LoadedRun:
+    """A run read back from its directory: its config, its task (a ``RecordedTask`` that reads the data
+    only when a sequence is drawn), its models with the weights of ``checkpoint`` (that checkpoint's
+    meta: phase, step) and whether the run has finished (result.json)."""
+
+    config: RunConfig
+    task: Any
+    models: Models
+    checkpoint: dict
+    finished: bool
+
+
+def read_run(run_dir: str | Path, device: str = "cpu", data: str | None = None) -> LoadedRun:
+    """A finished or interrupted run, weights from its latest checkpoint, built from its task.json
+    without reading its data; ``data``: the new place of a data file that moved (same sha256)."""
     run_dir = Path(run_dir)
+    check_device(device)
     if not run_dir.is_dir():
         raise UserError(f"no run directory {run_dir}")
     config = RunConfig.from_dict(checkpoint.read_json(run_dir / "config.json"))
     config.device = device
-    task, models = build(config)
-    folder = checkpoint.latest_checkpoint(run_dir)
-    if folder is None:
-        raise UserError(f"run {run_dir} has no checkpoint yet")
-    checkpoint.load_weights(models, folder)
-    return config, task, models
+    record = task_record.read(run_dir)
+    task: Any
+    if record is None:  # a run from before task.json: its task is built (and its data read) now
+        task = make_task(task_record.located({"task": config.task}, data), **config.task_options)
+    else:
+        task = task_record.RecordedTask(record, config.task_options, data)
+    models = build_models(config, task)
+    meta = _load_latest(models, run_dir)
+    return LoadedRun(config, task, models, meta, (run_dir / "result.json").is_file())
 
 
-EXTENSIBLE = (("train", "steps", "--steps"), ("dmt_train", "steps", "--dmt-steps"))
+def _load_latest(models: Models, run_dir: Path) -> dict:
+    """Load the latest checkpoint's weights into ``models`` and return its meta. A run in progress may
+    replace its checkpoint while it is being read: then the new one is read."""
+    for attempt in range(3):
+        try:
+            folder = checkpoint.latest_checkpoint(run_dir)
+            if folder is None:
+                break
+            checkpoint.load_weights(models, folder)
+            return checkpoint.load_state(folder, None)[0]
+        except UserError:
+            if attempt == 2:
+                raise
+    raise UserError(f"run {run_dir} has no checkpoint yet")
 
 
-def _comparable(config: RunConfig) -> dict:
-    """The config as saved to config.json, device aside (it may change between sessions)."""
-    values = RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))).to_dict()
-    values.pop("device")
-    return values
-
-
-def _extension(config: RunConfig, run_dir: Path) -> list[str] | None:
-    """How ``config`` extends the run saved in ``run_dir`` (e.g. ["--steps 2000 -> 3000"]); None when it
-    changes anything but a larger --steps / --dmt-steps. UserError when the extension cannot be honoured."""
-    saved = RunConfig.from_dict(checkpoint.read_json(run_dir / "config.json"))
-    mine, theirs = _comparable(config), _comparable(saved)
-    changes = []
-    for section, name, flag in EXTENSIBLE:
-        old, new = theirs[section][name], mine[section][name]
-        if new < old:
-            return None  # fewer steps: a different run, not a longer one
-        if new > old:
-            changes.append(f"{flag} {old} -> {new}")
-        theirs[section][name] = new
-    if theirs != mine or not changes:
-        return None
-    latest = checkpoint.latest_checkpoint(run_dir)
-    done_phase = checkpoint.load_state(latest, None)[0].get("phase") if latest is not None else None
-    if config.method == "smt+dmt" and done_phase == "dmt" and config.train.steps > saved.train.steps:
-        raise UserError(
-            f"{run_dir}: SMT has finished and DMT started from it, so SMT cannot be extended; extend "
-            "--dmt-steps, or train a new SMT run and fine-tune it with --method dmt --init"
-        )
-    return changes
-
-
-def _prepare(config: RunConfig, run_dir: Path) -> None:
-    """Create or check the run directory: a resumed run must have the same config, except that a larger
-    --steps or --dmt-steps extends a run from its last checkpoint (the learning-rate schedule is then that
-    of the new total: warm-up, cosine decay to the new last step)."""
-    saved_path = run_dir / "config.json"
-    if saved_path.exists() and not saved_config_matches(config, run_dir):
-        changes = _extension(config, run_dir)
-        if changes is None:
-            raise UserError(
-                f"{run_dir} holds a run with a different config; use another --out or the same arguments "
-                "(only --steps and --dmt-steps may grow, to continue the run)"
-            )
-        if is_main_process():
-            checkpoint.write_json(saved_path, config.to_dict())
-            (run_dir / "result.json").unlink(missing_ok=True)  # the longer run's result replaces it at the end
-            print(f"continuing {run_dir}: {', '.join(changes)}", file=sys.stderr)
-        return
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=run_dir, prefix=".write-test-")  # unique: ranks probe at once
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        raise UserError(f"cannot write to output directory {run_dir}: {error.strerror}") from None
-    if not saved_path.exists() and is_main_process():
-        checkpoint.write_json(saved_path, config.to_dict())
-
-
-def saved_config_matches(config: RunConfig, run_dir: Path) -> bool | None:
-    """Whether ``run_dir``'s config.json equals ``config`` (device aside); None when it has none yet.
-    Fields added to RunConfig after the run was saved count as their defaults."""
-    saved_path = Path(run_dir) / "config.json"
-    if not saved_path.exists():
-        return None
-    return _comparable(RunConfig.from_dict(checkpoint.read_json(saved_path))) == _comparable(config)
+def load_run(run_dir: str | Path, device: str = "cpu", data: str | None = None):
+    """(config, task, models) of a finished or interrupted run (see ``read_run``)."""
+    loaded = read_run(run_dir, device, data)
+    return loaded.config, loaded.task, loaded.models
 
 
 def _summary_writer():
@@ -187,30 +157,60 @@ def run(
     config: RunConfig, run_dir: str | Path, progress: bool = True, sample_hook=None, tensorboard: bool = False
 ) -> dict:
     """Train (or resume) the run in ``run_dir`` and return its result (also in result.json).
-    ``tensorboard``: also write the logged metrics as TensorBoard scalars under RUN/tensorboard."""
+    ``tensorboard``: also write the logged metrics as TensorBoard scalars under RUN/tensorboard. The run
+    directory is locked while it runs; SIGINT or SIGTERM stops it with a checkpoint (``Interrupted``)."""
     config.validate()
     run_dir = Path(run_dir)
     if tensorboard:
         _summary_writer()  # a missing package is refused before the directory is touched
     # everything that can refuse the command runs before the directory is touched: a typo leaves nothing behind
+    form = file_form(config.task)
+    if form is not None and form[1] and not Path(form[1]).is_file() and task_record.read(run_dir) is not None:
+        raise UserError(
+            f"{config.task}: file not found; if this run's data moved, give --task {config.task.partition(':')[0]}:NEW_PATH"
+        )
     task, models = build(config)
+    record = task_record.describe(config.task, task)
     init_models = None
     if config.init and checkpoint.latest_checkpoint(run_dir) is None:
         init_config, _, init_models = load_run(config.init, config.device)
         if asdict(init_config.model) != asdict(config.model):
             raise UserError(f"--init {config.init} has a different model config")
-    _prepare(config, run_dir)
-    writer, log_hook = tensorboard_writer(run_dir) if tensorboard and is_main_process() else (None, None)
-    latest = checkpoint.latest_checkpoint(run_dir)
-    if latest is not None:
-        checkpoint.load_weights(models, latest)
-    elif init_models is not None:
-        models.load_state_dict(init_models.state_dict())
-    done_phase = checkpoint.load_state(latest, None)[0].get("phase") if latest is not None else None
+    rundir.create(run_dir)
+    with contextlib.ExitStack() as held:
+        if is_main_process():
+            held.enter_context(rundir.locked(run_dir))  # before anything in it is read to decide or written
+        held.enter_context(interrupt.caught())
+        rundir.prepare(config, record, run_dir, is_main_process())
+        writer, log_hook = tensorboard_writer(run_dir) if tensorboard and is_main_process() else (None, None)
+        if writer is not None:
+            held.callback(writer.close)
+        latest = checkpoint.latest_checkpoint(run_dir)
+        if latest is not None:
+            checkpoint.load_weights(models, latest)
+        elif init_models is not None:
+            models.load_state_dict(init_models.state_dict())
+        done_phase = checkpoint.load_state(latest, None)[0].get("phase") if latest is not None else None
+        names = [phase.name for phase in phases(config)]
+        if latest is not None and done_phase not in names:
+            raise UserError(
+                f"checkpoint {latest} is from phase {done_phase!r}, not one of this run's ({', '.join(names)})"
+            )
+        _train_phases(config, task, models, run_dir, done_phase, progress, sample_hook, log_hook)
+        signum = distributed.max_over_ranks(interrupt.pending())
+        if signum:
+            raise interrupt.Interrupted(
+                signum,
+                f"interrupted ({interrupt.name(signum)}) after training, before the final evaluation; the "
+                "checkpoint is saved, the same command evaluates it",
+            )
+        return _finish(config, task, models, run_dir)
+
+
+def _train_phases(config: RunConfig, task, models: Models, run_dir: Path, done_phase, progress, sample_hook, log_hook):
+    """Every phase of the run's method after ``done_phase`` (the phase of the checkpoint resumed from)."""
     plan = phases(config)
     names = [phase.name for phase in plan]
-    if latest is not None and done_phase not in names:
-        raise UserError(f"checkpoint {latest} is from phase {done_phase!r}, not one of this run's ({', '.join(names)})")
     generator = torch.Generator().manual_seed(config.seed)
 
     def sample(gen: torch.Generator, batch_size: int, crop: int) -> dict:
@@ -248,9 +248,11 @@ def run(
             log_hook=log_hook,
         )
     models.requires_grad_(True)
-    if writer is not None:
-        writer.close()
 
+
+def _finish(config: RunConfig, task, models: Models, run_dir: Path) -> dict:
+    """The trained run's result: its scores, times and sizes, written to result.json."""
+    names = [phase.name for phase in phases(config)]
     result = {
         "task": config.task,
         "length": config.length,

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from smtrnn import checkpoint, distributed, metrics
+from smtrnn import checkpoint, distributed, interrupt, metrics
 from smtrnn.errors import UserError
 
 
@@ -86,6 +86,7 @@ def _log(run_dir: Path | None, record: dict, hook: Callable[[dict], None] | None
             hook(record)
 
 
+@interrupt.catching
 def train(
     objective: nn.Module,
     parameters: list[nn.Parameter],
@@ -105,7 +106,8 @@ def train(
     """Minimise ``objective`` for ``config.steps`` steps; resume from ``run_dir`` when it holds a
     checkpoint of this phase. ``model`` is what checkpoints save; ``finish`` runs after the last step,
     before the final checkpoint (so a resumed run never repeats it); ``log_hook`` also receives every logged
-    record (e.g. a TensorBoard writer); returns the last logged metrics."""
+    record (e.g. a TensorBoard writer); returns the last logged metrics. SIGINT or SIGTERM stops it after
+    the current step, with a checkpoint at that step (``interrupt.Interrupted``)."""
     config.validate()
     distributed.check_batch_size(config.batch_size)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
@@ -158,9 +160,12 @@ def train(
         global_loss = distributed.mean(loss)  # the loss itself for one process
         if not torch.isfinite(global_loss):
             bar.close()
-            raise Diverged(
-                f"{phase}: loss became {global_loss.item()} at step {step + 1}; the last good checkpoint is kept"
+            kept = (
+                "the last good checkpoint is kept"
+                if run_dir is not None and checkpoint.latest_checkpoint(run_dir) is not None
+                else "nothing was saved: a corrected command may reuse the run directory"
             )
+            raise Diverged(f"{phase}: loss became {global_loss.item()} at step {step + 1}; {kept}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.clip:
@@ -185,7 +190,15 @@ def train(
             bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
         if step == config.steps and finish is not None:
             finish()
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        saved = step % config.checkpoint_every == 0 or step == config.steps
+        if saved:
             save(step, time.perf_counter() - started)
+        signum = distributed.max_over_ranks(interrupt.pending())  # every rank stops at the same step
+        if signum:
+            if not saved:
+                save(step, time.perf_counter() - started)
+            bar.close()
+            kept = "; checkpoint saved, the same command resumes" if run_dir is not None else ""
+            raise interrupt.Interrupted(signum, f"interrupted ({interrupt.name(signum)}) at {phase} step {step}{kept}")
     bar.close()
     return last

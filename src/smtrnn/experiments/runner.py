@@ -31,7 +31,8 @@ from smtrnn.experiments import measure
 from smtrnn.experiments.spec import Budget, Point, Study
 from smtrnn.methods import planned_steps
 from smtrnn.models import TINY_SIZES, tiny_model
-from smtrnn.run import build, run, saved_config_matches
+from smtrnn.run import build, run
+from smtrnn.rundir import saved_config_matches
 from smtrnn.train import Diverged
 
 DIVERGED_FILE = "diverged.json"  # marks a finished run whose training diverged: {"note": message}

@@ -4,6 +4,7 @@ user's data from ``text:PATH``, ``tokens:PATH.npy`` or ``sequences:PATH.npz`` (s
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from pathlib import Path
 
 from smtrnn.errors import UserError
@@ -52,10 +53,28 @@ def load_task_class(spec: str) -> type[Task]:
     return TASKS[spec]
 
 
+def task_options(cls: type, form: bool = False) -> list[str] | None:
+    """The parameters ``cls`` takes (``path`` aside for a data file form), None when it takes any."""
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let the call decide
+        return None
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in parameters if p.kind in kinds and not (form and p.name == "path")]
+
+
 def make_task(spec: str, **params) -> Task:
     """Instantiate a task from its name (or file spec) and keyword parameters."""
     cls = load_task_class(spec)
     form = files.file_form(spec)
+    known = task_options(cls, form is not None)
+    unknown = sorted(set(params) - set(known)) if known is not None else []
+    if unknown and known is not None:
+        shown = [name for name in known if name != "name"]  # a task's label, not something to tune
+        takes = f"its options (--task-option KEY=VALUE): {', '.join(shown)}" if shown else "it takes no --task-option"
+        raise UserError(f"task {spec} has no option {', '.join(unknown)}; {takes}")
     try:
         task = cls(**params) if form is None else cls(path=form[1], **params)  # type: ignore[call-arg]
     except TypeError as error:

@@ -1,0 +1,86 @@
+"""The command line as a user meets it, through `python -m smtrnn`: a mistake is one line and exit code 2
+before anything is written (a device this machine lacks, a task option the task has not, a learning rate
+that is a typo, SMT->DMT without SMT, an unwritable --json); BPTT is not held to the teacher's settings;
+--json - prints the JSON; the help explains every option; a phase logged once still shows on a plot."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from conftest import assert_refused, smtrnn_cli, tiny_args
+from smtrnn.plot import draw
+
+DEVICES = ["cuda:99"] + ([] if torch.cuda.is_available() else ["cuda"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_device_this_machine_lacks_is_one_line(device, tmp_path):
+    out = tmp_path / "run"
+    assert_refused(smtrnn_cli("train", *tiny_args(), "--device", device, "--out", out), f"--device {device}")
+    assert not out.exists()
+    assert_refused(smtrnn_cli("eval", out, "--device", device), f"--device {device}")
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["--task", "retrieval", "--task-option", "nope=1"], ["no option nope", "--task-option KEY=VALUE): values"]),
+        (["--steps", "0"], ["--steps 0", "--method dmt --init RUN"]),
+        (["--lr", "1e6"], ["--lr 1000000.0 is above 1"]),
+        (["--dmt-lr", "inf"], ["--dmt-lr must be a finite number"]),
+        (["--future", "9"], ["--future 9 is longer than the sequence (--length 8)"]),
+        (["--json", "{file}/result.json"], ["--json", "is a file, not a folder"]),
+    ],
+    ids=["task option", "smt+dmt without smt", "lr typo", "lr inf", "future", "unwritable json"],
+)
+def test_mistakes_are_one_line_and_write_nothing(argv, fragments, tmp_path):
+    regular = tmp_path / "a-file"
+    regular.write_text("")
+    out = tmp_path / "run"
+    argv = [arg.replace("{file}", str(regular)) for arg in argv]
+    assert_refused(smtrnn_cli("train", *tiny_args(), *argv, "--out", out), *fragments)
+    assert not out.exists()
+
+
+def test_bptt_ignores_the_teachers_window_and_json_dash_prints_the_result(tmp_path):
+    """--length 8 is shorter than the teacher's default future window, which BPTT does not have; a bare
+    yes/no option is true; --json - prints the JSON alone."""
+    argv = [*tiny_args("bptt"), "--task", "parity", "--method", "bptt", "--length", "8", "--length-generalisation"]
+    done = smtrnn_cli("train", *argv, "--out", tmp_path / "run", "--json", "-", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["method"] == "bptt" and set(result["generalisation"]) == {"2", "4", "8"}
+    assert not (tmp_path / "-").exists()
+
+
+def test_help_explains_every_option_and_the_version(tmp_path):
+    train = " ".join(smtrnn_cli("train", "--help").stdout.split())
+    for text in (
+        "--out OUT run directory (required",
+        "--task TASK what to learn; one of brown, copy,",
+        "--method METHOD how to train; one of smt, dmt, smt+dmt, bptt, tbptt",
+        "one of tanh, mlp, gru, lstm, transformer",
+        "--dmt-steps STEPS optimiser steps of this phase; added to --steps",
+        "--length-generalisation [yes|no]",
+    ):
+        assert text in train, text
+    assert "--data NEW_PATH the run's data file at a new place" in " ".join(smtrnn_cli("eval", "--help").stdout.split())
+    version = smtrnn_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("smtrnn ")
+
+
+def test_a_phase_logged_once_shows_on_the_plot(tmp_path):
+    out = tmp_path / "run"
+    assert smtrnn_cli("train", *tiny_args(), "--steps", 1, "--dmt-steps", 1, "--out", out).returncode == 0
+    assert smtrnn_cli("plot", out, "--out", tmp_path / "curves.png").returncode == 0
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    figure = draw([out])
+    try:
+        lines = [line for axis in figure.axes for line in axis.get_lines() if len(line.get_xdata()) == 1]
+        assert lines and all(line.get_marker() not in (None, "None", "") for line in lines)
+    finally:
+        plt.close(figure)
