@@ -285,7 +285,7 @@ def test_help_explains_every_option_and_lists_choices(capsys):
     for text in (
         "--out OUT run directory (required",
         "what to learn; one of brown, copy,",
-        "one of smt, dmt, smt+dmt, bptt, tbptt",
+        "one of smt, dmt, smt+dmt, bptt, tbptt, teacher",
         "one of tanh, mlp, gru, lstm, transformer",
         "added to --steps",
         "--smt-horizon HORIZON K: cell applications in series",

@@ -62,7 +62,7 @@ def test_help_explains_every_option_and_the_version(tmp_path):
     for text in (
         "--out OUT run directory (required",
         "--task TASK what to learn; one of brown, copy,",
-        "--method METHOD how to train; one of smt, dmt, smt+dmt, bptt, tbptt",
+        "one of smt, dmt, smt+dmt, bptt, tbptt, teacher (default: smt+dmt)",
         "one of tanh, mlp, gru, lstm, transformer",
         "--dmt-steps STEPS optimiser steps of this phase; added to --steps",
         "--length-generalisation [yes|no]",

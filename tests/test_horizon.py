@@ -181,3 +181,18 @@ def test_change_weighted_starts_follow_the_teachers_writes():
     config = SMTConfig(horizon=4, horizon_grow=0, horizon_starts_at="changes", dyn_warmup=0)
     loss, _ = smt_loss(make_models("tanh"), make_batch(batch=3, length=10), config)
     assert torch.isfinite(loss)
+
+
+def test_the_length_curriculum_grows_smt_sequences_from_a_quarter_of_t(tmp_path):
+    from conftest import make_tiny_config
+    from smtrnn.methods.smt import sequence_length
+    from smtrnn.run import run
+
+    config = SMTConfig(length_grow=100)
+    assert [sequence_length(config, 64, step) for step in (0, 50, 99, 100, 10**6)] == [16, 40, 63, 64, 64]
+    assert sequence_length(config, 8, 0, shortest=4) == 4 and sequence_length(SMTConfig(), 64, 0) == 64
+    seen = []
+    run_config = make_tiny_config(method="smt+dmt", steps=4, dmt_steps=2)
+    run_config.length, run_config.smt.length_grow = 16, 4
+    run(run_config, tmp_path, progress=False, sample_hook=lambda batch: seen.append(batch["x"].shape[1]) or batch)
+    assert seen == [4, 7, 10, 13, 16, 16]  # SMT's four steps grow; DMT's two see the whole length

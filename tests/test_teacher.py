@@ -194,3 +194,26 @@ def test_decode_gradient_reaches_the_memory():
     memory = teacher.encode(tokens(3, 4))[:, -1].detach().requires_grad_(True)
     teacher.decode(memory, tokens(3, 2))[:, 0].sum().backward()
     assert memory.grad is not None and memory.grad.abs().sum() > 0
+
+
+def test_the_teacher_method_trains_the_teacher_alone_and_scores_it_as_it_goes(tmp_path):
+    """--method teacher: the predictive loss only; the RNN does not move; held-out teacher accuracy
+    is logged with every periodic evaluation."""
+    from conftest import make_tiny_config
+    from smtrnn.checkpoint import latest_checkpoint
+    from smtrnn.methods import depths
+    from smtrnn.metrics import read
+    from smtrnn.run import build, load_run, run
+
+    config = make_tiny_config(method="teacher", steps=4)
+    config.train.eval_every = 2
+    _, before = build(config)
+    result = run(config, tmp_path, progress=False)
+    _, _, after = load_run(tmp_path)
+    assert latest_checkpoint(tmp_path).name.startswith("teacher-")
+    for name, value in before.rnn.state_dict().items():
+        assert torch.equal(value, after.rnn.state_dict()[name]), name
+    assert any(not torch.equal(v, after.teacher.state_dict()[k]) for k, v in before.teacher.state_dict().items())
+    evaluations = [record for record in read(tmp_path) if "eval_teacher_accuracy" in record]
+    assert [record["step"] for record in evaluations] == [2, 4]
+    assert result["teacher_accuracy"] is not None and depths(config)["sequential_depth"] == 0

@@ -30,7 +30,7 @@ from smtrnn.train import TrainConfig
 class RunConfig:
     task: str = "retrieval"  # what to learn
     length: int = 64  # sequence length T of training (for windowed SMT: the crop, context + future - 1)
-    method: str = "smt+dmt"  # how to train
+    method: str = "smt+dmt"  # how to train (teacher: the teacher alone, to see how fast it learns a task)
     seed: int = 0  # model initialisation, data stream and evaluation stream
     device: str = "cpu"  # cpu, cuda or cuda:N
     init: str | None = None  # a run directory whose weights the run starts from (dmt fine-tunes an SMT run)
@@ -79,6 +79,8 @@ class RunConfig:
             )
         if self.dmt.every < 1 or self.dmt.truncate < 1:
             raise UserError("dmt every and truncate must be positive")
+        if self.smt.length_grow and self.smt.context:
+            raise UserError("--smt-length-grow grows whole sequences; windowed SMT (--smt-context) crops a stream")
         if self.smt.grid_error not in ("rounded", "update"):
             raise UserError(f"smt grid error must be rounded or update, got {self.smt.grid_error!r}")
         if self.smt.horizon_starts_at not in ("uniform", "changes"):

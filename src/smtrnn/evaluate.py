@@ -66,6 +66,20 @@ def first_prediction_accuracy(teacher, memories: torch.Tensor, y: torch.Tensor) 
 
 
 @torch.no_grad()
+def teacher_accuracy(teacher, task, length: int, batches: int = 2, batch_size: int = 64, seed: int = 0, device="cpu"):
+    """The teacher's first-prediction accuracy on held-out sequences (per labelled position)."""
+    was_training = teacher.training
+    teacher.eval()
+    scores, labels = [], []
+    for batch in held_out_batches(task, length, batches, batch_size, seed):
+        x, y = batch["x"].to(device), batch["y"].to(device)
+        scores.append({"teacher_accuracy": first_prediction_accuracy(teacher, teacher.encode(x), y).item()})
+        labels.append(_labels(y))
+    teacher.train(was_training)
+    return _mean(scores, labels)["teacher_accuracy"]
+
+
+@torch.no_grad()
 def evaluate_teacher(
     models, task, length: int, batches: int = 4, batch_size: int = 64, seed: int = 0, device="cpu"
 ) -> dict:

@@ -19,8 +19,9 @@ from torch import nn
 from smtrnn import checkpoint, distributed, interrupt, metrics, rundir, task_record
 from smtrnn.config import RunConfig, check_device
 from smtrnn.errors import UserError
-from smtrnn.evaluate import evaluate_rnn, evaluate_teacher, length_generalisation, memory_diagnostics
+from smtrnn.evaluate import evaluate_rnn, evaluate_teacher, length_generalisation, memory_diagnostics, teacher_accuracy
 from smtrnn.methods import depths, phases, planned_steps, uses_teacher
+from smtrnn.methods.smt import sequence_length
 from smtrnn.models import Models
 from smtrnn.tasks import make_task
 from smtrnn.tasks.files import file_form
@@ -213,14 +214,20 @@ def _train_phases(config: RunConfig, task, models: Models, run_dir: Path, done_p
     names = [phase.name for phase in plan]
     generator = torch.Generator().manual_seed(config.seed)
 
-    def sample(gen: torch.Generator, batch_size: int, crop: int) -> dict:
-        batch = task.sample(batch_size, config.length, gen)
+    def sample(gen: torch.Generator, step: int, batch_size: int, crop: int, grows: bool) -> dict:
+        shortest = getattr(task, "min_length", 1)  # a task of the user's need not subclass Task
+        length = sequence_length(config.smt, config.length, step, shortest) if grows else config.length
+        batch = task.sample(batch_size, length, gen)
         if sample_hook is not None:
             batch = sample_hook(batch)
         return {key: (value[:, :crop] if crop else value).to(config.device) for key, value in batch.items()}
 
     def evaluate() -> dict:
         scores = evaluate_rnn(models.rnn, task, config.length, 2, 64, config.seed, config.device)
+        if uses_teacher(config):
+            scores["teacher_accuracy"] = teacher_accuracy(
+                models.teacher, task, config.length, 2, 64, config.seed, config.device
+            )
         return {"eval_" + key: value for key, value in scores.items()}
 
     for index, phase in enumerate(plan):
@@ -235,7 +242,12 @@ def _train_phases(config: RunConfig, task, models: Models, run_dir: Path, done_p
         train(
             Objective(models, phase.loss, phase.method_config),
             phase.parameters(models),
-            functools.partial(sample, batch_size=phase.train(config).batch_size, crop=phase.crop),
+            functools.partial(
+                sample,
+                batch_size=phase.train(config).batch_size,
+                crop=phase.crop,
+                grows=phase.name in ("smt", "teacher"),
+            ),
             phase.train(config),
             model=models,
             phase=phase.name,

@@ -90,7 +90,7 @@ def _log(run_dir: Path | None, record: dict, hook: Callable[[dict], None] | None
 def train(
     objective: nn.Module,
     parameters: list[nn.Parameter],
-    sample: Callable[[torch.Generator], dict],
+    sample: Callable[[torch.Generator, int], dict],
     config: TrainConfig,
     *,
     model: nn.Module,
@@ -154,7 +154,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         # every rank draws the global batch and keeps its slice: see distributed.py
-        batch = distributed.shard(sample(generator))
+        batch = distributed.shard(sample(generator, step))
         # the step, for methods with schedules of their own (SMT's dynamics warm-up, horizon growth)
         loss, step_metrics = step_fn(batch, step)
         global_loss = distributed.mean(loss)  # the loss itself for one process

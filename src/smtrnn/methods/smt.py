@@ -54,6 +54,9 @@ class SMTConfig:
     # blind within half a level) or of its update before rounding (a margin to the grid cell's edge);
     # the horizon's rollouts carry the rounded memory either way
     grid_error: str = "rounded"  # rounded | update
+    # a length curriculum: SMT's sequences grow linearly from a quarter of T to T over this many steps
+    # (0: the whole length from the start); a teacher finds a lookup among fewer tokens first
+    length_grow: int = 0
 
 
 def future_windows(x: torch.Tensor, y: torch.Tensor, future: int):
@@ -102,6 +105,15 @@ def predictive_loss(teacher, memories, x, y, config: SMTConfig):
     first = targets[:, 0]  # accuracy of y_t from m*_t alone (no second cross-entropy just for a metric)
     correct = (logits[:, 0].argmax(-1) == first) & (first != IGNORE)
     return loss, correct.sum().float() / (first != IGNORE).sum().clamp(min=1)
+
+
+def sequence_length(config: SMTConfig, length: int, step: int, shortest: int = 1) -> int:
+    """The length of SMT's sequences at optimiser step ``step``: T, or on the length curriculum a
+    quarter of T (at least ``shortest``) grown linearly to T over ``length_grow`` steps."""
+    if not config.length_grow or step >= config.length_grow:
+        return length
+    start = max(shortest, length // 4)
+    return min(length, start + (length - start) * step // config.length_grow)
 
 
 def horizon_length(config: SMTConfig, step: int) -> int:
@@ -234,3 +246,14 @@ def smt_loss(models, batch, config: SMTConfig, step: int = 0):
         "one_step_acc": one_step_accuracy,
     }
     return loss, {name: value.detach() for name, value in metrics.items()}
+
+
+def teacher_loss(models, batch, config: SMTConfig, step: int = 0):
+    """The teacher alone: its predictive-state loss and the uniformity term, nothing of the RNN (the
+    ``teacher`` method: how fast a teacher learns a task, to set beside BPTT's RNN)."""
+    x = batch["x"][:, : config.context] if config.context else batch["x"]
+    memories = models.teacher.encode(x)
+    pred, accuracy = predictive_loss(models.teacher, memories, batch["x"], batch["y"], config)
+    unif = uniformity(memories[:, 1:], models.rnn.cell.memory_tokens, config.uniformity_samples)
+    loss = config.c_pred * pred + config.c_unif * unif
+    return loss, {"pred": pred.detach(), "unif": unif.detach(), "teacher_acc": accuracy}

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from smtrnn.methods.bptt import BPTTConfig, bptt_loss
 from smtrnn.methods.dmt import dmt_loss
-from smtrnn.methods.smt import smt_loss
+from smtrnn.methods.smt import smt_loss, teacher_loss
 
 if TYPE_CHECKING:
     from smtrnn.config import RunConfig
 
-METHODS = ("smt", "dmt", "smt+dmt", "bptt", "tbptt")
+METHODS = ("smt", "dmt", "smt+dmt", "bptt", "tbptt", "teacher")
 TBPTT_WINDOW = 16  # tbptt's gradient window when --bptt-truncate is 0
 
 
@@ -29,7 +29,7 @@ class Phase:
     """One phase of a method: the loss it minimises, with which sections of the RunConfig, over which
     networks, on which tokens, and how deep its computation runs."""
 
-    name: str  # smt | dmt | bptt | tbptt: also the checkpoints' and metrics' phase name
+    name: str  # smt | dmt | bptt | tbptt | teacher: also the checkpoints' and metrics' phase name
     loss: Callable  # loss(models, batch, method_config, step=optimiser step) -> (loss, metrics)
     method_config: Any
     method_section: str  # the RunConfig section of its options: "smt", "dmt" or "bptt"
@@ -40,13 +40,16 @@ class Phase:
     gradient_depth: int  # cell applications in series on one step's gradient path
     forward_depth: int  # cell applications in series in one step's forward pass
     also_reads: tuple[str, ...] = ()  # options of other sections it reads (dotted names)
+    trains_rnn: bool = True  # the RNN learns in this phase (all but the teacher's own phase)
 
     def train(self, config: RunConfig):
         """Its TrainConfig (steps, batch, learning rate...)."""
         return getattr(config, self.train_section)
 
     def parameters(self, models) -> list:
-        """What its optimiser moves: everything in SMT, the RNN alone otherwise."""
+        """What its optimiser moves: everything in SMT, the teacher alone in its own phase, the RNN otherwise."""
+        if not self.trains_rnn:
+            return list(models.teacher.parameters())
         return list(models.parameters() if self.trains_teacher else models.rnn.parameters())
 
 
@@ -71,6 +74,11 @@ def _bptt(config: RunConfig, name: str, window: int) -> Phase:
     return Phase(name, bptt_loss, BPTTConfig(truncate=window), "bptt", "train", False, False, 0, depth, config.length)
 
 
+def _teacher(config: RunConfig) -> Phase:
+    # the teacher alone, on its predictive and uniformity terms: how fast it learns a task, beside BPTT
+    return Phase("teacher", teacher_loss, config.smt, "smt", "train", True, True, 0, 0, 0, trains_rnn=False)
+
+
 def phases(config: RunConfig) -> list[Phase]:
     """The phases of ``config.method``, in order: the one table of what each method is."""
     table = {
@@ -79,6 +87,7 @@ def phases(config: RunConfig) -> list[Phase]:
         "smt+dmt": lambda: [_smt(config), _dmt(config, "dmt_train")],
         "bptt": lambda: [_bptt(config, "bptt", config.bptt.truncate)],
         "tbptt": lambda: [_bptt(config, "tbptt", config.bptt.truncate or TBPTT_WINDOW)],
+        "teacher": lambda: [_teacher(config)],
     }
     return table[config.method]()
 
