@@ -78,6 +78,10 @@ SMT_DMT = [
     "teacher",
     "--dmt-rollout",
     "10",
+    # whole sequences from the first step: on the curriculum's 4-token sequences the decoder's key bias
+    # gets a gradient of pure rounding noise, which AdamW turns into full steps that differ per process
+    "--smt-length-grow",
+    "0",
     *SMALL,
     *TEACHER,
 ]

@@ -79,8 +79,6 @@ class RunConfig:
             )
         if self.dmt.every < 1 or self.dmt.truncate < 1:
             raise UserError("dmt every and truncate must be positive")
-        if self.smt.length_grow and self.smt.context:
-            raise UserError("--smt-length-grow grows whole sequences; windowed SMT (--smt-context) crops a stream")
         if self.smt.grid_error not in ("rounded", "update"):
             raise UserError(f"smt grid error must be rounded or update, got {self.smt.grid_error!r}")
         if self.smt.horizon_starts_at not in ("uniform", "changes"):
@@ -213,6 +211,8 @@ def _unread(config: RunConfig, names: list[str]) -> list[tuple[str, str]]:
             found.append((dotted, f"{option_name(dotted)} is not read by --method {config.method}"))
         elif section == "model" and name in TEACHER_FIELDS and not teacher:
             found.append((dotted, f"{option_name(dotted)} sets the teacher, which --method {config.method} has not"))
+        elif dotted == "smt.length_grow" and config.smt.context:
+            found.append((dotted, f"{option_name(dotted)} grows whole sequences, not the crops of windowed SMT"))
         elif dotted == "model.memory_levels" and config.model.cell == "lstm":
             found.append((dotted, f"{option_name(dotted)} is not read by the lstm cell (its c is unbounded)"))
         elif dotted == "model.round_at_run_time" and not config.model.grid_levels():

@@ -246,7 +246,7 @@ def _train_phases(config: RunConfig, task, models: Models, run_dir: Path, done_p
                 sample,
                 batch_size=phase.train(config).batch_size,
                 crop=phase.crop,
-                grows=phase.name in ("smt", "teacher"),
+                grows=phase.name in ("smt", "teacher") and not config.smt.context,
             ),
             phase.train(config),
             model=models,

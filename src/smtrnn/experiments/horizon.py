@@ -13,7 +13,8 @@ from smtrnn.experiments.runner import smoke
 from smtrnn.experiments.spec import Budget, Point, Study, Variant
 
 TITLE = "The horizon study: keeping what the teacher stores"
-CONTINUOUS = {"model.memory_levels": 0}  # every rung before the last: the memory is not on a grid
+# every rung before the last two: the memory is not on a grid, and the sequences have their full length
+CONTINUOUS = {"model.memory_levels": 0, "smt.length_grow": 0}
 _EARLY = {**CONTINUOUS, "smt.teacher_delay": 0, "dmt_train.batch_size": 32}  # the rungs before the delay
 _PAPER = {**_EARLY, "smt.horizon": 1, "smt.horizon_grow": 0, "model.teacher_positions": "sinusoid"}
 VARIANTS = [
@@ -27,7 +28,10 @@ VARIANTS = [
     Variant("K16-grown", "+ K=16, grown from 1 over the first half of SMT", _EARLY, group="ladder"),
     Variant("dmt-128", "+ DMT batch 128", {**CONTINUOUS, "smt.teacher_delay": 0}, group="ladder"),
     Variant("continuous", "+ the dynamics reach the teacher only after 500 steps", CONTINUOUS, group="ladder"),
-    Variant("recipe", "+ a memory on a grid of 5 levels, rounded at run time too (the defaults)", group="ladder"),
+    Variant(
+        "grid", "+ a memory on a grid of 5 levels, rounded at run time too", {"smt.length_grow": 0}, group="ladder"
+    ),
+    Variant("recipe", "+ SMT's sequences grow from T/4 to T over 1,000 steps (the defaults)", group="ladder"),
     Variant("K1", "K=1 (no horizon)", {"smt.horizon": 1, "smt.horizon_grow": 0}, group="factors"),
     Variant("K8-grown", "K=8, grown", {"smt.horizon": 8}, group="factors"),
     Variant("K16-fixed", "K=16 from the start", {"smt.horizon_grow": 0}, group="factors"),
@@ -83,7 +87,9 @@ def cpu() -> Study:
     """The committed study (about 2 h 20 min on 2 cores): the ladder without its DMT-batch rung; no horizon
     and no DMT at T=64; the defaults for tanh, GRU and MLP at T=64 and 128 and for the Transformer cell
     at T=64, each against BPTT (T=256 and longer: the length study)."""
-    ladder = [(name, "tanh", 64) for name in ("paper", "K8-sinusoid", "K8", "K16-grown", "continuous", "recipe")]
+    ladder = [
+        (name, "tanh", 64) for name in ("paper", "K8-sinusoid", "K8", "K16-grown", "continuous", "grid", "recipe")
+    ]
     factors = [(name, "tanh", 64) for name in ("K1", "no-dmt")]
     scale = [
         (name, cell, length) for length in (64, 128) for cell in ("tanh", "gru", "mlp") for name in ("recipe", "bptt")

@@ -122,7 +122,7 @@ def training_curve(config: RunConfig, folder: Path) -> dict:
         tokens, sequential = tokens + train.steps * step_tokens, sequential + train.steps * phase.forward_depth
     points = []
     for record in metrics.read(folder):
-        if "eval_bits_per_token" in record:
+        if "eval_accuracy" in record:
             base_tokens, base_sequential, step_tokens, depth = offsets[record["phase"]]
             points.append(
                 {
@@ -130,8 +130,9 @@ def training_curve(config: RunConfig, folder: Path) -> dict:
                     "step": record["step"],
                     "tokens": base_tokens + record["step"] * step_tokens,
                     "sequential": base_sequential + record["step"] * depth,
-                    "bits_per_byte": record["eval_bits_per_token"],
+                    "bits_per_byte": record.get("eval_bits_per_token"),
                     "accuracy": record.get("eval_accuracy"),
+                    "teacher_accuracy": record.get("eval_teacher_accuracy"),
                 }
             )
     return {"curve": points, "tokens": tokens, "sequential_compute": sequential}

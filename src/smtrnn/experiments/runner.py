@@ -36,7 +36,8 @@ from smtrnn.rundir import saved_config_matches
 from smtrnn.train import Diverged
 
 DIVERGED_FILE = "diverged.json"  # marks a finished run whose training diverged: {"note": message}
-SMT_SCHEDULES = ("smt.dyn_warmup", "smt.teacher_delay", "smt.horizon_grow")  # at most half of SMT's steps
+# at most half of SMT's steps: the dynamics warm-up, the teacher's delay, the horizon's and the length's growth
+SMT_SCHEDULES = ("smt.dyn_warmup", "smt.teacher_delay", "smt.horizon_grow", "smt.length_grow")
 
 
 def run_config(study: Study, point: Point, seed: int) -> RunConfig:

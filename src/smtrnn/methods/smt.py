@@ -55,8 +55,9 @@ class SMTConfig:
     # the horizon's rollouts carry the rounded memory either way
     grid_error: str = "rounded"  # rounded | update
     # a length curriculum: SMT's sequences grow linearly from a quarter of T to T over this many steps
-    # (0: the whole length from the start); a teacher finds a lookup among fewer tokens first
-    length_grow: int = 0
+    # (0: the whole length from the start); a teacher finds a lookup among fewer tokens first, and keeps
+    # it as they grow (windowed SMT's crops keep their length)
+    length_grow: int = 1000
 
 
 def future_windows(x: torch.Tensor, y: torch.Tensor, future: int):

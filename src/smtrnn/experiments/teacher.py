@@ -1,0 +1,181 @@
+"""The teacher study (docs/teacher.md): how fast does the teacher learn a task, set beside BPTT's RNN on the
+same task, length and optimiser steps? The teacher trains alone (``--method teacher``: its predictive and
+uniformity terms); both are scored on held-out sequences every 50 steps. On copy, stack and parity at
+T=16 and 64 the defaults run against BPTT; on copy at T=16, where the teacher is slowest, the factors
+that might make it faster are changed one at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smtrnn.config import RunConfig
+from smtrnn.experiments.compare import TASKS
+from smtrnn.experiments.pages import STYLE, Blocks, figure, fmt, groups, header, mean, save, table
+from smtrnn.experiments.runner import smoke
+from smtrnn.experiments.spec import Budget, Point, Study, Variant
+from smtrnn.train import TrainConfig
+
+TITLE = "The teacher study: how fast the teacher learns, beside BPTT"
+EVERY = 50  # optimiser steps between held-out scores
+VARIANTS = [
+    Variant("teacher", "the teacher alone, the library's defaults", {"method": "teacher"}, group="main"),
+    Variant("bptt", "BPTT, tanh RNN, the same steps", {"method": "bptt"}, group="main"),
+    Variant(
+        "sinusoid",
+        "sinusoidal position codes in the encoder",
+        {"method": "teacher", "model.teacher_positions": "sinusoid"},
+        group="factors",
+    ),
+    Variant("encoder-4", "4 encoder layers (2)", {"method": "teacher", "model.teacher_layers": 4}, group="factors"),
+    Variant(
+        "decoder-2", "2 decoder layers (1)", {"method": "teacher", "model.teacher_decoder_layers": 2}, group="factors"
+    ),
+    Variant("width-128", "width 128 (64)", {"method": "teacher", "model.teacher_width": 128}, group="factors"),
+    Variant("heads-8", "8 heads (4)", {"method": "teacher", "model.teacher_heads": 8}, group="factors"),
+    Variant("memory-256", "memory 256 (64)", {"method": "teacher", "model.memory_size": 256}, group="factors"),
+    Variant(
+        "continuous", "a continuous memory (no grid)", {"method": "teacher", "model.memory_levels": 0}, group="factors"
+    ),
+    Variant("future-4", "future window Tf 4 (16)", {"method": "teacher", "model.future": 4}, group="factors"),
+    Variant(
+        "all-positions",
+        "the decoder on every memory (16 per sequence)",
+        {"method": "teacher", "smt.decoder_positions": 0},
+        group="factors",
+    ),
+    Variant("lr-4e-3", "learning rate 4e-3 (2e-3)", {"method": "teacher", "train.lr": 4e-3}, group="factors"),
+    Variant("lr-1e-3", "learning rate 1e-3 (2e-3)", {"method": "teacher", "train.lr": 1e-3}, group="factors"),
+    Variant("uniformity-0", "no uniformity term (0.01)", {"method": "teacher", "smt.c_unif": 0.0}, group="factors"),
+]
+BUDGETS = {16: Budget(1000), 64: Budget(2000)}
+
+
+def _base() -> RunConfig:
+    return RunConfig(train=TrainConfig(eval_every=EVERY, log_every=EVERY))
+
+
+def cpu() -> Study:
+    """Every point three seeds (about 2 h 30 min on 2 cores)."""
+    points = [
+        Point(name, task, "tanh", length)
+        for task in ("copy", "stack", "parity")
+        for length in (16, 64)
+        for name in ("teacher", "bptt")
+    ]
+    points += [Point(variant.name, "copy", "tanh", 16) for variant in VARIANTS if variant.group == "factors"]
+    tasks = {name: TASKS[name] for name in ("copy", "stack", "parity")}
+    return Study("teacher", "cpu", _base(), VARIANTS, points, [0, 1, 2], BUDGETS, tasks=tasks, measurements=["curve"])
+
+
+PRESETS = {"cpu": cpu, "smoke": lambda: smoke(cpu().narrowed(task=["copy"], length=[16], variant=["teacher", "bptt"]))}
+
+
+# ------------------------------------------------------------------------------------------------
+# the page
+
+
+def score(point: dict) -> float | None:
+    """A curve point's held-out accuracy: the teacher's for teacher runs, the RNN's for BPTT."""
+    return point["teacher_accuracy"] if point.get("teacher_accuracy") is not None else point["accuracy"]
+
+
+def mean_curve(rows: list[dict]) -> list[tuple[int, float]]:
+    """(step, mean held-out accuracy over seeds) at the steps every run scored."""
+    by_step: dict[int, list[float]] = {}
+    for row in rows:
+        for point in row.get("curve") or []:
+            value = score(point)
+            if value is not None:
+                by_step.setdefault(point["step"], []).append(value)
+    return [(step, sum(values) / len(values)) for step, values in sorted(by_step.items()) if len(values) == len(rows)]
+
+
+def first_step(curve: list[tuple[int, float]], level: float) -> int | None:
+    return next((step for step, value in curve if value >= level), None)
+
+
+def race_table(rows: list[dict]) -> list[str]:
+    """Per task and length: BPTT's final accuracy (mean of seeds), the steps each needs to reach it
+    (within 0.01), and the teacher's final accuracy."""
+    lines = []
+    for (task, length), group in groups(rows, "task", "length").items():
+        teacher = mean_curve([row for row in group if row["variant"] == "teacher"])
+        bptt = mean_curve([row for row in group if row["variant"] == "bptt"])
+        if not teacher or not bptt:
+            continue
+        target = bptt[-1][1] - 0.01
+        steps = lambda curve: first_step(curve, target)
+        lines.append(
+            [
+                task,
+                str(length),
+                fmt(bptt[-1][1]),
+                str(steps(bptt) or "–"),
+                str(steps(teacher) or f"not in {teacher[-1][0]}"),
+                fmt(teacher[-1][1]),
+                fmt(max(value for _, value in teacher)),
+            ]
+        )
+    titles = [
+        "task",
+        "T",
+        "BPTT final (mean)",
+        "BPTT steps to it",
+        "teacher steps to it",
+        "teacher final",
+        "teacher best",
+    ]
+    return table(titles, lines)
+
+
+def factor_table(rows: list[dict], descriptions: dict) -> list[str]:
+    bptt = mean_curve([row for row in rows if row["variant"] == "bptt"])
+    target = bptt[-1][1] - 0.01 if bptt else 0.95
+    lines = []
+    for (name,), group in groups([row for row in rows if row["variant"] != "bptt"], "variant").items():
+        curve = mean_curve(group)
+        at = lambda step: next((value for s, value in curve if s == step), None)
+        lines.append(
+            [
+                f"`{name}`",
+                descriptions[name],
+                fmt(at(250)),
+                fmt(at(500)),
+                fmt(curve[-1][1] if curve else None),
+                str(first_step(curve, target) or "–"),
+                fmt(mean(row["seconds"] for row in group), 0),
+            ]
+        )
+    titles = ["variant", "what changes", "at step 250", "at step 500", "final", f"steps to {fmt(target)}"]
+    return table(titles + ["s per run"], lines)
+
+
+def blocks(result: dict, command: str, link: str | None) -> Blocks:
+    rows = result["rows"]
+    descriptions = {variant["name"]: variant["description"] for variant in result["study"]["variants"]}
+    copy16 = [row for row in rows if row["task"] == "copy" and row["length"] == 16]
+    image = [f"![held-out accuracy against optimiser steps]({link}/teacher-curves.png)", ""] if link else []
+    return [
+        ("header", header(result, TITLE, command)),
+        ("race", race_table(rows) + image),
+        ("factors", factor_table(copy16, descriptions)),
+    ]
+
+
+def figures(result: dict, folder: Path) -> list[Path]:
+    """teacher-curves.png: per task and length, held-out accuracy against steps, teacher and BPTT."""
+    main = [row for row in result["rows"] if row["variant"] in ("teacher", "bptt")]
+    panels = list(groups(main, "task", "length").items())
+    if not panels:
+        return []
+    drawn, axes = figure(2, (len(panels) + 1) // 2, 3.6, 3.0)
+    for axis, ((task, length), group) in zip(axes.flat, panels):
+        for (name,), runs in groups(group, "variant").items():
+            curve = mean_curve(runs)
+            marker, color = STYLE.get("smt" if name == "teacher" else name, ("o", "k"))
+            axis.plot([s for s, _ in curve], [v for _, v in curve], color=color, label=name)
+        axis.set(title=f"{task}, T={length}", xlabel="optimiser step", ylim=(0, 1.02))
+        axis.grid(True, alpha=0.3)
+    axes.flat[0].set_ylabel("held-out accuracy (mean of seeds)")
+    axes.flat[0].legend(fontsize=8)
+    return [save(drawn, folder / "teacher-curves.png")]
