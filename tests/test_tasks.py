@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 from smtrnn.errors import UserError
 from smtrnn.tasks import make_task
 from smtrnn.tasks.base import IGNORE
+from smtrnn.tasks.recall import MQAR, KeysValues, _distinct_codes, _distinct_keys
 from smtrnn.tasks.synthetic import (
-    MQAR,
     REGISTRY,
-    KeysValues,
     ModularArithmetic,
     Parity,
     Primacy,
@@ -23,8 +22,6 @@ from smtrnn.tasks.synthetic import (
     Retrieval,
     Stack,
     StringCopy,
-    _distinct_codes,
-    _distinct_keys,
 )
 
 FAST = settings(max_examples=20, deadline=None, database=None)  # no .hypothesis folder in the repo

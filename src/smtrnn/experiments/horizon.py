@@ -8,7 +8,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from smtrnn.config import RunConfig
-from smtrnn.experiments.pages import Blocks, figure, fmt, groups, header, mean, per_seed, save, table
+from smtrnn.experiments.pages import (
+    Blocks,
+    figure,
+    fmt,
+    groups,
+    header,
+    mean,
+    per_seed,
+    save,
+    seeds_against_length,
+    table,
+)
 from smtrnn.experiments.runner import smoke
 from smtrnn.experiments.spec import Budget, Point, Study, Variant
 
@@ -293,25 +304,7 @@ def figures(result: dict, folder: Path) -> list[Path]:
         )
         axes[0][0].legend(fontsize=8)
         written.append(save(drawn, folder / "horizon-error.png"))
-    scale = [row for row in rows if row["variant"] in ("recipe", "bptt") and row["accuracy"] is not None]
-    cells = list(dict.fromkeys(row["cell"] for row in scale))
-    if cells:
-        drawn, axes = figure(1, len(cells), 3.2, 3.4)
-        ticks = sorted({row["length"] for row in scale})
-        for axis, cell in zip(axes[0], cells):
-            for name, marker in (("recipe", "o"), ("bptt", "^")):
-                picked = [row for row in scale if row["cell"] == cell and row["variant"] == name]
-                axis.scatter(
-                    [row["length"] for row in picked],
-                    [row["accuracy"] for row in picked],
-                    marker=marker,
-                    label="SMT->DMT" if name == "recipe" else "BPTT",
-                    alpha=0.7,
-                )
-            axis.axhline(0.125, color="grey", lw=0.8, ls=":")
-            axis.set(xscale="log", xlabel="T", title=cell, ylim=(0, 1.05))
-            axis.set_xticks(ticks, [str(value) for value in ticks])
-        axes[0][0].set_ylabel("RNN-alone accuracy (each seed)")
-        axes[0][0].legend(fontsize=8)
-        written.append(save(drawn, folder / "horizon-scale.png"))
+    variants = [("recipe", "SMT->DMT", "o"), ("bptt", "BPTT", "^")]
+    scale = seeds_against_length(rows, variants, folder / "horizon-scale.png", chance=0.125)
+    written += [scale] if scale else []
     return written

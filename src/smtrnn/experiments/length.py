@@ -11,7 +11,7 @@ from pathlib import Path
 
 from smtrnn.config import RunConfig
 from smtrnn.experiments.horizon import per_seed_table, probe_at, top_modulus
-from smtrnn.experiments.pages import Blocks, figure, fmt, groups, header, mean, per_seed, save, table
+from smtrnn.experiments.pages import Blocks, fmt, groups, header, mean, per_seed, seeds_against_length, table
 from smtrnn.experiments.runner import smoke
 from smtrnn.experiments.spec import Budget, Point, Study, Variant
 
@@ -146,25 +146,6 @@ def blocks(result: dict, command: str, link: str | None) -> Blocks:
 
 
 def figures(result: dict, folder: Path) -> list[Path]:
-    rows = [row for row in result["rows"] if row["variant"] in ("defaults", "bptt") and row["accuracy"] is not None]
-    cells = list(dict.fromkeys(row["cell"] for row in rows))
-    if not cells:
-        return []
-    drawn, axes = figure(1, len(cells), 3.4, 3.4)
-    ticks = sorted({row["length"] for row in rows})
-    for axis, cell in zip(axes[0], cells):
-        for name, marker, label in (("defaults", "o", "SMT->DMT (defaults)"), ("bptt", "^", "BPTT")):
-            picked = [row for row in rows if row["cell"] == cell and row["variant"] == name]
-            axis.scatter(
-                [row["length"] for row in picked],
-                [row["accuracy"] for row in picked],
-                marker=marker,
-                label=label,
-                alpha=0.7,
-            )
-        axis.axhline(0.125, color="grey", lw=0.8, ls=":")
-        axis.set(xscale="log", xlabel="T", title=cell, ylim=(0, 1.05))
-        axis.set_xticks(ticks, [str(value) for value in ticks])
-    axes[0][0].set_ylabel("RNN-alone accuracy (each seed)")
-    axes[0][0].legend(fontsize=8)
-    return [save(drawn, folder / "length-scale.png")]
+    variants = [("defaults", "SMT->DMT (defaults)", "o"), ("bptt", "BPTT", "^")]
+    path = seeds_against_length(result["rows"], variants, folder / "length-scale.png", chance=0.125)
+    return [path] if path else []

@@ -202,3 +202,27 @@ def save(drawn, path: Path) -> Path:
     drawn.tight_layout()
     drawn.savefig(path, dpi=110)
     return path
+
+
+def seeds_against_length(
+    rows: list[dict], variants: list[tuple[str, str, str]], path: Path, chance: float
+) -> Path | None:
+    """One panel per cell: every seed's RNN-alone accuracy against T (log axis), one marker per variant
+    (``variants``: (name, label, marker)), chance dotted."""
+    rows = [row for row in rows if row["variant"] in {name for name, _, _ in variants} and row["accuracy"] is not None]
+    cells = list(dict.fromkeys(row["cell"] for row in rows))
+    if not cells:
+        return None
+    drawn, axes = figure(1, len(cells), 3.4, 3.4)
+    ticks = sorted({row["length"] for row in rows})
+    for axis, cell in zip(axes[0], cells):
+        for name, label, marker in variants:
+            picked = [row for row in rows if row["cell"] == cell and row["variant"] == name]
+            lengths, values = [row["length"] for row in picked], [row["accuracy"] for row in picked]
+            axis.scatter(lengths, values, marker=marker, label=label, alpha=0.7)
+        axis.axhline(chance, color="grey", lw=0.8, ls=":")
+        axis.set(xscale="log", xlabel="T", title=cell, ylim=(0, 1.05))
+        axis.set_xticks(ticks, [str(value) for value in ticks])
+    axes[0][0].set_ylabel("RNN-alone accuracy (each seed)")
+    axes[0][0].legend(fontsize=8)
+    return save(drawn, path)
