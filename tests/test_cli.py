@@ -7,13 +7,16 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from conftest import TINY, assert_user_error, tiny_args
 from smtrnn.cli import build_parser, config_from_args, main
+from smtrnn.config import field_help
 from smtrnn.methods import METHODS
+from smtrnn.models import ModelConfig
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 USER_TASK = '''
@@ -296,6 +299,24 @@ def test_help_explains_every_option_and_lists_choices(capsys):
     for action in train._actions:
         if action.help not in (None, "==SUPPRESS==") and action.dest not in ("help",):
             assert not action.help.startswith("(default"), f"{action.option_strings} has no explanation"
+
+
+@dataclass
+class _Commented:
+    width: int = 4  # how wide
+    depth: int = 2
+    # what a field's own lines above it say
+    # may take two lines
+    rate: float = 0.1
+
+
+def test_field_help_never_lends_one_field_the_comment_of_the_field_above():
+    helps = field_help(_Commented)
+    assert helps["width"] == "how wide"
+    assert helps["depth"] == ""  # the comment on the line above belongs to width
+    assert helps["rate"] == "what a field's own lines above it say may take two lines"
+    model = field_help(ModelConfig)
+    assert "grid" in model["memory_levels"] and "size" in model["memory_size"]
 
 
 def test_yes_no_options_work_bare_negated_and_with_a_value():

@@ -81,6 +81,19 @@ def test_the_t128_defaults_point_is_the_library_default():
         assert config.to_dict() == RunConfig(task="retrieval", length=128, seed=seed).to_dict()
 
 
+def test_the_length_studys_defaults_points_are_smtrnn_train_with_no_other_option():
+    """docs/length.md's `defaults` rows are `smtrnn train --task retrieval --length L --seed S` (and --cell)."""
+    study = experiments.study("length", "cpu")
+    points = [point for point in study.points if point.variant == "defaults"]
+    assert {point.length for point in points} == {256, 512, 1024}
+    for point in points:
+        for seed in point.seeds or study.seeds:
+            config = run_config(study, point, seed)
+            expected = RunConfig(task="retrieval", length=point.length, seed=seed)
+            expected.model.cell = point.cell
+            assert config.to_dict() == expected.to_dict(), (point, seed)
+
+
 def test_customise_narrows_points_and_replaces_budgets():
     study = experiments.customise(experiments.study("compare", "cpu"), {"task": ["copy"], "length": [16]}, steps=100)
     assert {(point.task, point.length) for point in study.points} == {("copy", 16)}

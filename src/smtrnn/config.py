@@ -168,17 +168,19 @@ def set_field(config: RunConfig, dotted: str, value) -> None:
 def field_help(kind: type) -> dict[str, str]:
     """The comment written beside (or on the lines just above) each field of a dataclass: its help."""
     source = inspect.getsource(kind)
-    comments: dict[int, str] = {}
+    beside: dict[int, str] = {}  # a comment after code on its line
+    alone: dict[int, str] = {}  # a line that is only a comment
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type == tokenize.COMMENT:
-            comments[token.start[0]] = token.string.lstrip("#").strip()
+            text = token.string.lstrip("#").strip()
+            (alone if token.line.strip().startswith("#") else beside)[token.start[0]] = text
     helps = {}
     for node in ast.parse(source).body[0].body:  # type: ignore[attr-defined]
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             line, above = node.lineno, list[str]()
-            while line - 1 - len(above) in comments:
-                above.insert(0, comments[line - 1 - len(above)])
-            helps[node.target.id] = comments.get(node.end_lineno or line) or " ".join(above)
+            while line - 1 - len(above) in alone:
+                above.insert(0, alone[line - 1 - len(above)])
+            helps[node.target.id] = beside.get(node.end_lineno or line) or " ".join(above)
     return helps
 
 
