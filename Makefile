@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # data/node_modules comes back on the next make
 DATA := data/node_modules/.package-lock.json
 
-.PHONY: demo demo-page test lint bench horizon results results-budget realdata decoder-positions clean
+.PHONY: demo demo-page test lint bench bench-breakdown horizon results results-budget realdata decoder-positions length teacher clean
 
 $(STAMP): pyproject.toml $(DATA)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+# where an SMT step's time goes at T = 256, 512 and 1,024 (docs/step-breakdown.md): a few minutes
+bench-breakdown: $(STAMP)
+	$(BIN)/smtrnn bench --breakdown --threads 1 --json docs/step-breakdown.json --markdown docs/step-breakdown.md
+
 bench: $(STAMP)
 	$(BIN)/smtrnn bench --quick --threads 1 --json docs/benchmarks.json --markdown docs/benchmarks.md
 
@@ -63,6 +67,15 @@ realdata: $(STAMP)
 # sampled decoder windows against every window (docs/decoder_positions.md): about 10 min on 2 cores
 decoder-positions: $(STAMP)
 	$(call STUDY,decoder-positions,decoder_positions)
+
+# retrieval at T = 256, 512 and 1,024 against BPTT (docs/length.md): about 14 h of training summed, 7 h on 2 cores;
+# filter it (--lengths 256 --cells tanh,gru) for a first look
+length: $(STAMP)
+	$(call STUDY,length,length)
+
+# how fast the teacher learns copy, stack and parity, beside BPTT (docs/teacher.md)
+teacher: $(STAMP)
+	$(call STUDY,teacher,teacher)
 
 clean:
 	rm -rf $(VENV) runs

@@ -200,3 +200,14 @@ def test_result_is_json_and_renders(result, tmp_path):
 def test_cli_bench_rejects_bad_options(capsys):
     assert main(["bench", "--threads", "-1"]) == 2
     assert "threads" in capsys.readouterr().err
+
+
+def test_step_breakdown_times_every_term_and_writes_its_page(tmp_path, capsys):
+    page = tmp_path / "breakdown.md"
+    argv = ["bench", "--breakdown", "--lengths", "16", "--threads", "1", "--markdown", str(page)]
+    assert main([*argv, "--json", str(tmp_path / "b.json")]) == 0
+    row = json.loads((tmp_path / "b.json").read_text())["rows"][0]
+    assert row["length"] == 16 and all(row[name] > 0 for name in bench.breakdown.TERMS + ("smt step", "dmt step"))
+    assert "| 16 | 32 |" in page.read_text()
+    assert main(["bench", "--breakdown", "--lengths", "4"]) == 2
+    assert "at least 8" in capsys.readouterr().err

@@ -205,6 +205,21 @@ def cmd_bench(args) -> None:
     if args.threads < 0:
         raise UserError(f"threads must be non-negative, got {args.threads}")
     check_device(args.device)
+    if args.breakdown:
+        from smtrnn.experiments.bench import breakdown
+
+        if args.device != "cpu":
+            raise UserError("--breakdown times the CPU only")
+        try:
+            lengths = tuple(int(value) for value in args.lengths.split(","))
+        except ValueError:
+            raise UserError(f"--lengths must be a comma list of integers, got {args.lengths!r}") from None
+        if min(lengths) < 8:
+            raise UserError(f"--lengths must be at least 8, got {args.lengths!r}")
+        log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        result = breakdown.run_breakdown(lengths, threads=args.threads, log=log)
+        write_outputs(result, shlex.join(["smtrnn", *args.argv]), breakdown.blocks, None, args.markdown, args.json)
+        return
     options = {"device": args.device, "threads": args.threads, "compile": args.compile, "autocast": args.autocast}
     config = quick_config(**options) if args.quick else BenchConfig(**options)
     result = run_bench(config, log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -324,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=0, help="PyTorch threads (default: PyTorch's choice)")
     bench.add_argument("--compile", action="store_true", help="also time smt under torch.compile (slow warm-up)")
     bench.add_argument("--autocast", action="store_true", help="also time smt under bf16 autocast (CUDA)")
+    bench.add_argument("--breakdown", action="store_true", help="instead: where an SMT step's time goes, term by term")
+    bench.add_argument("--lengths", default="256,512,1024", help="the lengths of --breakdown (default: 256,512,1024)")
     bench.set_defaults(handler=cmd_bench)
     return parser
 

@@ -18,17 +18,18 @@ from smtrnn.tasks.base import IGNORE
 
 
 def _timed(call, repeats: int) -> float:
-    """Median seconds of ``call()`` (forward and backward) over ``repeats`` calls after one warm-up."""
+    """Median CPU seconds of this process for ``call()`` (forward and backward) over ``repeats`` calls after
+    one warm-up: unlike wall time, what other processes on a busy machine take is not counted."""
     call()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         call()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return sorted(times)[len(times) // 2]
 
 
-def breakdown_rows(lengths=(256, 512, 1024), repeats: int = 3, seed: int = 0, log=print) -> list[dict]:
+def breakdown_rows(lengths=(256, 512, 1024), repeats: int = 5, seed: int = 0, log=print) -> list[dict]:
     """Per length: seconds of each SMT term (forward + backward) and of whole SMT and DMT steps."""
     rows = []
     for length in lengths:
@@ -76,3 +77,46 @@ def breakdown_rows(lengths=(256, 512, 1024), repeats: int = 3, seed: int = 0, lo
             + ", ".join(f"{k} {v:.3f}s" for k, v in row.items() if k not in ("length", "batch"))
         )
     return rows
+
+
+TERMS = ("encoder", "decoder", "one-step dynamics", "horizon", "uniformity", "readout")
+
+
+def run_breakdown(lengths=(256, 512, 1024), repeats: int = 5, threads: int = 0, log=print) -> dict:
+    """The rows and what they were measured on, for the page (``threads`` 0: PyTorch's choice)."""
+    from smtrnn.experiments.pages import machine_details
+
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    rows = breakdown_rows(lengths, repeats, log=log)
+    return {"rows": rows, "repeats": repeats, "machine": machine_details(), "seconds": time.perf_counter() - start}
+
+
+def blocks(result: dict, command: str, link: str | None) -> list[tuple[str, list[str]]]:
+    """docs/step-breakdown.md: one row per length, each term's seconds and its share of the terms' sum."""
+    import datetime
+
+    from smtrnn.experiments.pages import fmt, machine, table
+
+    lines = []
+    for row in result["rows"]:
+        total = sum(row[name] for name in TERMS)
+        cells = [f"{fmt(row[name], 3)} ({100 * row[name] / total:.0f}%)" for name in TERMS]
+        lines.append([str(row["length"]), str(row["batch"]), *cells, fmt(row["smt step"], 3), fmt(row["dmt step"], 3)])
+    header = [
+        "# Where an SMT step's time goes",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}, {result['machine']['torch_threads']} thread(s)  ",
+        f"Date: {datetime.date.today().isoformat()}; {result['seconds']:.0f} s in all, median of "
+        f"{result['repeats']} timings per cell after one warm-up",
+        "",
+        "CPU seconds (of this process, so a busy machine's other work is not counted) of each term of the SMT loss, forward and backward, with the library's default model on needle "
+        "retrieval once K has grown to 16 (batch 32, share of the six terms' sum in brackets); a whole SMT step "
+        "and a whole DMT step (batch 128, a rollout over all T) beside them. Terms and steps are timed in one "
+        "process, one thread.",
+        "",
+    ]
+    titles = ["T", "batch", *TERMS, "SMT step", "DMT step"]
+    return [("breakdown", header + table(titles, lines))]
