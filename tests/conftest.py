@@ -249,6 +249,8 @@ class GatedParity(Parity):
 
     def sample(self, batch_size, length, generator):
         self.drawn = getattr(self, "drawn", 0) + 1
+        if self.drawn == self.at and os.path.exists(self.gate):
+            open(self.gate + ".waiting", "w").close()  # the test knows the run is held here
         while self.drawn == self.at and os.path.exists(self.gate):
             time.sleep(0.01)
         return super().sample(batch_size, length, generator)
@@ -257,7 +259,8 @@ class GatedParity(Parity):
 
 def gated_task(folder: Path, gate: Path, at: int) -> list[str]:
     """--task options of a parity task (its source written into ``folder``) whose training waits before its
-    batch ``at`` while the file ``gate`` exists: a test holds a run at a known step, then lets it go."""
+    batch ``at`` while the file ``gate`` exists (and says so in ``gate``.waiting): a test holds a run at a
+    known step, then lets it go."""
     source = folder / "gated_task.py"
     source.write_text(GATED_TASK)
     return ["--task", f"{source}:GatedParity", "--task-option", f"gate={gate}", "--task-option", f"at={at}"]

@@ -58,7 +58,8 @@ def test_a_signal_saves_the_step_reached_and_the_same_command_resumes_bit_exactl
     gate.touch()
     process = launch("train", *ARGS, *task, "--out", out)
     try:
-        wait_until(process, lambda: (phase, step - 1) in logged_steps(out))  # now it waits before step `step`
+        # held before step `step`: every earlier step is done, its interrupt check included
+        wait_until(process, lambda: gate.with_name("gate.waiting").exists())
         process.send_signal(signum)
         gate.unlink()  # the step under way finishes, then the run stops
         _, err = process.communicate(timeout=120)
