@@ -5,11 +5,13 @@ does (the teacher's memories), so their sum is close to a whole step, which is t
 
 from __future__ import annotations
 
+import datetime
 import time
 
 import torch
 
 from smtrnn.config import RunConfig
+from smtrnn.experiments.pages import fmt, machine, machine_details, table
 from smtrnn.methods import dmt_loss, smt_loss
 from smtrnn.methods.common import masked_cross_entropy, memory_spread, relative_memory_error, uniformity
 from smtrnn.methods.smt import horizon_starts, predictive_loss, rollout_error
@@ -84,8 +86,6 @@ TERMS = ("encoder", "decoder", "one-step dynamics", "horizon", "uniformity", "re
 
 def run_breakdown(lengths=(256, 512, 1024), repeats: int = 5, threads: int = 0, log=print) -> dict:
     """The rows and what they were measured on, for the page (``threads`` 0: PyTorch's choice)."""
-    from smtrnn.experiments.pages import machine_details
-
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -95,10 +95,6 @@ def run_breakdown(lengths=(256, 512, 1024), repeats: int = 5, threads: int = 0, 
 
 def blocks(result: dict, command: str, link: str | None) -> list[tuple[str, list[str]]]:
     """docs/step-breakdown.md: one row per length, each term's seconds and its share of the terms' sum."""
-    import datetime
-
-    from smtrnn.experiments.pages import fmt, machine, table
-
     lines = []
     for row in result["rows"]:
         total = sum(row[name] for name in TERMS)
