@@ -6,6 +6,7 @@ writes the same page; prose outside the generated blocks survives; the library i
 from __future__ import annotations
 
 import ast
+import copy
 import json
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def test_the_length_studys_defaults_points_are_smtrnn_train_with_no_other_option
     """docs/length.md's `defaults` rows are `smtrnn train --task retrieval --length L --seed S` (and --cell)."""
     study = experiments.study("length", "cpu")
     points = [point for point in study.points if point.variant == "defaults"]
-    assert {point.length for point in points} == {256, 512, 1024}
+    assert {point.length for point in points} == {64, 128, 256, 512, 1024}
     for point in points:
         for seed in point.seeds or study.seeds:
             config = run_config(study, point, seed)
@@ -184,6 +185,27 @@ def test_rerun_trains_nothing_and_two_jobs_give_the_rows_of_one(tmp_path, monkey
     monkeypatch.undo()
     parallel = run_study(small_study(), tmp_path / "two", jobs=2, progress=False)
     assert without_time(parallel["rows"]) == without_time(first["rows"])
+
+
+def test_earlier_rows_stand_in_for_lost_runs_only_where_the_config_is_the_same(tmp_path, monkeypatch):
+    first = run_study(small_study(), tmp_path / "gone", progress=False)
+    rows = copy.deepcopy(first["rows"])
+    rows[0]["config"] = "0" * 16  # asked for something else: not carried, trained again
+    again = run_study(small_study(), tmp_path / "new", progress=False, train=False, earlier=rows)
+    assert again["carried"] == len(rows) - 1 and again["reused"] == 0
+    assert again["rows"] == [{**row, "carried": True} for row in first["rows"][1:]]
+    trained = []
+    monkeypatch.setattr(runner_module, "train_run", lambda config, folder, measurements=(): trained.append(folder))
+    run_study(small_study(), tmp_path / "new", progress=False, earlier=rows)
+    key, (_, point) = next(iter(configs(small_study()).items()))
+    assert trained == [str(runner_module.directory(tmp_path / "new", point, key[-1]))]
+
+
+def test_keep_rows_wants_the_json_it_keeps(tmp_path, capsys):
+    argv = ["experiment", "compare", "--preset", "smoke", "--out", str(tmp_path), "--keep-rows", "--report-only"]
+    assert_user_error(main(argv), capsys, "give --json")
+    (tmp_path / "broken.json").write_text("[1, 2]")
+    assert_user_error(main([*argv, "--json", str(tmp_path / "broken.json")]), capsys, "not a study's JSON")
 
 
 def test_a_diverged_run_is_a_row_and_is_not_retried(tmp_path, monkeypatch):

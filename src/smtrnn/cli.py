@@ -171,6 +171,19 @@ def _comma_list(text: str | None, kind, option: str) -> list | None:
         raise UserError(f"{option} wants a comma-separated list of {kind.__name__} values, got {text!r}") from None
 
 
+def _json_rows(path: str) -> list[dict]:
+    """The rows of a study's JSON written earlier (none when there is no such file yet)."""
+    if not Path(path).exists():
+        return []
+    try:
+        rows = json.loads(Path(path).read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path}: not a study's JSON ({error})") from None
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise UserError(f"{path}: its rows are not a list of objects")
+    return rows
+
+
 def cmd_experiment(args) -> None:
     from smtrnn import experiments
     from smtrnn.experiments.runner import run_study
@@ -183,9 +196,17 @@ def cmd_experiment(args) -> None:
     }
     chosen = experiments.customise(experiments.study(args.name, args.preset), only, args.steps, args.dmt_steps)
     out = args.out or f"runs/{args.name}"
-    result = run_study(chosen, out, jobs=args.jobs, progress=not args.quiet, train=not args.report_only)
+    earlier = None
+    if args.keep_rows:
+        if not args.json:
+            raise UserError("--keep-rows keeps the rows of the --json file: give --json")
+        earlier = _json_rows(args.json)
+    result = run_study(
+        chosen, out, jobs=args.jobs, progress=not args.quiet, train=not args.report_only, earlier=earlier
+    )
     print(
         f"{len(result['rows'])} of {result['planned']} runs finished ({result['trained']} trained now); rows from {out}"
+        + (f" and {result['carried']} kept from {args.json}" if result["carried"] else "")
     )
     command = shlex.join(["smtrnn", *args.argv])
     experiments.write(args.name, result, command, args.markdown, args.json, args.figures)
@@ -326,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--markdown", help="write the page here (its prose outside the generated blocks is kept)")
     study.add_argument("--figures", help="write the figures into this folder")
     study.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
+    study.add_argument(
+        "--keep-rows",
+        action="store_true",
+        help="a run not in --out keeps its row of the --json file written earlier, where its config is the same",
+    )
     study.add_argument(
         "--report-only", action="store_true", help="train nothing: the outputs from the runs already in --out"
     )

@@ -12,6 +12,7 @@ takes a corrected command; anything else is refused with one line naming the opt
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -67,6 +68,13 @@ def locked(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(handle)  # releases the lock
+
+
+def config_digest(config: RunConfig) -> str:
+    """A short fingerprint of ``config`` as saved (device aside): two runs with the same digest were
+    asked for the same thing."""
+    text = json.dumps(_comparable(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _comparable(config: RunConfig) -> dict:

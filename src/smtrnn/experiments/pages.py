@@ -139,6 +139,11 @@ def header(result: dict, title: str, command: str) -> list[str]:
         f"Date: {datetime.date.today().isoformat()}  ",
         f"Runs: {len(rows)} of {result['planned']}"
         + (f" (**{missing} not finished when this page was written**)" if missing else "")
+        + (
+            f" ({carried} of them rows of this page's earlier JSON, same configs, their runs not on this machine)"
+            if (carried := result.get("carried"))
+            else ""
+        )
         + f", seeds {', '.join(map(str, study['seeds']))}; training time summed over them: {duration(compute)}; "
         f"this invocation trained {result['trained']} in {duration(result['wall_seconds'])}.",
         "",

@@ -4,7 +4,8 @@ measured (experiments/measure.py) and read back as rows.
 
 A run whose directory holds result.json for the same config is read back, not retrained; an
 interrupted run resumes from its last checkpoint; a run that diverges leaves diverged.json (its
-message) and is not retried (delete that file to retry).
+message) and is not retried (delete that file to retry). Rows of an earlier invocation (its JSON) can
+stand in for runs whose directories are gone: only where the config is the same (``config`` digest).
 
     result = run_study(study, "runs/horizon", jobs=2)   # {"study", "rows", "planned", "trained", ...}
 """
@@ -32,7 +33,7 @@ from smtrnn.experiments.spec import Budget, Point, Study
 from smtrnn.methods import planned_steps
 from smtrnn.models import TINY_SIZES, tiny_model
 from smtrnn.run import build, run
-from smtrnn.rundir import saved_config_matches
+from smtrnn.rundir import config_digest, saved_config_matches
 from smtrnn.train import Diverged
 
 DIVERGED_FILE = "diverged.json"  # marks a finished run whose training diverged: {"note": message}
@@ -175,10 +176,20 @@ def _execute(work: list, jobs: int, threads: int, measurements: tuple[str, ...])
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_study(study: Study, out: str | Path, jobs: int = 1, progress: bool = True, train: bool = True) -> dict:
+def run_study(
+    study: Study,
+    out: str | Path,
+    jobs: int = 1,
+    progress: bool = True,
+    train: bool = True,
+    earlier: list[dict] | None = None,
+) -> dict:
     """Train every run of ``study`` not yet finished under ``out`` (longest first, ``jobs`` at a time) and
-    return {"study", "out", "rows", "planned", "trained", "reused", "wall_seconds", "jobs"}. With ``train=False``
-    nothing is trained or measured: the rows are the runs already finished (no checkpoint is loaded)."""
+    return {"study", "out", "rows", "planned", "trained", "reused", "carried", "wall_seconds", "jobs"}. With
+    ``train=False`` nothing is trained or measured: the rows are the runs already finished (no checkpoint
+    is loaded). ``earlier``: rows of an earlier invocation's JSON; a run not finished under ``out`` takes
+    its earlier row when that row's config digest is this run's (it is then neither trained nor counted
+    as reused, but ``carried``, and the row says ``"carried": true``)."""
     if jobs < 1:
         raise UserError(f"jobs must be positive, got {jobs}")
     out = Path(out)
@@ -187,7 +198,10 @@ def run_study(study: Study, out: str | Path, jobs: int = 1, progress: bool = Tru
         _check(table, out)
     folders = {key: directory(out, point, key[-1]) for key, (_, point) in table.items()}
     finished = {key: outcome(config, folders[key]) for key, (config, _) in table.items()}
-    pending = sorted((key for key in table if finished[key] is None), key=lambda key: -_work(table[key][0]))
+    carried = _carried(table, finished, earlier or [])
+    pending = sorted(
+        (key for key in table if finished[key] is None and key not in carried), key=lambda key: -_work(table[key][0])
+    )
     started = time.perf_counter()
     if train and pending:
         weights = {key: _work(table[key][0]) for key in pending}
@@ -213,16 +227,31 @@ def run_study(study: Study, out: str | Path, jobs: int = 1, progress: bool = Tru
     for key, (config, _) in table.items():
         if (result := finished[key]) is not None:
             rows.append(row(study, key, config, result, folders[key]))
+        elif key in carried:
+            rows.append(carried[key])
+    completed = sum(result is not None for result in finished.values())
     return {
         "study": study.to_dict(),
         "out": str(out),
         "rows": rows,
         "planned": len(table),
         "trained": len(pending) if train else 0,
-        "reused": len(table) - len(pending),
+        "reused": completed - (len(pending) if train else 0),
+        "carried": sum(key in carried and finished[key] is None for key in table),
         "wall_seconds": round(time.perf_counter() - started, 3),
         "jobs": jobs,
     }
+
+
+def _carried(table: dict, finished: dict, earlier: list[dict]) -> dict[tuple, dict]:
+    """{key: earlier row} for the runs not finished here whose earlier row was asked for the same config."""
+    by_key = {(r["variant"], r["task"], r["cell"], r["length"], r["seed"]): r for r in earlier}
+    carried = {}
+    for key, (config, _) in table.items():
+        found = by_key.get(key)
+        if finished[key] is None and found is not None and found.get("config") == config_digest(config):
+            carried[key] = {**found, "carried": True}
+    return carried
 
 
 def describe(key: tuple, result: dict) -> str:
@@ -236,6 +265,7 @@ def row(study: Study, key: tuple, config: RunConfig, result: dict, folder: Path)
     result.json, and its measurements (null where a measurement is missing)."""
     variant, task, cell, length, seed = key
     entry = {"variant": variant, "task": task, "cell": cell, "length": length, "seed": seed, "method": config.method}
+    entry["config"] = config_digest(config)
     entry.update({name: result.get(name) for name in study.row_keys})
     entry["steps"] = result.get("steps", planned_steps(config))
     entry.update(measure.read(folder, tuple(study.measurements)))
