@@ -68,7 +68,7 @@ realdata: $(STAMP)
 decoder-positions: $(STAMP)
 	$(call STUDY,decoder-positions,decoder_positions)
 
-# retrieval at T = 256, 512 and 1,024 against BPTT (docs/length.md): about 14 h of training summed, 7 h on 2 cores;
+# retrieval at T = 64 to 1,024 against BPTT (docs/length.md): about 16 h of training summed, 8 h on 2 cores;
 # filter it (--lengths 256 --cells tanh,gru) for a first look
 length: $(STAMP)
 	$(call STUDY,length,length)

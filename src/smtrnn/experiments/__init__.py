@@ -27,7 +27,7 @@ EXPERIMENTS = {
     "compare": ("compare", "the synthetic grid against BPTT (docs/results.md)"),
     "realdata": ("realdata", "MNIST, Quick, Draw! and Brown as byte streams (docs/realdata.md)"),
     "decoder-positions": ("decoder_positions", "sampled decoder windows against every window"),
-    "length": ("length", "retrieval at T = 256, 512 and 1,024 against BPTT (docs/length.md)"),
+    "length": ("length", "retrieval at T = 64 to 1,024 against BPTT (docs/length.md)"),
     "teacher": ("teacher", "how fast the teacher learns, beside BPTT (docs/teacher.md)"),
 }
 
