@@ -237,7 +237,7 @@ def run_study(
         "planned": len(table),
         "trained": len(pending) if train else 0,
         "reused": completed - (len(pending) if train else 0),
-        "carried": sum(key in carried and finished[key] is None for key in table),
+        "carried": len(carried),
         "wall_seconds": round(time.perf_counter() - started, 3),
         "jobs": jobs,
     }
