@@ -74,14 +74,6 @@ def test_every_method_gets_the_same_steps_and_the_warm_ups_fit():
     assert long.smt == RunConfig().smt  # what BPTT does not read stays at the defaults
 
 
-def test_the_t128_defaults_point_is_the_library_default():
-    """docs/horizon.md's T=128 rows are `smtrnn train --task retrieval --length 128 --seed S`."""
-    study = experiments.study("horizon", "cpu")
-    for seed in (0, 1, 2):
-        config = run_config(study, Point("recipe", "retrieval", "tanh", 128), seed)
-        assert config.to_dict() == RunConfig(task="retrieval", length=128, seed=seed).to_dict()
-
-
 def test_the_length_studys_defaults_points_are_smtrnn_train_with_no_other_option():
     """docs/length.md's `defaults` rows are `smtrnn train --task retrieval --length L --seed S` (and --cell)."""
     study = experiments.study("length", "cpu")

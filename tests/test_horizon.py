@@ -191,6 +191,10 @@ def test_the_length_curriculum_grows_smt_sequences_from_a_quarter_of_t(tmp_path)
     config = SMTConfig(length_grow=100)
     assert [sequence_length(config, 64, step) for step in (0, 50, 99, 100, 10**6)] == [16, 40, 63, 64, 64]
     assert sequence_length(config, 8, 0, shortest=4) == 4 and sequence_length(SMTConfig(length_grow=0), 64, 0) == 64
+    # the first length is a quarter of T only up to length_start: T=1,024 starts at 128, not 256
+    assert [sequence_length(config, 1024, step) for step in (0, 50, 100)] == [128, 576, 1024]
+    assert sequence_length(SMTConfig(length_grow=100, length_start=0), 1024, 0) == 256
+    assert sequence_length(config, 512, 0) == 128  # the cap does not bind up to T=512
     seen = []
     run_config = make_tiny_config(method="smt+dmt", steps=4, dmt_steps=2)
     run_config.length, run_config.smt.length_grow = 16, 4

@@ -34,17 +34,22 @@ VARIANTS = [
         "the previous defaults; the k-th horizon step weighted 1.1^(k-1) (4.2x at k=16)",
         {**CONTINUOUS, "smt.horizon_decay": 1.1},
     ),
+    Variant(
+        "late-delay",
+        "the dynamics reach the teacher after 1,000 steps (not 500), once its sequences have their full length",
+        {"smt.teacher_delay": 1000},
+    ),
 ]
 # the library's defaults at every length: 2,000 SMT steps, then 300 of DMT
 BUDGETS = {length: Budget(2300, 300) for length in (64, 128, 256, 512, 1024)}
-CANDIDATES = ("no-curriculum", "grid-update", "continuous", "change-starts", "later-steps")
+CANDIDATES = ("no-curriculum", "grid-update", "continuous", "change-starts", "later-steps")  # at T=256
 
 
 def cpu() -> Study:
     """About 16 h of training summed (one thread per run): the defaults against BPTT for tanh, GRU and
     MLP at T = 64, 128 and 256, tanh and GRU at T=512, tanh at T=1,024 (one seed); at T=256 the
-    candidates beside the defaults (tanh), and at T=512 the defaults without the length curriculum
-    (tanh, one seed)."""
+    candidates beside the defaults (tanh), at T=512 the defaults without the length curriculum and at
+    T=1,024 a later teacher delay (tanh, one seed each)."""
     main = [
         Point(name, "retrieval", cell, length)
         for length in (64, 128, 256)
@@ -55,6 +60,7 @@ def cpu() -> Study:
     main += [Point(name, "retrieval", "tanh", 1024, seeds=(0,)) for name in ("defaults", "bptt")]
     candidates = [Point(name, "retrieval", "tanh", 256) for name in CANDIDATES]
     candidates += [Point("no-curriculum", "retrieval", "tanh", 512, seeds=(0,))]
+    candidates += [Point("late-delay", "retrieval", "tanh", 1024, seeds=(0,))]
     measurements = ["needle", "unrounded"]
     return Study(
         "length",

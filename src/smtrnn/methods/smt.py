@@ -58,6 +58,9 @@ class SMTConfig:
     # (0: the whole length from the start); a teacher finds a lookup among fewer tokens first, and keeps
     # it as they grow (windowed SMT's crops keep their length)
     length_grow: int = 1000
+    # the curriculum's first length: a quarter of T, but at most this many tokens (0: a quarter of T
+    # however long T is); up to T=512 the cap does not bind
+    length_start: int = 128
 
 
 def future_windows(x: torch.Tensor, y: torch.Tensor, future: int):
@@ -110,10 +113,12 @@ def predictive_loss(teacher, memories, x, y, config: SMTConfig):
 
 def sequence_length(config: SMTConfig, length: int, step: int, shortest: int = 1) -> int:
     """The length of SMT's sequences at optimiser step ``step``: T, or on the length curriculum a
-    quarter of T (at least ``shortest``) grown linearly to T over ``length_grow`` steps."""
+    quarter of T (at most ``length_start``, at least ``shortest``) grown linearly to T over
+    ``length_grow`` steps."""
     if not config.length_grow or step >= config.length_grow:
         return length
-    start = max(shortest, length // 4)
+    start = length // 4 if not config.length_start else min(length // 4, config.length_start)
+    start = max(shortest, start)
     return min(length, start + (length - start) * step // config.length_grow)
 
 
