@@ -119,6 +119,17 @@ def test_render_keeps_prose_and_replaces_blocks():
     assert "ONE" in again and "one" not in again and again.index("ONE") < again.index("TWO") < again.index("three")
 
 
+def test_the_longest_length_table_says_where_each_run_departs():
+    from smtrnn.experiments.length import longest_table
+
+    curve = [0.01 * t for t in range(1, 1025)]
+    row = {"variant": "defaults", "seed": 0, "teacher_accuracy": 1.0, "accuracy": 0.2, "one_step_accuracy": 0.5}
+    row |= {"probe": [{"lag": 256, "rollout": 0.9}, {"lag": 512, "rollout": 0.3}], "error_curve": curve, "seconds": 9}
+    lines = longest_table([row], {"defaults": "the library's defaults"})
+    assert len(lines) == 4 and "| 0.90 / 0.30 | 0.320 / 5.120 / 10.240 |" in lines[2]
+    assert longest_table([], {}) == []
+
+
 def run_cli(name: str, out: Path, pages: Path, *extra: str) -> int:
     return main(
         ["experiment", name, "--preset", "smoke", "--quiet", "--out", str(out)]

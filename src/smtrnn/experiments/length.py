@@ -138,6 +138,31 @@ def candidates_table(rows: list[dict], descriptions: dict) -> list[str]:
     return table(titles + ["train s per run"], lines)
 
 
+def longest_table(rows: list[dict], descriptions: dict) -> list[str]:
+    """Every run at the longest length, one line each: whether the teacher learned, whether one cell step
+    follows it, and where the rollout departs."""
+    lines = []
+    for row in rows:
+        curve = row.get("error_curve") or []
+        lines.append(
+            [
+                f"`{row['variant']}`",
+                descriptions[row["variant"]],
+                str(row["seed"]),
+                fmt(row["teacher_accuracy"]),
+                fmt(row["accuracy"]),
+                fmt(row.get("one_step_accuracy")),
+                " / ".join(fmt(probe_at(row, lag), 2) for lag in (256, 512)),
+                " / ".join(fmt(curve[min(t, len(curve)) - 1]) for t in (32, 512, len(curve))) if curve else "–",
+                fmt(row["seconds"], 0),
+            ]
+        )
+    if not lines:
+        return []
+    titles = ["variant", "what changes", "seed", "teacher", "RNN alone", "one step from teacher memories"]
+    return table(titles + ["probe at lag 256 / 512", "rollout error at t = 32 / 512 / T", "train s"], lines)
+
+
 def blocks(result: dict, command: str, link: str | None) -> Blocks:
     rows = result["rows"]
     descriptions = {variant["name"]: variant["description"] for variant in result["study"]["variants"]}
@@ -148,6 +173,7 @@ def blocks(result: dict, command: str, link: str | None) -> Blocks:
         ("header", header(result, TITLE, command)),
         ("main", main_table(rows) + image),
         ("candidates", candidates_table(tanh256, descriptions)),
+        ("longest", longest_table([r for r in rows if r["length"] == 1024 and r["method"] != "bptt"], descriptions)),
         ("failures", per_seed_table(failing, (32, 128, 256), (32, 128))),
         (
             "all-seeds",
