@@ -124,9 +124,13 @@ def test_the_longest_length_table_says_where_each_run_departs():
 
     curve = [0.01 * t for t in range(1, 1025)]
     row = {"variant": "defaults", "seed": 0, "teacher_accuracy": 1.0, "accuracy": 0.2, "one_step_accuracy": 0.5}
-    row |= {"probe": [{"lag": 256, "rollout": 0.9}, {"lag": 512, "rollout": 0.3}], "error_curve": curve, "seconds": 9}
+    row |= {
+        "probe": [{"lag": lag, "rollout": 1 - lag / 512} for lag in (1, 3, 256, 512)],
+        "error_curve": curve,
+        "seconds": 9,
+    }
     lines = longest_table([row], {"defaults": "the library's defaults"})
-    assert len(lines) == 4 and "| 0.90 / 0.30 | 0.320 / 5.120 / 10.240 |" in lines[2]
+    assert len(lines) == 4 and "| 1.00 / 0.99 / 0.50 | 0.320 / 5.120 / 10.240 |" in lines[2]
     assert longest_table([], {}) == []
 
 

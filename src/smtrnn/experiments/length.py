@@ -152,7 +152,7 @@ def longest_table(rows: list[dict], descriptions: dict) -> list[str]:
                 fmt(row["teacher_accuracy"]),
                 fmt(row["accuracy"]),
                 fmt(row.get("one_step_accuracy")),
-                " / ".join(fmt(probe_at(row, lag), 2) for lag in (256, 512)),
+                " / ".join(fmt(probe_at(row, lag), 2) for lag in (1, 3, 256)),
                 " / ".join(fmt(curve[min(t, len(curve)) - 1]) for t in (32, 512, len(curve))) if curve else "–",
                 fmt(row["seconds"], 0),
             ]
@@ -160,7 +160,7 @@ def longest_table(rows: list[dict], descriptions: dict) -> list[str]:
     if not lines:
         return []
     titles = ["variant", "what changes", "seed", "teacher", "RNN alone", "one step from teacher memories"]
-    return table(titles + ["probe at lag 256 / 512", "rollout error at t = 32 / 512 / T", "train s"], lines)
+    return table(titles + ["probe at lag 1 / 3 / 256", "rollout error at t = 32 / 512 / T", "train s"], lines)
 
 
 def blocks(result: dict, command: str, link: str | None) -> Blocks:
