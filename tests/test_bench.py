@@ -19,7 +19,7 @@ from smtrnn.methods import SMTConfig, smt_loss
 from smtrnn.methods import smt as smt_module
 from smtrnn.models import ModelConfig, Models
 from smtrnn.tasks import make_task
-from smtrnn.teacher import Teacher, TeacherConfig, sinusoid
+from smtrnn.teacher import POSITIONS, Teacher, TeacherConfig, sinusoid
 
 TINY = BenchConfig(
     lengths=(6, 12),
@@ -40,16 +40,18 @@ def result():
     return bench.run_bench(TINY, log=lambda line: None)
 
 
-def _teacher(space, tokens, memory_size, layers=2, heads=2):
+def _teacher(space, tokens, memory_size, layers=2, heads=2, positions="none"):
     torch.manual_seed(0)
-    return Teacher(7, 5, memory_size, space, tokens, TeacherConfig(16, layers, 1, heads, 3, "none")).double()
+    return Teacher(7, 5, memory_size, space, tokens, TeacherConfig(16, layers, 1, heads, 3, positions)).double()
 
 
 @pytest.mark.parametrize("space, tokens, memory_size", [("tanh", 1, 8), ("rms", 2, 8), ("lstm", 1, 8)])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_cached_encode_step_equals_encode(space, tokens, memory_size, mode):
-    """Token by token through the key-value cache (capacity doubling on the way) = one full encode."""
-    teacher = _teacher(space, tokens, memory_size)
+@pytest.mark.parametrize("positions", POSITIONS)
+def test_cached_encode_step_equals_encode(space, tokens, memory_size, mode, positions):
+    """Token by token through the key-value cache (capacity doubling on the way) = one full encode,
+    with every position scheme."""
+    teacher = _teacher(space, tokens, memory_size, positions=positions)
     teacher.train(mode == "train")
     x = torch.randint(0, 7, (3, 13), generator=torch.Generator().manual_seed(1))
     with torch.set_grad_enabled(mode == "train"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from smtrnn.cells import make_cell
-from smtrnn.teacher import Teacher, TeacherConfig
+from smtrnn.teacher import POSITIONS, Teacher, TeacherConfig, _causal, _layer, alibi, rotate
 
 VOCAB, CLASSES = 6, 5
 EXACT = dict(rtol=0, atol=1e-12)
@@ -17,9 +17,11 @@ EXACT = dict(rtol=0, atol=1e-12)
 SPACES = [("tanh", 1, 8), ("rms", 2, 8), ("rms", 1, 6), ("lstm", 1, 8)]
 
 
-def teacher_for(space: str, tokens: int, memory_size: int, future: int = 4, seed: int = 0) -> Teacher:
+def teacher_for(
+    space: str, tokens: int, memory_size: int, future: int = 4, seed: int = 0, positions: str = "none"
+) -> Teacher:
     torch.manual_seed(seed)
-    config = TeacherConfig(width=16, layers=2, decoder_layers=2, heads=2, future=future, positions="none")
+    config = TeacherConfig(width=16, layers=2, decoder_layers=2, heads=2, future=future, positions=positions)
     return Teacher(VOCAB, CLASSES, memory_size, space, tokens, config).double()
 
 
@@ -69,10 +71,11 @@ def test_encode_shape_space_and_empty_prefix(space, memory_tokens, memory_size, 
 
 @pytest.mark.parametrize("space, memory_tokens, memory_size", SPACES[:2])
 @pytest.mark.parametrize("position", [0, 3, 7])
-def test_encode_is_causal(space, memory_tokens, memory_size, position, mode):
+@pytest.mark.parametrize("codes", POSITIONS)
+def test_encode_is_causal(space, memory_tokens, memory_size, position, codes, mode):
     """memories[:, t] has seen exactly x[:, :t]: changing x[:, s] leaves memories[:, :s+1] bit for
-    bit and changes every later memory."""
-    teacher = teacher_for(space, memory_tokens, memory_size)
+    bit and changes every later memory (with every position scheme)."""
+    teacher = teacher_for(space, memory_tokens, memory_size, positions=codes)
     x = tokens(4, 8)
     changed = x.clone()
     changed[:, position] = (changed[:, position] + 1 + torch.arange(4) % (VOCAB - 1)) % VOCAB
@@ -91,8 +94,9 @@ def test_encode_rows_are_independent():
         torch.testing.assert_close(teacher.encode(x[b : b + 1])[0], together[b], rtol=1e-10, atol=1e-10)
 
 
-def test_encode_memory_of_a_prefix_does_not_depend_on_the_total_length():
-    teacher = teacher_for("rms", 2, 8)
+@pytest.mark.parametrize("codes", POSITIONS)
+def test_encode_memory_of_a_prefix_does_not_depend_on_the_total_length(codes):
+    teacher = teacher_for("rms", 2, 8, positions=codes)
     x = tokens(3, 10)
     long, short = teacher.encode(x), teacher.encode(x[:, :6])
     torch.testing.assert_close(long[:, :7], short, rtol=1e-10, atol=1e-10)
@@ -217,3 +221,52 @@ def test_the_teacher_method_trains_the_teacher_alone_and_scores_it_as_it_goes(tm
     evaluations = [record for record in read(tmp_path) if "eval_teacher_accuracy" in record]
     assert [record["step"] for record in evaluations] == [2, 4]
     assert result["teacher_accuracy"] is not None and depths(config)["sequential_depth"] == 0
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_the_encoders_own_layer_forward_equals_torchs(mode):
+    """The forward that the relative schemes go through, with no scheme, is nn.TransformerEncoderLayer's
+    own causal forward (training and inference paths alike)."""
+    teacher = teacher_for("tanh", 1, 8).train(mode == "train")
+    hidden = torch.randn(3, 7, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    layer = teacher.encoder.layers[0]
+    with torch.set_grad_enabled(mode == "train"):
+        ours = _layer(layer, hidden, "none")
+        theirs = layer(hidden, src_mask=_causal(7, hidden.device), is_causal=True)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+def test_rotary_scores_depend_on_the_distance_only():
+    generator = torch.Generator().manual_seed(4)
+    query, key = (
+        torch.randn(1, 8, dtype=torch.float64, generator=generator),
+        torch.randn(1, 8, dtype=torch.float64, generator=generator),
+    )
+    score = lambda at_query, at_key: (rotate(query, at_query) * rotate(key, at_key)).sum()
+    for shift in (1, 5, 100):
+        torch.testing.assert_close(score(9 + shift, 4 + shift), score(9, 4), rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(score(9, 4), score(9, 6))
+    torch.testing.assert_close(rotate(query, 0), query)  # position 0 is not turned
+    torch.testing.assert_close(rotate(query, 3).norm(), query.norm())  # a rotation keeps the length
+
+
+def test_alibi_penalises_the_distance_and_masks_the_future():
+    bias = alibi(4, 5, 5)
+    slopes = torch.tensor([2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8])
+    for i in range(5):
+        for j in range(5):
+            if j > i:
+                assert (bias[:, i, j] == float("-inf")).all()
+            else:
+                torch.testing.assert_close(bias[:, i, j], -slopes * (i - j))
+    # the newest query of a stream is the last row of the full bias
+    torch.testing.assert_close(alibi(4, 1, 5, start=4), bias[:, 4:5])
+
+
+@pytest.mark.parametrize("codes", ["rotary", "alibi"])
+def test_relative_schemes_train_the_encoder(codes):
+    """Their forward is the library's own: every encoder weight still gets a gradient."""
+    teacher = teacher_for("tanh", 1, 8, positions=codes)
+    teacher.encode(tokens(2, 6)).pow(2).sum().backward()
+    for name, parameter in teacher.encoder.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name

@@ -10,7 +10,7 @@ from torch import nn
 from smtrnn.cells import CELLS
 from smtrnn.errors import UserError
 from smtrnn.rnn import RNN
-from smtrnn.teacher import Teacher, TeacherConfig
+from smtrnn.teacher import POSITIONS, Teacher, TeacherConfig
 
 
 @dataclass
@@ -29,7 +29,7 @@ class ModelConfig:
     future: int = 16  # Tf: the decoder predicts y_t .. y_{t+Tf-1} from the memory m*_t alone
     # none: the encoder knows order only from its causal mask, so its memories depend on the prefix, not on
     # the absolute time; an RNN (time-invariant) follows them far more easily (docs/horizon.md)
-    teacher_positions: str = "none"  # none | sinusoid
+    teacher_positions: str = "none"  # none | sinusoid | rotary | alibi
     # a memory on a grid: every memory the teacher writes, and every memory the cell writes while
     # training, is rounded to this many values per unit (straight-through); 0 = continuous; the lstm
     # cell, whose c is unbounded, is always continuous
@@ -50,8 +50,8 @@ class ModelConfig:
         for name in names:
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if teacher and self.teacher_positions not in ("sinusoid", "none"):
-            raise UserError(f"teacher positions must be sinusoid or none, got {self.teacher_positions!r}")
+        if teacher and self.teacher_positions not in POSITIONS:
+            raise UserError(f"teacher positions must be one of {', '.join(POSITIONS)}, got {self.teacher_positions!r}")
         if self.memory_levels == 1 or self.memory_levels < 0:
             raise UserError(f"memory levels must be 0 (continuous) or at least 2, got {self.memory_levels}")
         if teacher and self.teacher_width % self.teacher_heads:

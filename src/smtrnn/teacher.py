@@ -29,7 +29,10 @@ class TeacherConfig:
     decoder_layers: int
     heads: int
     future: int  # Tf: the decoder predicts y_t .. y_{t+Tf-1} from m*_t
-    positions: str  # encoder position codes: none (order only from the causal mask) | sinusoid
+    # encoder position codes: none (order only from the causal mask) | sinusoid (absolute, added to the
+    # input) | rotary (queries and keys rotated by their position: scores depend on the distance only)
+    # | alibi (a score penalty growing with the distance, one slope per head)
+    positions: str
 
 
 def sinusoid(positions: int, width: int, device=None, start: int = 0) -> torch.Tensor:
@@ -41,6 +44,34 @@ def sinusoid(positions: int, width: int, device=None, start: int = 0) -> torch.T
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency[: width // 2])
     return table
+
+
+POSITIONS = ("none", "sinusoid", "rotary", "alibi")
+RELATIVE = ("rotary", "alibi")  # the schemes that act inside attention (the encoder's own forward)
+
+
+def rotate(x: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Rotary position codes on x[..., T, D] (D even): the pair (x_i, x_{i+D/2}) of position p turned by
+    p * 10000^(-2i/D), positions start..start+T-1. A query and a key so turned have a dot product that
+    depends on their distance only."""
+    length, width = x.shape[-2], x.shape[-1]
+    dtype = torch.promote_types(x.dtype, torch.float32)  # angles at least in float32 (half precision drifts)
+    frequency = torch.exp(torch.arange(0, width, 2, device=x.device, dtype=dtype) * (-math.log(10000.0) / width))
+    angle = torch.arange(start, start + length, device=x.device, dtype=dtype).unsqueeze(1) * frequency
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    first, second = x[..., : width // 2], x[..., width // 2 :]
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], -1)
+
+
+def alibi(heads: int, queries: int, keys: int, device=None, start: int = 0) -> torch.Tensor:
+    """The ALiBi score bias [heads, queries, keys] for queries at positions start..start+queries-1 and
+    keys at 0..keys-1: -slope_h * distance, slopes 2^(-8 (h+1) / heads); a key after its query gets -inf
+    (the causal mask)."""
+    slopes = torch.pow(2.0, -8.0 * torch.arange(1, heads + 1, device=device, dtype=torch.float32) / heads)
+    query = torch.arange(start, start + queries, device=device, dtype=torch.float32).unsqueeze(1)
+    distance = query - torch.arange(keys, device=device, dtype=torch.float32)
+    bias = -slopes[:, None, None] * distance
+    return bias.masked_fill(distance < 0, float("-inf"))
 
 
 def _stack(width: int, heads: int, layers: int) -> nn.TransformerEncoder:
@@ -91,15 +122,46 @@ class EncoderCache:
         return sum(used(k) + used(v) for k, v in zip(self.keys, self.values))
 
 
-def _layer_step(layer: nn.TransformerEncoderLayer, hidden: torch.Tensor, cache: EncoderCache, index: int):
+def _layer(layer: nn.TransformerEncoderLayer, hidden: torch.Tensor, positions: str) -> torch.Tensor:
+    """One norm-first encoder layer on hidden[B, T, W] under the causal mask, with the relative position
+    scheme ``positions`` inside its attention: the layer's own forward with rotated queries and keys
+    (rotary) or a bias on the scores (alibi); with "none" the same arithmetic as that forward."""
+    attention = layer.self_attn
+    batch, length, width = hidden.shape
+    heads = attention.num_heads
+    split = lambda t: t.reshape(batch, length, heads, width // heads).transpose(1, 2)
+    query, key, value = map(
+        split, F.linear(layer.norm1(hidden), attention.in_proj_weight, attention.in_proj_bias).chunk(3, -1)
+    )
+    if positions == "rotary":
+        mixed = F.scaled_dot_product_attention(rotate(query), rotate(key), value, is_causal=True)
+    elif positions == "alibi":
+        bias = alibi(heads, length, length, hidden.device).to(hidden.dtype)
+        mixed = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+    else:
+        mixed = F.scaled_dot_product_attention(query, key, value, is_causal=True)
+    hidden = hidden + attention.out_proj(mixed.transpose(1, 2).reshape(batch, length, width))
+    return hidden + layer.linear2(layer.activation(layer.linear1(layer.norm2(hidden))))
+
+
+def _layer_step(
+    layer: nn.TransformerEncoderLayer, hidden: torch.Tensor, cache: EncoderCache, index: int, positions: str
+):
     """One norm-first encoder layer for the newest position only [B, 1, W], attending to the cache:
-    the same arithmetic as the layer's own forward under the causal mask."""
+    the same arithmetic as ``_layer`` (and the layer's own forward) under the causal mask."""
     attention = layer.self_attn
     batch, width, heads = hidden.shape[0], hidden.shape[-1], attention.num_heads
-    split = lambda t: t.reshape(batch, heads, width // heads)
-    query, key, value = F.linear(layer.norm1(hidden), attention.in_proj_weight, attention.in_proj_bias).chunk(3, -1)
-    keys, values = cache.append(index, split(key), split(value))
-    mixed = F.scaled_dot_product_attention(split(query).unsqueeze(2), keys, values)  # sees every position so far
+    split = lambda t: t.reshape(batch, heads, 1, width // heads)
+    query, key, value = map(
+        split, F.linear(layer.norm1(hidden), attention.in_proj_weight, attention.in_proj_bias).chunk(3, -1)
+    )
+    bias = None
+    if positions == "rotary":
+        query, key = rotate(query, cache.length), rotate(key, cache.length)
+    elif positions == "alibi":
+        bias = alibi(heads, 1, cache.length + 1, hidden.device, cache.length).to(hidden.dtype)
+    keys, values = cache.append(index, key[:, :, 0], value[:, :, 0])
+    mixed = F.scaled_dot_product_attention(query, keys, values, attn_mask=bias)  # sees every position so far
     hidden = hidden + attention.out_proj(mixed.reshape(batch, 1, width))
     return hidden + layer.linear2(layer.activation(layer.linear1(layer.norm2(hidden))))
 
@@ -142,8 +204,12 @@ class Teacher(nn.Module):
         hidden = self.embed(tokens) + self.previous_embed(previous)
         if self.config.positions == "sinusoid":
             hidden = hidden + sinusoid(tokens.shape[1], self.config.width, x.device)
-        with _without_fused_inference_path():
-            hidden = self.encoder(hidden, mask=_causal(tokens.shape[1], x.device), is_causal=True)
+        if self.config.positions in RELATIVE:
+            for layer in self.encoder.layers:
+                hidden = _layer(layer, hidden, self.config.positions)
+        else:
+            with _without_fused_inference_path():
+                hidden = self.encoder(hidden, mask=_causal(tokens.shape[1], x.device), is_causal=True)
         raw = self.memory_head(self.encoder_norm(hidden))
         return project_memory(raw, self.memory_space, self.memory_tokens, self.levels)
 
@@ -168,7 +234,7 @@ class Teacher(nn.Module):
             hidden = hidden + sinusoid(1, width, token.device, cache.length)
         hidden = hidden.unsqueeze(1)
         for index, layer in enumerate(self.encoder.layers):
-            hidden = _layer_step(layer, hidden, cache, index)
+            hidden = _layer_step(layer, hidden, cache, index, self.config.positions)
         cache.previous, cache.length = token, cache.length + 1
         raw = self.memory_head(self.encoder_norm(hidden[:, 0]))
         return project_memory(raw, self.memory_space, self.memory_tokens, self.levels), cache
