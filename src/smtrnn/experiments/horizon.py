@@ -64,6 +64,18 @@ VARIANTS = [
     Variant(
         "sinusoid", "teacher with sinusoidal position codes", {"model.teacher_positions": "sinusoid"}, group="factors"
     ),
+    Variant(
+        "rotary",
+        "teacher with rotary position codes (relative: no absolute time)",
+        {"model.teacher_positions": "rotary"},
+        group="factors",
+    ),
+    Variant(
+        "alibi",
+        "teacher with ALiBi attention biases (relative: no absolute time)",
+        {"model.teacher_positions": "alibi"},
+        group="factors",
+    ),
     Variant("no-delay", "the dynamics reach the teacher from the start", {"smt.teacher_delay": 0}, group="factors"),
     Variant("no-dmt", "SMT only, DMT's steps given to SMT", {"method": "smt"}, group="factors"),
     Variant("dmt-readout", "DMT trains the readout only (no memory pull)", {"dmt.c_dyn": 0.0}, group="factors"),
@@ -95,14 +107,14 @@ def _study(preset: str, points: list[tuple[str, str, int]]) -> Study:
 
 
 def cpu() -> Study:
-    """The committed study (39 runs at T=64): the ladder without its DMT-batch rung, no horizon and no
-    DMT, and the recipe against BPTT for the tanh cell (BPTT also with four times the steps) and for the
-    Transformer cell. The defaults for the other cells and lengths against BPTT (T = 64 to 1,024) are
-    the length study's (docs/length.md)."""
+    """The committed study (48 runs at T=64): the ladder without its DMT-batch rung; no horizon, no DMT
+    and the teacher's three position schemes; the recipe against BPTT for the tanh cell (BPTT also with
+    four times the steps) and for the Transformer cell. The defaults for the other cells and lengths
+    against BPTT (T = 64 to 1,024) are the length study's (docs/length.md)."""
     ladder = [
         (name, "tanh", 64) for name in ("paper", "K8-sinusoid", "K8", "K16-grown", "continuous", "grid", "recipe")
     ]
-    factors = [(name, "tanh", 64) for name in ("K1", "no-dmt")]
+    factors = [(name, "tanh", 64) for name in ("K1", "no-dmt", "sinusoid", "rotary", "alibi")]
     scale = [("bptt", "tanh", 64), ("bptt-4x", "tanh", 64), ("recipe", "transformer", 64), ("bptt", "transformer", 64)]
     return _study("cpu", ladder + factors + scale)
 

@@ -70,7 +70,7 @@ POSITION_CODES = ("sinusoid", "rotary", "alibi")  # the encoder's order schemes,
 
 
 def cpu() -> Study:
-    """Every point three seeds (about 3 h 30 min on 2 cores): the defaults against BPTT on copy, stack
+    """Every point three seeds (96 runs, about 2 h on 2 cores): the defaults against BPTT on copy, stack
     and parity at T=16 and 64; every factor on copy at T=16; the position codes on parity (where the
     encoder's lack of them is the suspect) at both lengths."""
     points = [
