@@ -35,11 +35,16 @@ class TeacherConfig:
     positions: str
 
 
+def _frequencies(width: int, device, dtype) -> torch.Tensor:
+    """10000^(-2i/width) for i < width/2: the angular speeds of sinusoidal and rotary position codes."""
+    return torch.exp(torch.arange(0, width, 2, device=device, dtype=dtype) * (-math.log(10000.0) / width))
+
+
 def sinusoid(positions: int, width: int, device=None, start: int = 0) -> torch.Tensor:
     """Fixed sinusoidal position codes: defined for any length, so the teacher runs at 8T too.
     ``start``: the codes of positions start..start+positions-1 (one row per token when streaming)."""
     position = torch.arange(start, start + positions, device=device, dtype=torch.float32).unsqueeze(1)
-    frequency = torch.exp(torch.arange(0, width, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / width))
+    frequency = _frequencies(width, device, torch.float32)
     table = torch.zeros(positions, width, device=device)
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency[: width // 2])
@@ -56,8 +61,9 @@ def rotate(x: torch.Tensor, start: int = 0) -> torch.Tensor:
     depends on their distance only."""
     length, width = x.shape[-2], x.shape[-1]
     dtype = torch.promote_types(x.dtype, torch.float32)  # angles at least in float32 (half precision drifts)
-    frequency = torch.exp(torch.arange(0, width, 2, device=x.device, dtype=dtype) * (-math.log(10000.0) / width))
-    angle = torch.arange(start, start + length, device=x.device, dtype=dtype).unsqueeze(1) * frequency
+    angle = torch.arange(start, start + length, device=x.device, dtype=dtype).unsqueeze(1) * _frequencies(
+        width, x.device, dtype
+    )
     cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
     first, second = x[..., : width // 2], x[..., width // 2 :]
     return torch.cat([first * cos - second * sin, first * sin + second * cos], -1)
@@ -122,6 +128,13 @@ class EncoderCache:
         return sum(used(k) + used(v) for k, v in zip(self.keys, self.values))
 
 
+def _residuals(layer: nn.TransformerEncoderLayer, hidden: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+    """The rest of a norm-first layer once its attention heads are mixed [B, T, W]: output projection
+    and feed-forward, each added to the stream."""
+    hidden = hidden + layer.self_attn.out_proj(mixed)
+    return hidden + layer.linear2(layer.activation(layer.linear1(layer.norm2(hidden))))
+
+
 def _layer(layer: nn.TransformerEncoderLayer, hidden: torch.Tensor, positions: str) -> torch.Tensor:
     """One norm-first encoder layer on hidden[B, T, W] under the causal mask, with the relative position
     scheme ``positions`` inside its attention: the layer's own forward with rotated queries and keys
@@ -140,8 +153,7 @@ def _layer(layer: nn.TransformerEncoderLayer, hidden: torch.Tensor, positions: s
         mixed = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
     else:
         mixed = F.scaled_dot_product_attention(query, key, value, is_causal=True)
-    hidden = hidden + attention.out_proj(mixed.transpose(1, 2).reshape(batch, length, width))
-    return hidden + layer.linear2(layer.activation(layer.linear1(layer.norm2(hidden))))
+    return _residuals(layer, hidden, mixed.transpose(1, 2).reshape(batch, length, width))
 
 
 def _layer_step(
@@ -162,8 +174,7 @@ def _layer_step(
         bias = alibi(heads, 1, cache.length + 1, hidden.device, cache.length).to(hidden.dtype)
     keys, values = cache.append(index, key[:, :, 0], value[:, :, 0])
     mixed = F.scaled_dot_product_attention(query, keys, values, attn_mask=bias)  # sees every position so far
-    hidden = hidden + attention.out_proj(mixed.reshape(batch, 1, width))
-    return hidden + layer.linear2(layer.activation(layer.linear1(layer.norm2(hidden))))
+    return _residuals(layer, hidden, mixed.reshape(batch, 1, width))
 
 
 class Teacher(nn.Module):
