@@ -111,6 +111,30 @@ def test_breaks_at_names_the_rung_that_loses_most(teacher, readout, one_step, al
     assert breaks_at([dict(row, accuracy=alone - 0.01), dict(row, accuracy=alone + 0.01)]) == expected
 
 
+def test_the_teacher_page_races_the_mean_curves_and_tables_each_factor_group(monkeypatch):
+    import smtrnn.experiments.teacher as teacher_study
+
+    monkeypatch.setattr(teacher_study, "header", lambda *args: ["header"])
+
+    def row(variant, task, seed, values):
+        key = "accuracy" if variant == "bptt" else "teacher_accuracy"
+        curve = [{"step": 50 * (i + 1), key: value} for i, value in enumerate(values)]
+        return {"variant": variant, "task": task, "length": 16, "seed": seed, "seconds": 10, "curve": curve}
+
+    rows = [row("bptt", task, seed, [0.6, 1.0, 1.0]) for task in ("parity", "copy") for seed in (0, 1)]
+    rows += [row("teacher", task, seed, [0.5, 0.7, 0.8 + 0.1 * seed]) for task in ("parity", "copy") for seed in (0, 1)]
+    rows += [row("sinusoid", "parity", seed, [0.6, 1.0, 1.0]) for seed in (0, 1)]
+    variants = [{"name": name, "description": name} for name in ("teacher", "bptt", "sinusoid")]
+    result = {"rows": rows, "study": {"variants": variants}}
+    named = dict(teacher_study.blocks(result, "cmd", None)[1:])
+    # BPTT's mean reaches its final 1.0 at step 100; the teacher's mean (0.85 at best) never does
+    assert "| parity | 16 | 1.000 | 100 | not in 150 | 0.850 | 0.850 |" in named["race"]
+    assert set(named) == {"race", "factors-parity-16"}  # copy has no factor, so no factor table
+    assert any(
+        line.startswith("| `sinusoid` | sinusoid | – | – | 1.000 | 100 |") for line in named["factors-parity-16"]
+    )
+
+
 def test_render_keeps_prose_and_replaces_blocks():
     first = render([("a", ["one"]), ("b", ["two"])])
     edited = "# Title\n\nWritten by a person.\n\n" + first + "\nMore prose.\n"

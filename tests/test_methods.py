@@ -275,8 +275,9 @@ def test_smt_readout_loss_value():
     torch.testing.assert_close(loss, 0.5 * (on_teacher + on_step), **TIGHT)
 
 
-def test_smt_predictive_loss_trains_only_the_teacher_and_matches_a_reference():
-    models = make_models("tanh", future=3)
+@pytest.mark.parametrize("future", [3, 1])  # Tf=1: the decoder reads y_t from the memory alone, no inputs
+def test_smt_predictive_loss_trains_only_the_teacher_and_matches_a_reference(future):
+    models = make_models("tanh", future=future)
     batch = make_batch(batch=2, length=5)
     loss, metrics = smt_loss(models, batch, only(c_pred=1.0, gamma=0.5))
     got = backward(models, loss)
@@ -284,12 +285,12 @@ def test_smt_predictive_loss_trains_only_the_teacher_and_matches_a_reference():
     assert not all_zero({n: g for n, g in got.items() if n.startswith("teacher.")})
     # reference: decode each memory index separately, gamma-weighted mean over labelled targets
     memories = models.teacher.encode(batch["x"])
-    inputs, targets = slow_future_windows(batch["x"], batch["y"], 3)
+    inputs, targets = slow_future_windows(batch["x"], batch["y"], future)
     numerator = denominator = 0.0
     for b in range(2):
         for t in range(6):
             logits = models.teacher.decode(memories[b, t][None], inputs[b, t][None])[0]
-            for k in range(3):
+            for k in range(future):
                 if targets[b, t, k] != IGNORE:
                     numerator = numerator + 0.5**k * F.cross_entropy(logits[k], targets[b, t, k])
                     denominator += 0.5**k

@@ -101,7 +101,7 @@ def predictive_loss(teacher, memories, x, y, config: SMTConfig):
             1, index.view(*index.shape, *[1] * (tensor.dim() - 2)).expand(-1, -1, *tensor.shape[2:])
         )
         memories, inputs, targets = pick(memories), pick(inputs), pick(targets)
-    memories, inputs, targets = (tensor.reshape(-1, tensor.shape[-1]) for tensor in (memories, inputs, targets))
+    memories, inputs, targets = (tensor.flatten(0, 1) for tensor in (memories, inputs, targets))  # Tf=1: no inputs
     memories, inputs, targets = labelled_rows((targets != IGNORE).any(-1), memories, inputs, targets)
     logits = teacher.decode(memories, inputs)
     weights = config.gamma ** torch.arange(targets.shape[-1], device=x.device, dtype=torch.float32)
