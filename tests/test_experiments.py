@@ -124,9 +124,27 @@ def test_the_teacher_page_races_the_mean_curves_and_tables_each_factor_group(mon
     rows = [row("bptt", task, seed, [0.6, 1.0, 1.0]) for task in ("parity", "copy") for seed in (0, 1)]
     rows += [row("teacher", task, seed, [0.5, 0.7, 0.8 + 0.1 * seed]) for task in ("parity", "copy") for seed in (0, 1)]
     rows += [row("sinusoid", "parity", seed, [0.6, 1.0, 1.0]) for seed in (0, 1)]
-    variants = [{"name": name, "description": name} for name in ("teacher", "bptt", "sinusoid")]
+    rungs = {"teacher_accuracy": 1.0, "readout_accuracy": 0.9, "one_step_accuracy": 0.8}
+    rows += [
+        {
+            "variant": "smt+dmt",
+            "task": "parity",
+            "length": 16,
+            "seed": seed,
+            "seconds": 10,
+            "accuracy": 0.7 + 0.1 * seed,
+        }
+        | rungs
+        | {"generalisation": {"2": {"rnn": 0.6}, "4": {"rnn": 0.5 + 0.1 * seed}, "8": {"rnn": None}}}
+        for seed in (0, 1)
+    ]
+    variants = [{"name": name, "description": name} for name in ("teacher", "bptt", "sinusoid", "smt+dmt")]
     result = {"rows": rows, "study": {"variants": variants}}
     named = dict(teacher_study.blocks(result, "cmd", None)[1:])
+    # the RNN alone has its own table, not a row among the teacher's factors
+    assert named.pop("rnn-alone")[2] == (
+        "| parity | 16 | `smt+dmt` | smt+dmt | 0.700 / 0.800 | 1.000 / 0.900 / 0.800 | 0.600 / 0.550 / – | 10 |"
+    )
     # BPTT's mean reaches its final 1.0 at step 100; the teacher's mean (0.85 at best) never does
     assert "| parity | 16 | 1.000 | 100 | not in 150 | 0.850 | 0.850 |" in named["race"]
     assert set(named) == {"race", "factors-parity-16"}  # copy has no factor, so no factor table
