@@ -212,6 +212,7 @@ def factor_table(rows: list[dict], descriptions: dict) -> list[str]:
 
 
 RNN_VARIANTS = {variant.name for variant in VARIANTS if variant.group == "rnn"}
+RUNGS = ("teacher_accuracy", "readout_accuracy", "one_step_accuracy")
 
 
 def rnn_table(rows: list[dict], descriptions: dict) -> list[str]:
@@ -236,24 +237,21 @@ def rnn_table(rows: list[dict], descriptions: dict) -> list[str]:
     return table(titles + ["RNN alone at 2T / 4T / 8T", "s per run"], lines)
 
 
-RUNGS = ("teacher_accuracy", "readout_accuracy", "one_step_accuracy")
-
-
 def blocks(result: dict, command: str, link: str | None) -> Blocks:
     rows = result["rows"]
     descriptions = {variant["name"]: variant["description"] for variant in result["study"]["variants"]}
     image = [f"![held-out accuracy against optimiser steps]({link}/teacher-curves.png)", ""] if link else []
     rnn_rows = [row for row in rows if row["variant"] in RNN_VARIANTS]
     rows = [row for row in rows if row["variant"] not in RNN_VARIANTS]
-    return (
-        [("header", header(result, TITLE, command)), ("race", race_table(rows) + image)]
-        + [
-            (f"factors-{task}-{length}", factor_table(group, descriptions))
-            for (task, length), group in groups(rows, "task", "length").items()
-            if any(row["variant"] not in ("teacher", "bptt") for row in group)
-        ]
-        + [("rnn-alone", rnn_table(rnn_rows, descriptions))] * bool(rnn_rows)
-    )
+    page = [("header", header(result, TITLE, command)), ("race", race_table(rows) + image)]
+    page += [
+        (f"factors-{task}-{length}", factor_table(group, descriptions))
+        for (task, length), group in groups(rows, "task", "length").items()
+        if any(row["variant"] not in ("teacher", "bptt") for row in group)
+    ]
+    if rnn_rows:
+        page.append(("rnn-alone", rnn_table(rnn_rows, descriptions)))
+    return page
 
 
 def figures(result: dict, folder: Path) -> list[Path]:
