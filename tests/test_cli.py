@@ -14,9 +14,12 @@ import pytest
 
 from conftest import TINY, assert_user_error, tiny_args
 from smtrnn.cli import build_parser, config_from_args, main
-from smtrnn.config import field_help
+from smtrnn.config import RunConfig, field_help, set_field, unread_options
 from smtrnn.methods import METHODS
 from smtrnn.models import ModelConfig
+from smtrnn.options import take_task_settings
+from smtrnn.tasks import TASKS
+from smtrnn.tasks.synthetic import Parity
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 USER_TASK = '''
@@ -331,3 +334,47 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("smtrnn ")
+
+
+class _Settled(Parity):
+    """Parity with settings of its own, to test the mechanism apart from the built-in tasks' choices."""
+
+    settings = {"model.future": 2, "smt.c_unif": 0.5}
+
+
+def test_a_task_brings_its_own_settings_under_the_options_the_user_gives(monkeypatch):
+    monkeypatch.setitem(TASKS, "settled", _Settled)
+
+    def train(*argv):
+        args = build_parser().parse_args(["train", "--out", "x", "--task", "settled", *argv])
+        config = config_from_args(args)
+        return config, take_task_settings(config, args)
+
+    config, note = train()
+    assert (config.model.future, config.smt.c_unif) == (2, 0.5)
+    assert (
+        note
+        == "settled trains with its own settings: --future 2, --smt-c-unif 0.5 (give the option to choose otherwise)"
+    )
+    chosen, note = train("--future", "5")  # the user's option wins, the other setting stays
+    assert (chosen.model.future, chosen.smt.c_unif) == (5, 0.5) and "--future" not in note
+    default = RunConfig()
+    bptt, note = train("--method", "bptt")  # BPTT reads neither: both stay at the defaults
+    assert (bptt.model.future, bptt.smt.c_unif, note) == (default.model.future, default.smt.c_unif, None)
+    fine_tune, _ = train("--method", "dmt", "--init", "some-run")  # keeps that run's model
+    assert fine_tune.model.future == default.model.future
+
+
+def test_smtrnn_train_names_the_settings_it_took_from_the_task(tmp_path, capsys):
+    main(["train", "--task", "stack", "--length", "8", *tiny_args(), "--out", str(tmp_path / "run")])
+    assert "stack trains with its own settings: --teacher-positions rotary" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["teacher_positions"] == "rotary"
+
+
+def test_every_built_in_tasks_settings_name_fields_a_run_reads():
+    for name, cls in TASKS.items():
+        for dotted, value in cls.settings.items():
+            config = RunConfig(task=name)
+            set_field(config, dotted, value)  # a UserError for a field RunConfig lacks
+            assert not unread_options(config, [dotted]), f"{name}: the default method never reads {dotted}"
+            config.validate()

@@ -74,6 +74,29 @@ def test_every_method_gets_the_same_steps_and_the_warm_ups_fit():
     assert long.smt == RunConfig().smt  # what BPTT does not read stays at the defaults
 
 
+def test_a_studys_runs_take_their_tasks_settings_under_the_studys_own_choices(monkeypatch):
+    from smtrnn.tasks import TASKS
+    from smtrnn.tasks.synthetic import Parity
+
+    class Settled(Parity):
+        settings = {"model.future": 2, "smt.c_unif": 0.5}
+
+    monkeypatch.setitem(TASKS, "settled", Settled)
+    base = RunConfig(length=16)
+    base.smt.c_unif = 0.25  # the study's base chose this one: it stays
+    variants = [Variant("smt", "SMT", {"method": "smt"}), Variant("tf-4", "Tf 4", {"method": "smt", "model.future": 4})]
+    variants.append(Variant("bptt", "BPTT", {"method": "bptt"}))
+    points = [Point(name, "settled", "tanh", 16) for name in ("smt", "tf-4", "bptt")]
+    study = Study("settled", "cpu", base, variants, points, [0], {16: Budget(10)})
+    run = lambda name: run_config(study, Point(name, "settled", "tanh", 16), 0)
+    assert (run("smt").model.future, run("smt").smt.c_unif) == (2, 0.25)
+    assert run("tf-4").model.future == 4  # the variant's override wins
+    assert run("bptt").model.future == RunConfig().model.future  # BPTT reads no future window
+    study.task_settings = False  # a study of factors against the shared recipe
+    assert run("smt").model.future == RunConfig().model.future
+    assert Study.from_dict(json.loads(json.dumps(study.to_dict()))) == study
+
+
 def test_the_length_studys_defaults_points_are_smtrnn_train_with_no_other_option():
     """docs/length.md's `defaults` rows are `smtrnn train --task retrieval --length L --seed S` (and --cell)."""
     study = experiments.study("length", "cpu")
@@ -119,7 +142,10 @@ def test_the_teacher_page_races_the_mean_curves_and_tables_each_factor_group(mon
     def row(variant, task, seed, values):
         key = "accuracy" if variant == "bptt" else "teacher_accuracy"
         curve = [{"step": 50 * (i + 1), key: value} for i, value in enumerate(values)]
-        return {"variant": variant, "task": task, "length": 16, "seed": seed, "seconds": 10, "curve": curve}
+        final = values[-1] if variant == "bptt" else None  # the RNN's held-out accuracy at the end
+        return {"variant": variant, "task": task, "length": 16, "seed": seed, "seconds": 10, "curve": curve} | {
+            "accuracy": final
+        }
 
     rows = [row("bptt", task, seed, [0.6, 1.0, 1.0]) for task in ("parity", "copy") for seed in (0, 1)]
     rows += [row("teacher", task, seed, [0.5, 0.7, 0.8 + 0.1 * seed]) for task in ("parity", "copy") for seed in (0, 1)]
@@ -143,7 +169,7 @@ def test_the_teacher_page_races_the_mean_curves_and_tables_each_factor_group(mon
     named = dict(teacher_study.blocks(result, "cmd", None)[1:])
     # the RNN alone has its own table, not a row among the teacher's factors
     assert named.pop("rnn-alone")[2] == (
-        "| parity | 16 | `smt+dmt` | smt+dmt | 0.700 / 0.800 | 1.000 / 0.900 / 0.800 | 0.600 / 0.550 / – | 10 |"
+        "| parity | 16 | `smt+dmt` | smt+dmt | 0.700 / 0.800 | 1.000 | 1.000 / 0.900 / 0.800 | 0.600 / 0.550 / – | 10 |"
     )
     # BPTT's mean reaches its final 1.0 at step 100; the teacher's mean (0.85 at best) never does
     assert "| parity | 16 | 1.000 | 100 | not in 150 | 0.850 | 0.850 |" in named["race"]

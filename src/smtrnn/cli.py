@@ -13,7 +13,7 @@ from pathlib import Path
 from smtrnn import __version__
 from smtrnn.errors import UserError
 from smtrnn.interrupt import Interrupted
-from smtrnn.options import add_config_options, check_given, config_from_args
+from smtrnn.options import add_config_options, check_given, config_from_args, take_task_settings
 
 __all__ = ["build_parser", "check_given", "config_from_args", "main"]
 
@@ -78,8 +78,11 @@ def cmd_train(args) -> None:
     config = config_from_args(args)
     check_given(config, args)
     check_writable(args.json)
+    note = take_task_settings(config, args)
     with distributed.session(config.device):  # several processes under torchrun, else a no-op
         main_process = distributed.rank() == 0
+        if note and main_process:  # --quiet silences the progress bar, not what the run is
+            print(f"smtrnn: {note}", file=sys.stderr)
         try:
             result = run(config, args.out, progress=not args.quiet, tensorboard=args.tensorboard)
         except Interrupted as stop:

@@ -11,10 +11,12 @@ dotted names (``"smt.horizon"``).
 from __future__ import annotations
 
 import ast
+import copy
 import inspect
 import io
 import math
 import tokenize
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 
@@ -188,6 +190,11 @@ def field_help(kind: type) -> dict[str, str]:
 # options the chosen method or cell does not read: refused, never silently ignored
 
 
+def changed_fields(config: RunConfig) -> list[str]:
+    """Dotted names of the section fields of ``config`` that differ from their defaults."""
+    return [name for section in SECTION_TYPES for name in _changed(config, section)]
+
+
 def _changed(config: RunConfig, section: str) -> list[str]:
     """Dotted names of the fields of ``section`` that differ from their defaults."""
     default = getattr(RunConfig(), section)
@@ -232,12 +239,27 @@ def unread_options(config: RunConfig, names: list[str]) -> list[str]:
     return [message for _, message in _unread(config, names)]
 
 
+def with_task_settings(config: RunConfig, given: Collection[str] = ()) -> dict[str, object]:
+    """Give ``config`` the settings its task trains best with (``Task.settings``), except those in
+    ``given`` (dotted fields the user chose) and those the run does not read; return the ones set. A run
+    that starts from another's weights (``init``) keeps that run's model, so it takes none."""
+    from smtrnn.tasks import load_task_class
+
+    if config.init:
+        return {}
+    chosen = {}
+    for dotted, value in getattr(load_task_class(config.task), "settings", {}).items():
+        if dotted not in given and not _unread(config, [dotted]):
+            set_field(config, dotted, copy.deepcopy(value))
+            chosen[dotted] = value
+    return chosen
+
+
 def reset_unused(config: RunConfig) -> None:
     """Put every field this run never reads back to its default (a study shares one base config across
     methods and cells; each run keeps only what it reads, so its config.json says what mattered)."""
     default = RunConfig()
-    changed = [name for section in SECTION_TYPES for name in _changed(config, section)]
-    for dotted, _ in _unread(config, changed):
+    for dotted, _ in _unread(config, changed_fields(config)):
         set_field(config, dotted, get_field(default, dotted))
 
 

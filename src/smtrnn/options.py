@@ -5,6 +5,7 @@ and the config they give.
     add_config_options(parser)                  # --task, --length, ..., --smt-horizon, --task-option KEY=VALUE
     config = config_from_args(parser.parse_args(argv))
     check_given(config, args)                   # an option the run would not read is refused
+    note = take_task_settings(config, args)     # the task's own settings where none was given
 """
 
 from __future__ import annotations
@@ -112,8 +113,14 @@ def _parse_task_options(pairs: list[str]) -> dict:
     return options
 
 
+def given_fields(args: argparse.Namespace) -> set[str]:
+    """The dotted config fields (``"smt.horizon"``) the user gave an option for."""
+    return {key for key, value in vars(args).items() if "." in key and value is not None}
+
+
 def config_from_args(args: argparse.Namespace, base=None):
-    """A RunConfig from defaults (or ``base``) overridden by the options the user gave."""
+    """A RunConfig from defaults (or ``base``) overridden by the options the user gave (nothing else:
+    the task's own settings are ``take_task_settings``'s, once the config is checked)."""
     from smtrnn.config import TOP_LEVEL, RunConfig, set_field
     from smtrnn.tasks.files import file_form
 
@@ -132,6 +139,18 @@ def config_from_args(args: argparse.Namespace, base=None):
     return config
 
 
+def take_task_settings(config, args: argparse.Namespace) -> str | None:
+    """Give ``config`` its task's own settings (``Task.settings``) where the user gave no option, and
+    return one line naming them (None when the task has none the run reads)."""
+    from smtrnn.config import option_name, with_task_settings
+
+    chosen = with_task_settings(config, given_fields(args))
+    if not chosen:
+        return None
+    shown = ", ".join(f"{option_name(dotted)} {value}" for dotted, value in chosen.items())
+    return f"{config.task} trains with its own settings: {shown} (give the option to choose otherwise)"
+
+
 def check_given(config, args: argparse.Namespace) -> None:
     """Refuse an option the chosen method or cell does not read (never silently ignored), and a learning
     rate that can only be a typo."""
@@ -141,7 +160,7 @@ def check_given(config, args: argparse.Namespace) -> None:
     config.model.validate(teacher=False)  # an unknown cell first: the check below assumes a known one
     if config.method not in METHODS:
         raise UserError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
-    unread = unread_options(config, [key for key, value in vars(args).items() if "." in key and value is not None])
+    unread = unread_options(config, sorted(given_fields(args)))
     if unread:
         raise UserError(unread[0])
     check_learning_rates(config)

@@ -85,6 +85,9 @@ class Study:
     budgets: dict[int, Budget]  # by length: a point takes the entry of the next length >= its own
     tasks: dict[str, dict] = field(default_factory=dict)  # task options by task name (others: the task's defaults)
     task_overrides: dict[str, dict] = field(default_factory=dict)  # dotted overrides for the points of a task
+    # each point takes its task's own settings (Task.settings) under the overrides, as a user's run does;
+    # a study of factors measured against the one recipe every task shares turns this off
+    task_settings: bool = True
     measurements: list[str] = field(default_factory=list)  # measured after training (experiments/measure.py)
     row_keys: list[str] = field(default_factory=lambda: list(ROW_KEYS))
     threads_per_job: int = 1  # PyTorch threads of each run

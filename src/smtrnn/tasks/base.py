@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from smtrnn.errors import UserError
@@ -20,6 +22,9 @@ class Task:
     name: str = "task"
     vocab_size: int
     num_classes: int
+    # settings this task trains best with, by dotted config field ({"model.future": 1}): a run takes them
+    # where its user chose nothing else (config.with_task_settings); each one has a page that shows why
+    settings: ClassVar[dict[str, object]] = {}
 
     def sample(self, batch_size: int, length: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Return ``{"x": LongTensor[B, T], "y": LongTensor[B, T]}``; y = -1 where unlabelled."""

@@ -110,6 +110,9 @@ class Stack(Task):
     capacity: int = 10
     push_prob: float = 0.5
     name: str = "stack"
+    # rotary codes let the teacher's attention tell recent pushes from older ones without absolute
+    # time in its memory (docs/teacher.md: RNN alone at T=64 0.889 against 0.852, every seed ahead)
+    settings = {"model.teacher_positions": "rotary"}
 
     def __post_init__(self):
         check_int(self.name, "symbols", self.symbols, 1)
@@ -157,6 +160,10 @@ class Parity(Task):
     Meant to be trained short and tested long (length generalisation)."""
 
     name: str = "parity"
+    # the label at each step is the whole state, so the decoder need only read y_t from m_t; with a
+    # longer window it must itself count the future's bits (docs/teacher.md: teacher at T=16 0.992
+    # against 0.841; RNN alone at T=64 0.631 against 0.525, every seed ahead)
+    settings = {"model.future": 1}
 
     def __post_init__(self):
         self.vocab_size = 2
