@@ -227,9 +227,9 @@ RUNGS = ("teacher_accuracy", "readout_accuracy", "one_step_accuracy")
 
 
 def rnn_table(rows: list[dict], descriptions: dict, bptt: list[dict]) -> list[str]:
-    """Per task, length and SMT->DMT variant: the RNN alone per seed, BPTT's RNN at the same task, length
-    and total steps (mean of seeds, from ``bptt``), the rungs (teacher, readout on its memories, one cell
-    step), and the RNN alone at 2T, 4T and 8T (mean of seeds)."""
+    """Per task, cell, length and SMT->DMT variant: the RNN alone per seed, BPTT's RNN with the same task,
+    cell, length and total steps (mean of seeds, from ``bptt``), the rungs (teacher, readout on its
+    memories, one cell step), and the RNN alone at 2T, 4T and 8T (mean of seeds)."""
     by = ("task", "cell", "length")
     baseline = {key: mean(row.get("accuracy") for row in group) for key, group in groups(bptt, *by).items()}
     lines = []
