@@ -152,6 +152,26 @@ def only(**coefficients) -> SMTConfig:
     return SMTConfig(**values)
 
 
+class DepthSpy:
+    """Wraps the cell's step (``step_with_update``, which ``step`` calls): tags each output with the
+    number of cell applications on the longest gradient path behind it (0 for a memory that carries no
+    gradient into the cell), and counts the rows each call processes."""
+
+    def __init__(self, cell):
+        self.original, self.cell = cell.step_with_update, cell
+        self.depths, self.rows = [], []
+        cell.step_with_update = self
+
+    def __call__(self, memory, token):
+        before = getattr(memory, "cell_depth", 0) if memory.requires_grad else 0
+        out, update = self.original(memory, token)
+        depth = before + 1 if torch.is_grad_enabled() else 0
+        out.cell_depth = update.cell_depth = depth
+        self.depths.append(depth)
+        self.rows.append(out.reshape(-1, out.shape[-1]).shape[0])
+        return out, update
+
+
 class StepSpy:
     """Wraps the cell's step on the instance (``step_with_update``, which ``step`` calls): counts calls
     (and those under grad), records inputs and the next memories."""

@@ -4,7 +4,9 @@
 - the rollout equals a per-start loop of K cell steps, and is one batch per step (K calls, not T);
 - no gradient path crosses more than K cell applications (a spy that tracks depth through autograd);
 - its cost at fixed S and K does not grow with T; starts include the empty prefix;
-- labels detached (default): no gradient from the horizon reaches the teacher; joint: it does.
+- labels detached (default): no gradient from the horizon reaches the teacher; joint: it does;
+- the horizon's readout term equals the readout's cross-entropy on a per-start loop of K steps, and
+  trains the cell and the readout through at most K applications, never the teacher.
 """
 
 from __future__ import annotations
@@ -12,32 +14,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import CELL_NAMES, TIGHT, all_zero, backward, make_batch, make_models, only
+from conftest import CELL_NAMES, TIGHT, DepthSpy, all_zero, backward, make_batch, make_models, only
 from smtrnn.config import RunConfig
 from smtrnn.methods import SMTConfig, smt_loss
-from smtrnn.methods.common import memory_spread, relative_memory_error
-from smtrnn.methods.smt import horizon_length, horizon_starts, rollout_error
+from smtrnn.methods.common import masked_cross_entropy, memory_spread, relative_memory_error
+from smtrnn.methods.smt import horizon_length, horizon_starts, rolled_readout, rollout, rollout_error
 from smtrnn.run import depths
-
-
-class DepthSpy:
-    """Wraps the cell's step (``step_with_update``, which ``step`` calls): tags each output with the
-    number of cell applications on the longest gradient path behind it (0 for a memory that carries no
-    gradient into the cell), and counts the rows each call processes."""
-
-    def __init__(self, cell):
-        self.original, self.cell = cell.step_with_update, cell
-        self.depths, self.rows = [], []
-        cell.step_with_update = self
-
-    def __call__(self, memory, token):
-        before = getattr(memory, "cell_depth", 0) if memory.requires_grad else 0
-        out, update = self.original(memory, token)
-        depth = before + 1 if torch.is_grad_enabled() else 0
-        out.cell_depth = update.cell_depth = depth
-        self.depths.append(depth)
-        self.rows.append(out.reshape(-1, out.shape[-1]).shape[0])
-        return out, update
 
 
 def horizon(k, **extra) -> SMTConfig:
@@ -200,3 +182,37 @@ def test_the_length_curriculum_grows_smt_sequences_from_a_quarter_of_t(tmp_path)
     run_config.length, run_config.smt.length_grow = 16, 4
     run(run_config, tmp_path, progress=False, sample_hook=lambda batch: seen.append(batch["x"].shape[1]) or batch)
     assert seen == [4, 7, 10, 13, 16, 16]  # SMT's four steps grow; DMT's two see the whole length
+
+
+@pytest.mark.parametrize("cell", ["tanh", "gru", "transformer"])
+def test_horizon_readout_equals_the_readout_on_a_loop_per_start(cell):
+    models = make_models(cell)
+    batch = make_batch(batch=2, length=9)
+    x, y = batch["x"], batch["y"]
+    memories = models.teacher.encode(x).detach()
+    starts = torch.tensor([[0, 3, 5], [2, 2, 4]])
+    index, rolled, _ = rollout(models.rnn.cell, memories, x, starts, 4)
+    got, _ = rolled_readout(models.rnn, rolled, y, index)
+    logits, labels = [], []
+    for b in range(2):
+        for s in starts[b].tolist():
+            memory = memories[b, s]
+            for i in range(4):
+                memory = models.rnn.cell.step(memory, x[b, s + i])
+                logits.append(models.rnn.logits(memory))
+                labels.append(y[b, s + i])
+    expected, _ = masked_cross_entropy(torch.stack(logits), torch.stack(labels))
+    torch.testing.assert_close(got, expected, **TIGHT)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_horizon_readout_trains_cell_and_readout_through_k_steps_never_the_teacher(k):
+    models = make_models("tanh")
+    spy = DepthSpy(models.rnn.cell)
+    config = only(c_horizon_readout=1.0, horizon=k, horizon_grow=0)
+    loss, _ = smt_loss(models, make_batch(batch=3, length=10), config)
+    gradients = backward(models, loss)
+    assert not all_zero({n: g for n, g in gradients.items() if n.startswith("rnn.cell.")}) == (k > 1)
+    assert not all_zero({n: g for n, g in gradients.items() if n.startswith("rnn.readout.")}) == (k > 1)
+    assert all_zero({n: g for n, g in gradients.items() if n.startswith("teacher.")})
+    assert max(spy.depths) == k

@@ -19,6 +19,7 @@ from conftest import (
     CLASSES,
     TIGHT,
     VOCAB,
+    DepthSpy,
     StepSpy,
     all_zero,
     backward,
@@ -379,6 +380,23 @@ def test_dmt_truncate_1_gradient_crosses_exactly_one_step(cell):
     assert not torch.allclose(
         deeper_grads["rnn.cell.embed.weight"], reference["rnn.cell.embed.weight"], rtol=1e-6, atol=1e-9
     )
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_dmt_readout_grad_trains_the_cell_through_one_step_with_the_same_loss(every):
+    """readout_grad: the readout's term on the rollout reaches the cell, through one application per
+    memory (each step's input is detached), and the loss value is unchanged; off, only the readout."""
+    models = make_models("tanh")
+    batch = make_batch(batch=3, length=8)
+    plain, _ = dmt_loss(models, batch, DMTConfig(c_dyn=0.0, every=every))
+    assert all_zero({n: g for n, g in backward(models, plain).items() if n.startswith("rnn.cell.")})
+    spy = DepthSpy(models.rnn.cell)
+    loss, _ = dmt_loss(models, batch, DMTConfig(c_dyn=0.0, every=every, readout_grad=True))
+    torch.testing.assert_close(loss, plain, **TIGHT)
+    got = backward(models, loss)
+    assert not all_zero({n: g for n, g in got.items() if n.startswith("rnn.cell.")})
+    assert all_zero({n: g for n, g in got.items() if n.startswith("teacher.")})
+    assert spy.depths == [1] * 8  # every step under grad, none deeper than one application
 
 
 @pytest.mark.parametrize("every", [1, 2, 3, 7])

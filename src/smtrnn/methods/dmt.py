@@ -24,6 +24,9 @@ class DMTConfig:
     rollout: int = 0  # Td: rollout length; 0 = the whole sequence
     start: str = "initial"  # "initial": from the RNN's m_0; "teacher": from m*_s at a random s
     truncate: int = 1  # gradient crosses at most this many cell applications
+    # the readout's term on the rollout also trains the cell (through the same ``truncate`` steps): the
+    # labels, not only the pull towards the teacher, shape what the cell does on its own memories
+    readout_grad: bool = False
 
 
 def dmt_loss(models, batch, config: DMTConfig, step: int = 0):
@@ -48,7 +51,7 @@ def dmt_loss(models, batch, config: DMTConfig, step: int = 0):
         if offset % config.truncate == 0:
             memory = memory.detach()
         supervise = (offset + 1) % config.every == 0
-        needs_grad = supervise or config.truncate > 1
+        needs_grad = supervise or config.truncate > 1 or config.readout_grad
         with nullcontext() if needs_grad else torch.no_grad():
             # on a grid the rollout carries the rounded memory and the pull acts on the update before
             # rounding: the rounded value's straight-through gradient sees no error within half a level
@@ -56,10 +59,10 @@ def dmt_loss(models, batch, config: DMTConfig, step: int = 0):
         if supervise:
             dyn = dyn + relative_memory_error(update, expert[:, t + 1], spread)
             terms += 1
-        memories.append(memory.detach())
+        memories.append(memory if config.readout_grad else memory.detach())
     dyn = dyn / max(1, terms)  # the mean over the supervised memories (and m_0 when the rollout starts there)
     rollout = torch.stack(memories, 1)
     readout, accuracy = masked_cross_entropy(models.rnn.logits(rollout), y[:, begin : begin + steps])
-    drift = (rollout - expert[:, begin + 1 : begin + steps + 1]).pow(2).sum(-1).sqrt().mean()
+    drift = (rollout.detach() - expert[:, begin + 1 : begin + steps + 1]).pow(2).sum(-1).sqrt().mean()
     loss = config.c_dyn * dyn + config.c_readout * readout
     return loss, {"dyn": dyn.detach(), "readout": readout.detach(), "rollout_acc": accuracy, "drift": drift}

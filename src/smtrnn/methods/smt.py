@@ -50,6 +50,9 @@ class SMTConfig:
     # the readout's one-step term f(m*_t, x_{t+1}) -> y_{t+1} also trains the cell (one application: the
     # gradient path stays O(1)): the labels, not only the memory's squared error, shape the dynamics
     readout_grad: bool = False
+    # weight of the readout's term on the horizon's rolled memories: the labels train the cell through
+    # up to K applications from a teacher memory (the gradient path stays K; 0 = off)
+    c_horizon_readout: float = 0.0
     # a memory on a grid: the dynamics and horizon errors of the cell's rounded memory (straight-through,
     # blind within half a level) or of its update before rounding (a margin to the grid cell's edge);
     # the horizon's rollouts carry the rounded memory either way
@@ -146,6 +149,45 @@ def horizon_starts(
     return starts
 
 
+def rollout(
+    cell, memories: torch.Tensor, x: torch.Tensor, starts: torch.Tensor, steps: int, burnin: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """K-step rollouts of the cell from ``memories[b, s]`` for each start s in ``starts`` [B, S]: the cell
+    reads x_{s+1}..x_{s+W+K} (0-based ``x[b, s..s+W+K-1]``), the first W (``burnin``) without a gradient.
+    Returns the input positions [B, S, K] of the K supervised steps and the cell's memories and updates
+    after each [B, S, K, M]. All B*S rollouts run as one batch: a loop over the K steps, never over T,
+    and a gradient path of at most K cell applications."""
+    batch_size, count = starts.shape
+    size = memories.shape[-1]
+    index = starts.unsqueeze(-1) + torch.arange(burnin + steps, device=starts.device)  # [B, S, W+K]
+    tokens = x.gather(1, index.reshape(batch_size, -1)).reshape(batch_size, count, burnin + steps)
+    memory = memories.gather(1, starts.unsqueeze(-1).expand(-1, -1, size))
+    with torch.no_grad():  # burn-in: the RNN runs on its own, so the supervised steps start off the teacher's path
+        for k in range(burnin):
+            memory = cell.step(memory, tokens[..., k])
+    rolled, updates = [], []
+    for k in range(burnin, burnin + steps):
+        memory, update = cell.step_with_update(memory, tokens[..., k])
+        rolled.append(memory)
+        updates.append(update)
+    return index[..., burnin:], torch.stack(rolled, 2), torch.stack(updates, 2)
+
+
+def rolled_error(
+    compared: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, spread: torch.Tensor, decay: float = 1.0
+) -> torch.Tensor:
+    """Relative error of rolled memories (or updates) ``compared`` [B, S, K, M] against ``labels[b, i+1]``
+    ([B, T+1, M], the empty prefix first) for each input position i of ``index`` [B, S, K], the k-th
+    step weighted ``decay**(k-1)``."""
+    batch_size, count, steps, size = compared.shape
+    at = (index + 1).reshape(batch_size, -1, 1).expand(-1, -1, size)
+    targets = labels.gather(1, at).reshape(batch_size, count, steps, size)
+    total = compared.new_zeros(())
+    for k in range(steps):
+        total = total + decay**k * relative_memory_error(compared[:, :, k], targets[:, :, k], spread)
+    return total / sum(decay**k for k in range(steps))
+
+
 def rollout_error(
     cell,
     memories: torch.Tensor,
@@ -162,27 +204,20 @@ def rollout_error(
 
     From ``memories[b, s]`` for each start s in ``starts`` [B, S], the cell reads x_{s+1}..x_{s+K} (0-based
     ``x[b, s..s+K-1]``) and its k-th memory is compared with ``labels[b, s+k]`` (``labels`` defaults to
-    ``memories``: [B, T+1, M], the empty prefix first), weighted ``decay**(k-1)``. All B*S rollouts run
-    as one batch: a loop over the K steps, never over T, and a gradient path of at most K cell
-    applications. With K = 1 and every start, this is the one-step dynamics term."""
-    labels = memories if labels is None else labels
-    batch_size, count = starts.shape
-    size = memories.shape[-1]
-    offsets = torch.arange(burnin + steps, device=starts.device)
-    index = (starts.unsqueeze(-1) + offsets).reshape(batch_size, -1)  # [B, S*(W+K)] input positions
-    tokens = x.gather(1, index).reshape(batch_size, count, burnin + steps)
-    rows = lambda source, at: source.gather(1, at.unsqueeze(-1).expand(-1, -1, size))
-    targets = rows(labels, index + 1).reshape(batch_size, count, burnin + steps, size)
-    memory = rows(memories, starts)
-    with torch.no_grad():  # burn-in: the RNN runs on its own, so the supervised steps start off the teacher's path
-        for k in range(burnin):
-            memory = cell.step(memory, tokens[..., k])
-    total = memories.new_zeros(())
-    for k in range(steps):
-        memory, update = cell.step_with_update(memory, tokens[..., burnin + k])
-        compared = update if error_of == "update" else memory
-        total = total + decay**k * relative_memory_error(compared, targets[:, :, burnin + k], spread)
-    return total / sum(decay**k for k in range(steps))
+    ``memories``: [B, T+1, M], the empty prefix first), weighted ``decay**(k-1)``. With K = 1 and every
+    start, this is the one-step dynamics term."""
+    index, rolled, updates = rollout(cell, memories, x, starts, steps, burnin)
+    compared = updates if error_of == "update" else rolled
+    return rolled_error(compared, memories if labels is None else labels, index, spread, decay)
+
+
+def rolled_readout(rnn, rolled: torch.Tensor, y: torch.Tensor, index: torch.Tensor):
+    """Cross-entropy and accuracy of the readout on rolled memories [B, S, K, M] against the labels
+    y [B, T] at their input positions ``index`` [B, S, K]: the labels train the cell through the
+    rollout (at most K cell applications)."""
+    labels = y.gather(1, index.reshape(y.shape[0], -1)).reshape(-1)
+    (memories, labels) = labelled_rows(labels != IGNORE, rolled.reshape(-1, rolled.shape[-1]), labels)
+    return masked_cross_entropy(rnn.logits(memories), labels)
 
 
 def smt_loss(models, batch, config: SMTConfig, step: int = 0):
@@ -209,20 +244,15 @@ def smt_loss(models, batch, config: SMTConfig, step: int = 0):
         changes = memories.detach() if config.horizon_starts_at == "changes" else None
         starts = horizon_starts(x.shape[0], steps, burnin + horizon, config.horizon_starts, x.device, changes)
         labels = memories.detach() if config.horizon_detach else joint
-        rolled = rollout_error(
-            rnn.cell,
-            memories.detach(),
-            x,
-            starts,
-            horizon,
-            spread.detach(),
-            labels,
-            config.horizon_decay,
-            burnin,
-            config.grid_error,
-        )
+        index, memories_k, updates_k = rollout(rnn.cell, memories.detach(), x, starts, horizon, burnin)
+        compared = updates_k if config.grid_error == "update" else memories_k
+        rolled = rolled_error(compared, labels, index, spread.detach(), config.horizon_decay)
+        if config.c_horizon_readout:
+            read_rolled, _ = rolled_readout(rnn, memories_k, y, index)
+        else:
+            read_rolled = dyn.new_zeros(())
     else:
-        rolled = dyn.new_zeros(())
+        rolled = read_rolled = dyn.new_zeros(())
 
     unif = uniformity(memories[:, 1:], rnn.cell.memory_tokens, config.uniformity_samples)
     flat = lambda memory: memory.detach().reshape(-1, memory.shape[-1])
@@ -237,7 +267,7 @@ def smt_loss(models, batch, config: SMTConfig, step: int = 0):
     ramp = min(1.0, (step + 1) / config.dyn_warmup) if config.dyn_warmup else 1.0
     loss = (
         config.c_pred * pred
-        + ramp * (config.c_dyn * dyn + config.c_horizon * rolled)
+        + ramp * (config.c_dyn * dyn + config.c_horizon * rolled + config.c_horizon_readout * read_rolled)
         + config.c_unif * unif
         + config.c_readout * readout
     )
@@ -245,6 +275,7 @@ def smt_loss(models, batch, config: SMTConfig, step: int = 0):
         "pred": pred,
         "dyn": dyn,
         "horizon": rolled,
+        "horizon_readout": read_rolled,
         "unif": unif,
         "readout": readout,
         "teacher_acc": teacher_accuracy,
