@@ -339,7 +339,7 @@ def test_version(capsys):
 class _Settled(Parity):
     """Parity with settings of its own, to test the mechanism apart from the built-in tasks' choices."""
 
-    settings = {"model.future": 2, "smt.c_unif": 0.5}
+    settings = {"model.future": 2, "smt.c_unif": 0.5, "dmt.readout_grad": True}
 
 
 def test_a_task_brings_its_own_settings_under_the_options_the_user_gives(monkeypatch):
@@ -354,8 +354,10 @@ def test_a_task_brings_its_own_settings_under_the_options_the_user_gives(monkeyp
     assert (config.model.future, config.smt.c_unif) == (2, 0.5)
     assert (
         note
-        == "settled trains with its own settings: --future 2, --smt-c-unif 0.5 (give the option to choose otherwise)"
+        == "settled trains with its own settings: --future 2, --smt-c-unif 0.5, --dmt-readout-grad true (give the option"
+        " to choose otherwise)"  # a flag's value as the option takes it
     )
+    assert config.dmt.readout_grad is True
     chosen, note = train("--future", "5")  # the user's option wins, the other setting stays
     assert (chosen.model.future, chosen.smt.c_unif) == (5, 0.5) and "--future" not in note
     default = RunConfig()

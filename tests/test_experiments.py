@@ -140,15 +140,17 @@ def test_the_teacher_page_races_the_mean_curves_and_tables_each_factor_group(mon
     monkeypatch.setattr(teacher_study, "header", lambda *args: ["header"])
 
     def row(variant, task, seed, values):
-        key = "accuracy" if variant == "bptt" else "teacher_accuracy"
+        key = "accuracy" if variant.startswith("bptt") else "teacher_accuracy"
         curve = [{"step": 50 * (i + 1), key: value} for i, value in enumerate(values)]
-        final = values[-1] if variant == "bptt" else None  # the RNN's held-out accuracy at the end
+        final = values[-1] if variant.startswith("bptt") else None  # the RNN's held-out accuracy at the end
         row = {"variant": variant, "task": task, "cell": "tanh", "length": 16, "seed": seed, "seconds": 10}
         return row | {"curve": curve, "accuracy": final}
 
     rows = [row("bptt", task, seed, [0.6, 1.0, 1.0]) for task in ("parity", "copy") for seed in (0, 1)]
     rows += [row("teacher", task, seed, [0.5, 0.7, 0.8 + 0.1 * seed]) for task in ("parity", "copy") for seed in (0, 1)]
     rows += [row("sinusoid", "parity", seed, [0.6, 1.0, 1.0]) for seed in (0, 1)]
+    # BPTT with a continuous memory: a baseline beside BPTT (its own race columns), never a factor
+    rows += [row("bptt-continuous", "parity", seed, [0.8, 0.82, 0.8]) for seed in (0, 1)]
     rungs = {"teacher_accuracy": 1.0, "readout_accuracy": 0.9, "one_step_accuracy": 0.8}
     rows += [
         {
@@ -164,15 +166,26 @@ def test_the_teacher_page_races_the_mean_curves_and_tables_each_factor_group(mon
         | {"generalisation": {"2": {"rnn": 0.6}, "4": {"rnn": 0.5 + 0.1 * seed}, "8": {"rnn": None}}}
         for seed in (0, 1)
     ]
+    # copy's cell-step candidates go to their own table, beside copy's defaults
+    copy_rows = [dict(row, task="copy") for row in rows if row["variant"] == "smt+dmt"]
+    rows += copy_rows + [dict(row, variant="smt+dmt-readout-grad", accuracy=0.9) for row in copy_rows]
     variants = [{"name": name, "description": name} for name in ("teacher", "bptt", "sinusoid", "smt+dmt")]
+    variants += [{"name": "smt+dmt-readout-grad", "description": "readout grad"}]
     result = {"rows": rows, "study": {"variants": variants}}
     named = dict(teacher_study.blocks(result, "cmd", None)[1:])
+    copy_step = named.pop("copy-step")
+    assert [line.split(" | ")[3] for line in copy_step[2:-1]] == ["`smt+dmt`", "`smt+dmt-readout-grad`"]
+    assert "| 0.900 / 0.900 | 1.000 |" in copy_step[3]
+    assert len(named["rnn-alone"]) == 5  # parity's and copy's defaults, not the candidate
+    named["rnn-alone"] = [line for line in named["rnn-alone"] if "| copy |" not in line]
     # the RNN alone has its own table, not a row among the teacher's factors
     assert named.pop("rnn-alone")[2] == (
-        "| parity | tanh | 16 | `smt+dmt` | smt+dmt | 0.700 / 0.800 | 1.000 | 1.000 / 0.900 / 0.800 | 0.600 / 0.550 / – | 10 |"
+        "| parity | tanh | 16 | `smt+dmt` | smt+dmt | 0.700 / 0.800 | 1.000 | 0.800 | 1.000 / 0.900 / 0.800 | 0.600 / 0.550 / – | 10 |"
     )
     # BPTT's mean reaches its final 1.0 at step 100; the teacher's mean (0.85 at best) never does
-    assert "| parity | 16 | 1.000 | 100 | not in 150 | 0.850 | 0.850 |" in named["race"]
+    # BPTT without the grid: final 0.8, first within 0.01 of it at step 50; the teacher at step 150
+    assert "| parity | 16 | 1.000 | 100 | not in 150 | 0.850 | 0.850 | 0.800 | 50 | 150 |" in named["race"]
+    assert "| copy | 16 | 1.000 | 100 | not in 150 | 0.850 | 0.850 | – | – | – |" in named["race"]
     assert set(named) == {"race", "factors-parity-16"}  # copy has no factor, so no factor table
     assert any(
         line.startswith("| `sinusoid` | sinusoid | – | – | 1.000 | 100 |") for line in named["factors-parity-16"]

@@ -147,7 +147,8 @@ def take_task_settings(config, args: argparse.Namespace) -> str | None:
     chosen = with_task_settings(config, given_fields(args))
     if not chosen:
         return None
-    shown = ", ".join(f"{option_name(dotted)} {value}" for dotted, value in chosen.items())
+    as_typed = lambda value: str(value).lower() if isinstance(value, bool) else value  # what the option takes
+    shown = ", ".join(f"{option_name(dotted)} {as_typed(value)}" for dotted, value in chosen.items())
     return f"{config.task} trains with its own settings: {shown} (give the option to choose otherwise)"
 
 

@@ -40,6 +40,8 @@ STYLE = {
     "recipe": ("o", "C0"),
     "bptt-10x": ("D", "C4"),
     "bptt-4x": ("D", "C4"),
+    "bptt-continuous": ("v", "C3"),
+    "smt+dmt-rotary": ("o", "C7"),
 }
 Blocks = list[tuple[str, list[str]]]
 

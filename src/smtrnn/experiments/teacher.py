@@ -10,7 +10,7 @@ from pathlib import Path
 
 from smtrnn.config import RunConfig
 from smtrnn.experiments.compare import TASKS
-from smtrnn.experiments.pages import STYLE, Blocks, figure, fmt, groups, header, mean, per_seed, save, table
+from smtrnn.experiments.pages import MISSING, STYLE, Blocks, figure, fmt, groups, header, mean, per_seed, save, table
 from smtrnn.experiments.runner import smoke
 from smtrnn.experiments.spec import ROW_KEYS, Budget, Point, Study, Variant
 from smtrnn.train import TrainConfig
@@ -20,6 +20,14 @@ EVERY = 50  # optimiser steps between held-out scores
 VARIANTS = [
     Variant("teacher", "the teacher alone, the library's defaults", {"method": "teacher"}, group="main"),
     Variant("bptt", "BPTT, tanh RNN, the same steps", {"method": "bptt"}, group="main"),
+    # the grid is there for SMT's rollouts: BPTT with a plain RNN's memory, to race the teacher against
+    # BPTT at its best as well as against the same model
+    Variant(
+        "bptt-continuous",
+        "BPTT, tanh RNN, a continuous memory (no grid)",
+        {"method": "bptt", "model.memory_levels": 0},
+        group="main",
+    ),
     Variant(
         "sinusoid",
         "sinusoidal position codes in the encoder",
@@ -76,6 +84,59 @@ VARIANTS += [
         group="rnn",
     ),
 ]
+# copy's rung is the cell's step (tanh, T=16): the candidates that might let one cell step follow the
+# teacher's transition, each with the same 1,000 steps as BPTT except "smt+dmt-longer" (twice them:
+# is it only a matter of steps?)
+COPY_STEP = [
+    Variant(
+        "smt+dmt-readout-grad",
+        "SMT->DMT, the readout's one-step term trains the cell",
+        {**RNN, "smt.readout_grad": True},
+        RNN_STEPS,
+        group="rnn",
+    ),
+    Variant(
+        "smt+dmt-delay-100",
+        "SMT->DMT, the cell pulls the teacher from step 100 (400)",
+        {**RNN, "smt.teacher_delay": 100},
+        RNN_STEPS,
+        group="rnn",
+    ),
+    Variant(
+        "smt+dmt-grid-update",
+        "SMT->DMT, the cell's error before rounding (a margin)",
+        {**RNN, "smt.grid_error": "update"},
+        RNN_STEPS,
+        group="rnn",
+    ),
+    Variant(
+        "smt+dmt-memory-256", "SMT->DMT, memory 256 (64)", {**RNN, "model.memory_size": 256}, RNN_STEPS, group="rnn"
+    ),
+    Variant("smt+dmt-dmt-400", "SMT->DMT, 600 SMT + 400 DMT steps", {**RNN, "dmt_train.steps": 400}, 0.6, group="rnn"),
+    Variant("smt+dmt-longer", "SMT->DMT, 1,800 SMT + 200 DMT steps (2x)", RNN, 1.8, group="rnn"),
+    Variant(
+        "smt+dmt-horizon-readout",
+        "SMT->DMT, the readout on the horizon's rollouts trains the cell",
+        {**RNN, "smt.c_horizon_readout": 1.0},
+        RNN_STEPS,
+        group="rnn",
+    ),
+    Variant(
+        "smt+dmt-readout-grad-dmt",
+        "SMT->DMT, the readout trains the cell in SMT's one step and on DMT's rollouts",
+        {**RNN, "smt.readout_grad": True, "dmt.readout_grad": True},
+        RNN_STEPS,
+        group="rnn",
+    ),
+    Variant(
+        "smt+dmt-labels-all",
+        "SMT->DMT, the readout trains the cell in SMT's one step, its horizon and DMT",
+        {**RNN, "smt.readout_grad": True, "smt.c_horizon_readout": 1.0, "dmt.readout_grad": True},
+        RNN_STEPS,
+        group="rnn",
+    ),
+]
+VARIANTS += COPY_STEP
 RNN_POINTS = {
     "copy": ("smt+dmt",),  # the teacher is ahead of BPTT already: does the RNN alone follow?
     "parity": ("smt+dmt", "smt+dmt-future-1"),
@@ -93,12 +154,14 @@ FACTOR_TASKS = ("parity", "stack")  # where the teacher is behind BPTT at T=16 (
 
 
 def cpu() -> Study:
-    """Every point three seeds (183 runs, about 6 h on 2 cores): the defaults against BPTT on copy, stack
+    """Every point three seeds (234 runs, about 7 h 40 min on 2 cores): the defaults against BPTT (on the
+    memory grid, and with a continuous memory) on copy, stack
     and parity at T=16 and 64; every factor on parity and stack at T=16, the two tasks where the teacher
     is behind BPTT there; the position codes on parity (where the encoder's lack of them is the
     suspect) at T=64 too; the winners at T=16 again at T=64; SMT->DMT with the defaults and with the
     winners at T=16 and 64, to see whether the RNN alone gains too; on copy at T=16 the GRU and MLP
-    cells too, to see whether another cell follows the teacher's step."""
+    cells too, to see whether another cell follows the teacher's step; ten candidates for copy's cell
+    step (tanh), the winner with the GRU and MLP cells too."""
     points = [
         Point(name, task, "tanh", length)
         for task in ("copy", "stack", "parity")
@@ -123,6 +186,11 @@ def cpu() -> Study:
     # copy's RNN loses most at the cell's step (tanh, T=16): do the gated and the MLP cell follow? BPTT
     # with the same cell beside each
     points += [Point(name, "copy", cell, 16) for cell in ("gru", "mlp") for name in ("smt+dmt", "bptt")]
+    points += [Point(variant.name, "copy", "tanh", 16) for variant in COPY_STEP]
+    points += [Point("smt+dmt-labels-all", "copy", cell, 16) for cell in ("gru", "mlp")]  # the winner, other cells
+    points += [
+        Point("bptt-continuous", task, "tanh", length) for task in ("copy", "stack", "parity") for length in (16, 64)
+    ]
     tasks = {name: TASKS[name] for name in ("copy", "stack", "parity")}
     return Study(
         "teacher",
@@ -168,35 +236,27 @@ def first_step(curve: list[tuple[int, float]], level: float) -> int | None:
 
 def race_table(rows: list[dict]) -> list[str]:
     """Per task and length: BPTT's final accuracy (mean of seeds), the steps each needs to reach it
-    (within 0.01), and the teacher's final accuracy."""
+    (within 0.01), and the teacher's final accuracy; the same race against BPTT with a continuous
+    memory where the study has it."""
     lines = []
     for (task, length), group in groups(rows, "task", "length").items():
         teacher = mean_curve([row for row in group if row["variant"] == "teacher"])
         bptt = mean_curve([row for row in group if row["variant"] == "bptt"])
+        plain = mean_curve([row for row in group if row["variant"] == "bptt-continuous"])
         if not teacher or not bptt:
             continue
-        target = bptt[-1][1] - 0.01
-        steps = lambda curve: first_step(curve, target)
+        steps = lambda curve, baseline: first_step(curve, baseline[-1][1] - 0.01)
+        race = lambda baseline: [
+            fmt(baseline[-1][1]),
+            str(steps(baseline, baseline) or "–"),
+            str(steps(teacher, baseline) or f"not in {teacher[-1][0]}"),
+        ]
         lines.append(
-            [
-                task,
-                str(length),
-                fmt(bptt[-1][1]),
-                str(steps(bptt) or "–"),
-                str(steps(teacher) or f"not in {teacher[-1][0]}"),
-                fmt(teacher[-1][1]),
-                fmt(max(value for _, value in teacher)),
-            ]
+            [task, str(length), *race(bptt), fmt(teacher[-1][1]), fmt(max(value for _, value in teacher))]
+            + (race(plain) if plain else [MISSING] * 3)
         )
-    titles = [
-        "task",
-        "T",
-        "BPTT final (mean)",
-        "BPTT steps to it",
-        "teacher steps to it",
-        "teacher final",
-        "teacher best",
-    ]
+    titles = ["task", "T", "BPTT final (mean)", "BPTT steps to it", "teacher steps to it", "teacher final"]
+    titles += ["teacher best", "BPTT, no grid: final", "its steps to it", "teacher steps to it"]
     return table(titles, lines)
 
 
@@ -204,7 +264,8 @@ def factor_table(rows: list[dict], descriptions: dict) -> list[str]:
     bptt = mean_curve([row for row in rows if row["variant"] == "bptt"])
     target = bptt[-1][1] - 0.01 if bptt else 0.95
     lines = []
-    for (name,), group in groups([row for row in rows if row["variant"] != "bptt"], "variant").items():
+    factors = [row for row in rows if row["variant"] not in BASELINES]
+    for (name,), group in groups(factors, "variant").items():
         curve = mean_curve(group)
         at = lambda step: next((value for s, value in curve if s == step), None)
         lines.append(
@@ -223,15 +284,21 @@ def factor_table(rows: list[dict], descriptions: dict) -> list[str]:
 
 
 RNN_VARIANTS = {variant.name for variant in VARIANTS if variant.group == "rnn"}
+BASELINES = ("bptt", "bptt-continuous")  # what the teacher and the RNN alone are set beside
 RUNGS = ("teacher_accuracy", "readout_accuracy", "one_step_accuracy")
 
 
 def rnn_table(rows: list[dict], descriptions: dict, bptt: list[dict]) -> list[str]:
     """Per task, cell, length and SMT->DMT variant: the RNN alone per seed, BPTT's RNN with the same task,
-    cell, length and total steps (mean of seeds, from ``bptt``), the rungs (teacher, readout on its
-    memories, one cell step), and the RNN alone at 2T, 4T and 8T (mean of seeds)."""
+    cell, length and total steps (mean of seeds, from ``bptt``: on the grid, and with a continuous
+    memory where the study has it), the rungs (teacher, readout on its memories, one cell step), and
+    the RNN alone at 2T, 4T and 8T (mean of seeds)."""
     by = ("task", "cell", "length")
-    baseline = {key: mean(row.get("accuracy") for row in group) for key, group in groups(bptt, *by).items()}
+    final = lambda name: {
+        key: mean(row.get("accuracy") for row in group)
+        for key, group in groups([row for row in bptt if row["variant"] == name], *by).items()
+    }
+    baseline, plain = final("bptt"), final("bptt-continuous")
     lines = []
     for (task, cell, length, name), group in groups(rows, *by, "variant").items():
         later = lambda factor: mean((row.get("generalisation") or {}).get(factor, {}).get("rnn") for row in group)
@@ -244,12 +311,14 @@ def rnn_table(rows: list[dict], descriptions: dict, bptt: list[dict]) -> list[st
                 descriptions[name],
                 per_seed(group),
                 fmt(baseline.get((task, cell, length))),
+                fmt(plain.get((task, cell, length))),
                 " / ".join(fmt(mean(row.get(key) for row in group)) for key in RUNGS),
                 " / ".join(fmt(later(factor)) for factor in ("2", "4", "8")),
                 fmt(mean(row["seconds"] for row in group), 0),
             ]
         )
     titles = ["task", "cell", "T", "variant", "what changes", "RNN alone, per seed", "BPTT, same cell (mean)"]
+    titles += ["BPTT, no grid (mean)"]
     return table(titles + ["teacher / readout / one step", "RNN alone at 2T / 4T / 8T", "s per run"], lines)
 
 
@@ -258,22 +327,32 @@ def blocks(result: dict, command: str, link: str | None) -> Blocks:
     descriptions = {variant["name"]: variant["description"] for variant in result["study"]["variants"]}
     image = [f"![held-out accuracy against optimiser steps]({link}/teacher-curves.png)", ""] if link else []
     rnn_rows = [row for row in rows if row["variant"] in RNN_VARIANTS]
-    bptt = [row for row in rows if row["variant"] == "bptt"]
+    bptt = [row for row in rows if row["variant"] in BASELINES]
     rows = [row for row in rows if row["variant"] not in RNN_VARIANTS and row["cell"] == "tanh"]  # the race's cell
     page = [("header", header(result, TITLE, command)), ("race", race_table(rows) + image)]
     page += [
         (f"factors-{task}-{length}", factor_table(group, descriptions))
         for (task, length), group in groups(rows, "task", "length").items()
-        if any(row["variant"] not in ("teacher", "bptt") for row in group)
+        if any(row["variant"] not in ("teacher", *BASELINES) for row in group)
     ]
+    candidates = {variant.name for variant in COPY_STEP}
     if rnn_rows:
-        page.append(("rnn-alone", rnn_table(rnn_rows, descriptions, bptt)))
+        page.append(
+            ("rnn-alone", rnn_table([r for r in rnn_rows if r["variant"] not in candidates], descriptions, bptt))
+        )
+    # copy's cell-step candidates at T=16, beside the defaults they change (each cell that has one)
+    copy_step = [row for row in rnn_rows if row["task"] == "copy" and row["length"] == 16]
+    tried = {row["cell"] for row in copy_step if row["variant"] in candidates}
+    copy_step = [row for row in copy_step if row["cell"] in tried and row["variant"] in {*candidates, "smt+dmt"}]
+    copy_step.sort(key=lambda row: (row["cell"] != "tanh", row["cell"]))  # stable: the study's order per cell
+    if any(row["variant"] in candidates for row in copy_step):
+        page.append(("copy-step", rnn_table(copy_step, descriptions, bptt)))
     return page
 
 
 def figures(result: dict, folder: Path) -> list[Path]:
     """teacher-curves.png: per task and length, held-out accuracy against steps, teacher and BPTT."""
-    main = [row for row in result["rows"] if row["variant"] in ("teacher", "bptt") and row["cell"] == "tanh"]
+    main = [row for row in result["rows"] if row["variant"] in ("teacher", *BASELINES) and row["cell"] == "tanh"]
     panels = list(groups(main, "task", "length").items())
     if not panels:
         return []
@@ -282,7 +361,8 @@ def figures(result: dict, folder: Path) -> list[Path]:
         for (name,), runs in groups(group, "variant").items():
             curve = mean_curve(runs)
             marker, color = STYLE.get("smt" if name == "teacher" else name, ("o", "k"))
-            axis.plot([s for s, _ in curve], [v for _, v in curve], color=color, label=name)
+            style = ":" if name == "bptt-continuous" else "-"
+            axis.plot([s for s, _ in curve], [v for _, v in curve], style, color=color, label=name)
         axis.set(title=f"{task}, T={length}", xlabel="optimiser step", ylim=(0, 1.02))
         axis.grid(True, alpha=0.3)
     axes.flat[0].set_ylabel("held-out accuracy (mean of seeds)")
