@@ -169,6 +169,9 @@ def test_the_teacher_page_races_the_mean_curves_and_tables_each_factor_group(mon
     # copy's cell-step candidates go to their own table, beside copy's defaults
     copy_rows = [dict(row, task="copy") for row in rows if row["variant"] == "smt+dmt"]
     rows += copy_rows + [dict(row, variant="smt+dmt-readout-grad", accuracy=0.9) for row in copy_rows]
+    # a candidate tried on another task stays in the RNN-alone table
+    parity_rows = [row for row in rows if row["variant"] == "smt+dmt" and row["task"] == "parity"]
+    rows += [dict(row, variant="smt+dmt-readout-grad", accuracy=0.5) for row in parity_rows]
     variants = [{"name": name, "description": name} for name in ("teacher", "bptt", "sinusoid", "smt+dmt")]
     variants += [{"name": "smt+dmt-readout-grad", "description": "readout grad"}]
     result = {"rows": rows, "study": {"variants": variants}}
@@ -176,7 +179,8 @@ def test_the_teacher_page_races_the_mean_curves_and_tables_each_factor_group(mon
     copy_step = named.pop("copy-step")
     assert [line.split(" | ")[3] for line in copy_step[2:-1]] == ["`smt+dmt`", "`smt+dmt-readout-grad`"]
     assert "| 0.900 / 0.900 | 1.000 |" in copy_step[3]
-    assert len(named["rnn-alone"]) == 5  # parity's and copy's defaults, not the candidate
+    assert len(named["rnn-alone"]) == 6  # parity's and copy's defaults, parity's candidate, not copy's
+    assert "| parity | tanh | 16 | `smt+dmt-readout-grad` | readout grad | 0.500 / 0.500 |" in named["rnn-alone"][4]
     named["rnn-alone"] = [line for line in named["rnn-alone"] if "| copy |" not in line]
     # the RNN alone has its own table, not a row among the teacher's factors
     assert named.pop("rnn-alone")[2] == (
