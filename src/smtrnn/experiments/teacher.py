@@ -138,7 +138,7 @@ COPY_STEP = [
 ]
 VARIANTS += COPY_STEP
 RNN_POINTS = {
-    "copy": ("smt+dmt",),  # the teacher is ahead of BPTT already: does the RNN alone follow?
+    "copy": ("smt+dmt",),  # the teacher is ahead of BPTT on the grid: does the RNN alone follow?
     "parity": ("smt+dmt", "smt+dmt-future-1"),
     "stack": ("smt+dmt", "smt+dmt-rotary"),
 }

@@ -216,7 +216,7 @@ def rolled_readout(rnn, rolled: torch.Tensor, y: torch.Tensor, index: torch.Tens
     y [B, T] at their input positions ``index`` [B, S, K]: the labels train the cell through the
     rollout (at most K cell applications)."""
     labels = y.gather(1, index.reshape(y.shape[0], -1)).reshape(-1)
-    (memories, labels) = labelled_rows(labels != IGNORE, rolled.reshape(-1, rolled.shape[-1]), labels)
+    memories, labels = labelled_rows(labels != IGNORE, rolled.reshape(-1, rolled.shape[-1]), labels)
     return masked_cross_entropy(rnn.logits(memories), labels)
 
 
