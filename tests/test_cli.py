@@ -17,7 +17,7 @@ from smtrnn.cli import build_parser, config_from_args, main
 from smtrnn.config import RunConfig, field_help, set_field, unread_options
 from smtrnn.methods import METHODS
 from smtrnn.models import ModelConfig
-from smtrnn.options import take_task_settings
+from smtrnn.options import check_given, take_settings
 from smtrnn.tasks import TASKS
 from smtrnn.tasks.synthetic import Parity
 
@@ -105,6 +105,13 @@ def test_unwritable_out_directory(tmp_path, capsys):
     code = main(["train", *tiny_args("bptt"), "--task", "parity", "--method", "bptt", "--out", str(regular / "run")])
     assert_user_error(code, capsys, "cannot write")
     assert regular.read_text() == "not a directory"
+
+
+def test_a_refused_run_says_only_its_error_not_the_settings_it_took(tmp_path, capsys):
+    regular = tmp_path / "a-file"
+    regular.write_text("not a directory")
+    out = str(regular / "run")
+    assert_user_error(main(["train", *tiny_args(), "--task", "stack", "--length", "8", "--out", out]), capsys)
 
 
 def test_missing_run_directory_for_eval(tmp_path, capsys):
@@ -348,23 +355,38 @@ def test_a_task_brings_its_own_settings_under_the_options_the_user_gives(monkeyp
     def train(*argv):
         args = build_parser().parse_args(["train", "--out", "x", "--task", "settled", *argv])
         config = config_from_args(args)
-        return config, take_task_settings(config, args)
+        return config, take_settings(config, args)
 
-    config, note = train()
+    config, notes = train()
     assert (config.model.future, config.smt.c_unif) == (2, 0.5)
-    assert (
-        note
-        == "settled trains with its own settings: --future 2, --smt-c-unif 0.5, --dmt-readout-grad true (give the option"
+    assert notes == [
+        "settled trains with its own settings: --future 2, --smt-c-unif 0.5, --dmt-readout-grad true (give the option"
         " to choose otherwise)"  # a flag's value as the option takes it
-    )
+    ]
     assert config.dmt.readout_grad is True
-    chosen, note = train("--future", "5")  # the user's option wins, the other setting stays
-    assert (chosen.model.future, chosen.smt.c_unif) == (5, 0.5) and "--future" not in note
+    chosen, notes = train("--future", "5")  # the user's option wins, the other setting stays
+    assert (chosen.model.future, chosen.smt.c_unif) == (5, 0.5) and "--future" not in notes[0]
     default = RunConfig()
-    bptt, note = train("--method", "bptt")  # BPTT reads neither: both stay at the defaults
-    assert (bptt.model.future, bptt.smt.c_unif, note) == (default.model.future, default.smt.c_unif, None)
+    bptt, notes = train("--method", "bptt")  # BPTT reads neither: both stay at the defaults
+    assert (bptt.model.future, bptt.smt.c_unif) == (default.model.future, default.smt.c_unif)
+    assert (bptt.model.memory_levels, notes) == (0, [])  # the method's own setting, taken silently
     fine_tune, _ = train("--method", "dmt", "--init", "some-run")  # keeps that run's model
     assert fine_tune.model.future == default.model.future
+
+
+def test_bptts_memory_is_continuous_unless_the_grid_is_asked_for():
+    def levels(*argv):
+        args = build_parser().parse_args(["train", "--out", "x", "--task", "retrieval", *argv])
+        config = config_from_args(args)
+        check_given(config, args)
+        notes = take_settings(config, args)
+        return config.model.memory_levels, notes
+
+    assert levels() == (5, [])  # SMT's memory is on the grid
+    assert levels("--method", "tbptt")[0] == 0
+    assert levels("--method", "bptt", "--memory-levels", "5") == (5, [])  # the user's choice wins
+    assert levels("--method", "bptt", "--cell", "lstm") == (5, [])  # the lstm cell has no grid to drop
+    assert levels("--method", "dmt", "--init", "some-run") == (5, [])  # keeps that run's model
 
 
 def test_smtrnn_train_names_the_settings_it_took_from_the_task(tmp_path, capsys):

@@ -32,6 +32,7 @@ import smtrnn.methods.table as phases_module
 from smtrnn import checkpoint, distributed
 from smtrnn.cli import build_parser, config_from_args
 from smtrnn.errors import UserError
+from smtrnn.options import take_settings
 from smtrnn.run import build, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +135,9 @@ def single_process(args: list[str], out: Path) -> dict:
     """The same training in this process, on one thread like each torchrun worker (OMP_NUM_THREADS=1):
     thread count changes the order of float reductions, and AdamW turns a near-zero gradient's
     rounding into a whole learning-rate step, so the comparison must not depend on it."""
-    config = config_from_args(build_parser().parse_args(["train", *args, "--out", str(out)]))
+    parsed = build_parser().parse_args(["train", *args, "--out", str(out)])
+    config = config_from_args(parsed)
+    take_settings(config, parsed)  # as `smtrnn train` does: the method's and the task's own settings
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

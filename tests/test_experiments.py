@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from smtrnn.config import RunConfig
 from smtrnn.experiments.compare import breaks_at
 from smtrnn.experiments.pages import render
 from smtrnn.experiments.runner import configs, run_config, run_study
-from smtrnn.experiments.spec import Budget, Point, Study, Variant
+from smtrnn.experiments.spec import BPTT_ON_GRID, Budget, Point, Study, Variant
 from smtrnn.methods import planned_steps
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -64,8 +65,9 @@ def test_every_method_gets_the_same_steps_and_the_warm_ups_fit():
         runs = {v: run_config(study, Point(v, "retrieval", "gru", length), 0) for v in ("bptt", "tbptt", "smt+dmt")}
         smt = runs["smt+dmt"]
         assert smt.dmt_train.steps == budget.dmt_steps and smt.train.steps == budget.steps - budget.dmt_steps
-        for config in runs.values():
-            assert config.model == smt.model and planned_steps(config) == budget.steps
+        for config in runs.values():  # the same model, but BPTT's memory is continuous (its own setting)
+            assert replace(config.model, memory_levels=smt.model.memory_levels) == smt.model
+            assert config.model.memory_levels == (5 if config is smt else 0) and planned_steps(config) == budget.steps
         assert smt.train.warmup <= smt.train.steps // 10 and smt.dmt_train.warmup <= budget.dmt_steps // 10
         for value in (smt.smt.dyn_warmup, smt.smt.teacher_delay, smt.smt.horizon_grow):
             assert value <= (budget.steps - budget.dmt_steps) // 2
@@ -86,14 +88,18 @@ def test_a_studys_runs_take_their_tasks_settings_under_the_studys_own_choices(mo
     base.smt.c_unif = 0.25  # the study's base chose this one: it stays
     variants = [Variant("smt", "SMT", {"method": "smt"}), Variant("tf-4", "Tf 4", {"method": "smt", "model.future": 4})]
     variants.append(Variant("bptt", "BPTT", {"method": "bptt"}))
-    points = [Point(name, "settled", "tanh", 16) for name in ("smt", "tf-4", "bptt")]
+    variants.append(Variant("bptt-grid", "BPTT on the grid", BPTT_ON_GRID))
+    points = [Point(name, "settled", "tanh", 16) for name in ("smt", "tf-4", "bptt", "bptt-grid")]
     study = Study("settled", "cpu", base, variants, points, [0], {16: Budget(10)})
     run = lambda name: run_config(study, Point(name, "settled", "tanh", 16), 0)
     assert (run("smt").model.future, run("smt").smt.c_unif) == (2, 0.25)
     assert run("tf-4").model.future == 4  # the variant's override wins
     assert run("bptt").model.future == RunConfig().model.future  # BPTT reads no future window
+    levels = lambda name: run(name).model.memory_levels
+    assert (levels("smt"), levels("bptt"), levels("bptt-grid")) == (5, 0, 5)  # BPTT's own setting, unless chosen
     study.task_settings = False  # a study of factors against the shared recipe
     assert run("smt").model.future == RunConfig().model.future
+    assert levels("bptt") == 0  # a method's own settings are not the task's: they stay
     assert Study.from_dict(json.loads(json.dumps(study.to_dict()))) == study
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from smtrnn import __version__
 from smtrnn.errors import UserError
 from smtrnn.interrupt import Interrupted
-from smtrnn.options import add_config_options, check_given, config_from_args, take_task_settings
+from smtrnn.options import add_config_options, check_given, config_from_args, take_settings
 
 __all__ = ["build_parser", "check_given", "config_from_args", "main"]
 
@@ -78,13 +78,16 @@ def cmd_train(args) -> None:
     config = config_from_args(args)
     check_given(config, args)
     check_writable(args.json)
-    note = take_task_settings(config, args)
+    notes = take_settings(config, args)
     with distributed.session(config.device):  # several processes under torchrun, else a no-op
         main_process = distributed.rank() == 0
-        if note and main_process:  # --quiet silences the progress bar, not what the run is
-            print(f"smtrnn: {note}", file=sys.stderr)
+
+        def say() -> None:  # once the run is sure to train: a refused run's error stays its one line
+            for note in notes if main_process else ():  # --quiet silences the progress bar, not what the run is
+                print(f"smtrnn: {note}", file=sys.stderr)
+
         try:
-            result = run(config, args.out, progress=not args.quiet, tensorboard=args.tensorboard)
+            result = run(config, args.out, progress=not args.quiet, tensorboard=args.tensorboard, on_start=say)
         except Interrupted as stop:
             if not main_process:  # every rank stopped at the same step: rank 0 says so
                 raise SystemExit(stop.exit_code) from None

@@ -245,10 +245,22 @@ def with_task_settings(config: RunConfig, given: Collection[str] = ()) -> dict[s
     that starts from another's weights (``init``) keeps that run's model, so it takes none."""
     from smtrnn.tasks import load_task_class
 
+    return _take(config, getattr(load_task_class(config.task), "settings", {}), given)
+
+
+def with_method_settings(config: RunConfig, given: Collection[str] = ()) -> dict[str, object]:
+    """Give ``config`` the settings its method trains with (``methods.METHOD_SETTINGS``: BPTT's memory is
+    continuous), except those in ``given`` and those the run does not read; return the ones set."""
+    from smtrnn.methods import METHOD_SETTINGS
+
+    return _take(config, METHOD_SETTINGS.get(config.method, {}), given)
+
+
+def _take(config: RunConfig, settings: dict[str, object], given: Collection[str]) -> dict[str, object]:
     if config.init:
         return {}
     chosen = {}
-    for dotted, value in getattr(load_task_class(config.task), "settings", {}).items():
+    for dotted, value in settings.items():
         if dotted not in given and not _unread(config, [dotted]):
             set_field(config, dotted, copy.deepcopy(value))
             chosen[dotted] = value

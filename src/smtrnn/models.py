@@ -32,7 +32,7 @@ class ModelConfig:
     teacher_positions: str = "none"  # none | sinusoid | rotary | alibi
     # a memory on a grid: every memory the teacher writes, and every memory the cell writes while
     # training, is rounded to this many values per unit (straight-through); 0 = continuous; the lstm
-    # cell, whose c is unbounded, is always continuous
+    # cell, whose c is unbounded, is always continuous; bptt and tbptt train with 0 unless given
     memory_levels: int = 5
     round_at_run_time: bool = True  # on a grid, the trained cell also rounds when it runs alone
 

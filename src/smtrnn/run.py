@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -155,11 +156,18 @@ def tensorboard_writer(run_dir: Path):
 
 
 def run(
-    config: RunConfig, run_dir: str | Path, progress: bool = True, sample_hook=None, tensorboard: bool = False
+    config: RunConfig,
+    run_dir: str | Path,
+    progress: bool = True,
+    sample_hook=None,
+    tensorboard: bool = False,
+    on_start: Callable[[], None] | None = None,
 ) -> dict:
     """Train (or resume) the run in ``run_dir`` and return its result (also in result.json).
-    ``tensorboard``: also write the logged metrics as TensorBoard scalars under RUN/tensorboard. The run
-    directory is locked while it runs; SIGINT or SIGTERM stops it with a checkpoint (``Interrupted``)."""
+    ``tensorboard``: also write the logged metrics as TensorBoard scalars under RUN/tensorboard.
+    ``on_start``: called once every check has passed, just before training (a refused run never calls
+    it). The run directory is locked while it runs; SIGINT or SIGTERM stops it with a checkpoint
+    (``Interrupted``)."""
     config.validate()
     run_dir = Path(run_dir)
     if tensorboard:
@@ -197,6 +205,8 @@ def run(
             raise UserError(
                 f"checkpoint {latest} is from phase {done_phase!r}, not one of this run's ({', '.join(names)})"
             )
+        if on_start is not None:
+            on_start()
         _train_phases(config, task, models, run_dir, done_phase, progress, sample_hook, log_hook)
         signum = distributed.max_over_ranks(interrupt.pending())
         if signum:

@@ -85,7 +85,12 @@ VARIANTS = [
         {"dmt_train.lr": 3e-5, "dmt_train.batch_size": 32, "dmt.c_dyn": 10.0, "dmt.every": 16, "dmt.start": "teacher"},
         group="factors",
     ),
-    Variant("bptt", "BPTT, same cell and number of optimiser steps", {"method": "bptt"}, group="scale"),
+    Variant(
+        "bptt",
+        "BPTT, same cell and number of optimiser steps, a continuous memory (its default)",
+        {"method": "bptt"},
+        group="scale",
+    ),
     Variant("bptt-4x", "BPTT with four times the optimiser steps", {"method": "bptt"}, steps=4, group="scale"),
 ]
 # T=64 is the demo's budget; T >= 128 the library's defaults (2,000 SMT + 300 DMT steps)

@@ -1,7 +1,8 @@
 """The length study (docs/length.md): does the RNN alone keep what its teacher stores at T = 256, 512 and
 1,024, and do the defaults that hold there still hold at T = 64 and 128? Needle retrieval with the
-library's defaults against BPTT with the same steps, for the tanh and GRU cells (MLP up to 256), and at T=256 the defaults beside the candidates that were tried against the
-slow leak of a stored value: the previous, continuous memory; the grid without rounding at run time;
+library's defaults against BPTT with the same steps (a continuous memory, BPTT's default, up to T=256; on
+SMT's memory grid at every length), for the tanh and GRU cells (MLP up to 256), and at T=256 the defaults
+beside the candidates that were tried against the slow leak of a stored value: the previous, continuous memory; the grid without rounding at run time;
 horizon starts placed where the teacher's memory changes; more weight on the horizon's later steps.
 Every SMT run is measured for where its rollout loses the needle (probe.py)."""
 
@@ -13,14 +14,22 @@ from smtrnn.config import RunConfig
 from smtrnn.experiments.horizon import per_seed_table, probe_at, top_modulus
 from smtrnn.experiments.pages import Blocks, fmt, groups, header, mean, per_seed, seeds_against_length, table
 from smtrnn.experiments.runner import smoke
-from smtrnn.experiments.spec import Budget, Point, Study, Variant
+from smtrnn.experiments.spec import BPTT_ON_GRID, Budget, Point, Study, Variant
 
 TITLE = "The length study: a rollout that holds at T = 256, 512 and 1,024"
 # the previous defaults: a continuous memory, every sequence at its full length from the first step
 CONTINUOUS = {"model.memory_levels": 0, "smt.length_grow": 0}
 VARIANTS = [
     Variant("defaults", "the library's defaults", group="main"),
-    Variant("bptt", "BPTT, the same cell and number of optimiser steps", {"method": "bptt"}, group="main"),
+    Variant(
+        "bptt",
+        "BPTT, the same cell and number of optimiser steps, a continuous memory (its default)",
+        {"method": "bptt"},
+        group="main",
+    ),
+    Variant(
+        "bptt-grid", "BPTT as above, on SMT's memory grid (the same model as SMT's RNN)", BPTT_ON_GRID, group="main"
+    ),
     Variant("no-curriculum", "the grid, every sequence at full length from the first step", {"smt.length_grow": 0}),
     Variant("grid-update", "SMT's errors on the update before rounding", {"smt.grid_error": "update"}),
     Variant("continuous", "a continuous memory at full length: the previous defaults", CONTINUOUS),
@@ -46,18 +55,20 @@ CANDIDATES = ("no-curriculum", "grid-update", "continuous", "change-starts", "la
 
 
 def cpu() -> Study:
-    """About 16 h of training summed (one thread per run): the defaults against BPTT for tanh, GRU and
-    MLP at T = 64, 128 and 256, tanh and GRU at T=512, tanh at T=1,024 (one seed); at T=256 the
+    """About 18 h of training summed (one thread per run): the defaults against BPTT (on the grid and
+    without) for tanh, GRU and MLP at T = 64, 128 and 256, against BPTT on the grid for tanh and GRU at
+    T=512, tanh at T=1,024 (one seed); at T=256 the
     candidates beside the defaults (tanh), at T=512 the defaults without the length curriculum and at
     T=1,024 a later teacher delay (tanh, one seed each)."""
     main = [
         Point(name, "retrieval", cell, length)
         for length in (64, 128, 256)
         for cell in ("tanh", "gru", "mlp")
-        for name in ("defaults", "bptt")
+        for name in ("defaults", "bptt", "bptt-grid")
     ]
-    main += [Point(name, "retrieval", cell, 512) for cell in ("tanh", "gru") for name in ("defaults", "bptt")]
-    main += [Point(name, "retrieval", "tanh", 1024, seeds=(0,)) for name in ("defaults", "bptt")]
+    # BPTT without the grid up to T=256 (at chance wherever the grid's BPTT is, T >= 64)
+    main += [Point(name, "retrieval", cell, 512) for cell in ("tanh", "gru") for name in ("defaults", "bptt-grid")]
+    main += [Point(name, "retrieval", "tanh", 1024, seeds=(0,)) for name in ("defaults", "bptt-grid")]
     candidates = [Point(name, "retrieval", "tanh", 256) for name in CANDIDATES]
     candidates += [Point("no-curriculum", "retrieval", "tanh", 512, seeds=(0,))]
     candidates += [Point("late-delay", "retrieval", "tanh", 1024, seeds=(0,))]
@@ -96,6 +107,8 @@ def main_table(rows: list[dict]) -> list[str]:
     for (cell, length), group in groups(rows, "cell", "length").items():
         smt = [row for row in group if row["variant"] == "defaults"]
         bptt = [row for row in group if row["variant"] == "bptt"]
+        grid = [row for row in group if row["variant"] == "bptt-grid"]
+        baseline = bptt or grid  # BPTT's depth and time: the grid changes neither
         if not smt:
             continue
         values = [row["accuracy"] for row in smt if row["accuracy"] is not None]
@@ -107,20 +120,21 @@ def main_table(rows: list[dict]) -> list[str]:
                 fmt(min(values, default=None)),
                 fmt(mean(row.get("accuracy_unrounded") for row in smt)),
                 fmt(mean(row["teacher_accuracy"] for row in smt)),
-                per_seed(bptt) if bptt else "–",
-                f"{smt[0]['sequential_depth']} / {bptt[0]['sequential_depth'] if bptt else '–'}",
-                f"{fmt(mean(row['seconds'] for row in smt), 0)} / {fmt(mean(row['seconds'] for row in bptt), 0)}",
+                per_seed(bptt) if bptt else "not run",
+                per_seed(grid) if grid else "–",
+                f"{smt[0]['sequential_depth']} / {baseline[0]['sequential_depth'] if baseline else '–'}",
+                f"{fmt(mean(row['seconds'] for row in smt), 0)} / {fmt(mean(row['seconds'] for row in baseline), 0)}",
             ]
         )
     titles = ["cell", "T", "defaults: RNN alone, per seed", "worst", "not rounding at run time (mean)", "teacher"]
-    titles += ["BPTT, per seed"]
+    titles += ["BPTT, per seed", "BPTT on the grid, per seed"]
     return table(titles + ["gradient depth SMT / BPTT", "train s per run SMT / BPTT"], lines)
 
 
 def candidates_table(rows: list[dict], descriptions: dict) -> list[str]:
     lines = []
     for (name,), group in groups(rows, "variant").items():
-        if name == "bptt":
+        if name in ("bptt", "bptt-grid"):
             continue
         values = [row["accuracy"] for row in group if row["accuracy"] is not None]
         lines.append(
@@ -185,6 +199,6 @@ def blocks(result: dict, command: str, link: str | None) -> Blocks:
 
 
 def figures(result: dict, folder: Path) -> list[Path]:
-    variants = [("defaults", "SMT->DMT (defaults)", "o"), ("bptt", "BPTT", "^")]
+    variants = [("defaults", "SMT->DMT (defaults)", "o"), ("bptt", "BPTT", "^"), ("bptt-grid", "BPTT on the grid", "v")]
     path = seeds_against_length(result["rows"], variants, folder / "length-scale.png", chance=0.125)
     return [path] if path else []

@@ -26,7 +26,15 @@ import torch
 from tqdm import tqdm
 
 from smtrnn import checkpoint
-from smtrnn.config import RunConfig, changed_fields, get_field, reset_unused, set_field, with_task_settings
+from smtrnn.config import (
+    RunConfig,
+    changed_fields,
+    get_field,
+    reset_unused,
+    set_field,
+    with_method_settings,
+    with_task_settings,
+)
 from smtrnn.errors import UserError
 from smtrnn.experiments import measure
 from smtrnn.experiments.spec import Budget, Point, Study
@@ -42,8 +50,8 @@ SMT_SCHEDULES = ("smt.dyn_warmup", "smt.teacher_delay", "smt.horizon_grow", "smt
 
 
 def run_config(study: Study, point: Point, seed: int) -> RunConfig:
-    """The RunConfig of one run: the base, the point's task, cell and length, the task's own settings
-    (unless the study turns them off), the study's overrides for the task and the variant's, its share
+    """The RunConfig of one run: the base, the point's task, cell and length, the method's own settings
+    and the task's (unless the study turns them off), the study's overrides for the task and the variant's, its share
     of the budget, and the warm-ups scaled to fit it:
 
     - every method trains the budget's steps (times the variant's ``steps``); smt+dmt spends the
@@ -60,8 +68,10 @@ def run_config(study: Study, point: Point, seed: int) -> RunConfig:
     overrides = {**study.task_overrides.get(point.task, {}), **variant.overrides}
     for dotted, value in overrides.items():
         set_field(config, dotted, copy.deepcopy(value))
-    if study.task_settings:  # what the study chose (its base, its overrides) is not the task's to change
-        with_task_settings(config, given={*overrides, *changed_fields(study.base)})
+    chosen = {*overrides, *changed_fields(study.base)}  # what the study chose is not the method's or task's
+    with_method_settings(config, given=chosen)
+    if study.task_settings:
+        with_task_settings(config, given=chosen)
     budget = study.budget(point.length)
     total = round(budget.steps * variant.steps)
     dmt_steps = budget.dmt_steps if config.method == "smt+dmt" else 0

@@ -17,6 +17,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from smtrnn.config import RunConfig
 from smtrnn.errors import UserError
+from smtrnn.models import ModelConfig
+
+# BPTT on SMT's memory grid (the same model as SMT's RNN): overrides of a variant; BPTT's own default is
+# a continuous memory (methods.METHOD_SETTINGS)
+BPTT_ON_GRID = {"method": "bptt", "model.memory_levels": ModelConfig().memory_levels}
 
 # what a row keeps of a run's result.json (a key the result lacks is null); studies may ask for more
 ROW_KEYS = (

@@ -4,10 +4,11 @@ with its config dataclass, and the table of phases that says what every method i
 from smtrnn.methods.bptt import BPTTConfig, bptt_loss
 from smtrnn.methods.dmt import DMTConfig, dmt_loss
 from smtrnn.methods.smt import SMTConfig, smt_loss
-from smtrnn.methods.table import METHODS, Phase, depths, phases, planned_steps, uses_teacher
+from smtrnn.methods.table import METHOD_SETTINGS, METHODS, Phase, depths, phases, planned_steps, uses_teacher
 
 __all__ = [
     "METHODS",
+    "METHOD_SETTINGS",
     "BPTTConfig",
     "DMTConfig",
     "Phase",

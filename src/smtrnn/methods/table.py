@@ -22,6 +22,14 @@ if TYPE_CHECKING:
 
 METHODS = ("smt", "dmt", "smt+dmt", "bptt", "tbptt", "teacher")
 TBPTT_WINDOW = 16  # tbptt's gradient window when --bptt-truncate is 0
+# settings a method trains with where its user chose nothing else (config.with_method_settings). BPTT's
+# memory is continuous: the grid is SMT's device (labels a cell can reach exactly, a rollout that cannot
+# drift by less than a level), and BPTT on it is weaker (copy T=16: 0.747 against 1.000 without it) and
+# diverges on the images (docs/teacher.md, docs/realdata.md)
+METHOD_SETTINGS: dict[str, dict[str, object]] = {
+    "bptt": {"model.memory_levels": 0},
+    "tbptt": {"model.memory_levels": 0},
+}
 
 
 @dataclass(frozen=True)
