@@ -22,6 +22,7 @@ from smtrnn.experiments.pages import (
 )
 from smtrnn.experiments.runner import smoke
 from smtrnn.experiments.spec import Budget, Point, Study, Variant
+from smtrnn.tasks.synthetic import StringCopy
 
 TITLE = "The horizon study: keeping what the teacher stores"
 # every rung before the last two: the memory is not on a grid, and the sequences have their full length
@@ -76,6 +77,12 @@ VARIANTS = [
         {"model.teacher_positions": "alibi"},
         group="factors",
     ),
+    Variant(
+        "labels-all",
+        "copy's settings: the readout trains the cell in SMT's step, its horizon and DMT",
+        StringCopy.settings,
+        group="factors",
+    ),
     Variant("no-delay", "the dynamics reach the teacher from the start", {"smt.teacher_delay": 0}, group="factors"),
     Variant("no-dmt", "SMT only, DMT's steps given to SMT", {"method": "smt"}, group="factors"),
     Variant("dmt-readout", "DMT trains the readout only (no memory pull)", {"dmt.c_dyn": 0.0}, group="factors"),
@@ -119,7 +126,7 @@ def cpu() -> Study:
     ladder = [
         (name, "tanh", 64) for name in ("paper", "K8-sinusoid", "K8", "K16-grown", "continuous", "grid", "recipe")
     ]
-    factors = [(name, "tanh", 64) for name in ("K1", "no-dmt", "sinusoid", "rotary", "alibi")]
+    factors = [(name, "tanh", 64) for name in ("K1", "no-dmt", "sinusoid", "rotary", "alibi", "labels-all")]
     scale = [("bptt", "tanh", 64), ("bptt-4x", "tanh", 64), ("recipe", "transformer", 64), ("bptt", "transformer", 64)]
     return _study("cpu", ladder + factors + scale)
 

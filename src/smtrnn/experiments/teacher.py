@@ -13,10 +13,12 @@ from smtrnn.experiments.compare import TASKS
 from smtrnn.experiments.pages import MISSING, STYLE, Blocks, figure, fmt, groups, header, mean, per_seed, save, table
 from smtrnn.experiments.runner import smoke
 from smtrnn.experiments.spec import BPTT_ON_GRID, ROW_KEYS, Budget, Point, Study, Variant
+from smtrnn.tasks.synthetic import StringCopy
 from smtrnn.train import TrainConfig
 
 TITLE = "The teacher study: how fast the teacher learns, beside BPTT"
 EVERY = 50  # optimiser steps between held-out scores
+LABELS = StringCopy.settings  # copy's settings: the readout trains the cell in SMT's step, horizon and DMT
 VARIANTS = [
     Variant("teacher", "the teacher alone, the library's defaults", {"method": "teacher"}, group="main"),
     # BPTT on SMT's memory grid: the same model as SMT's RNN (BPTT's own default is a continuous memory)
@@ -132,12 +134,22 @@ COPY_STEP = [
     Variant(
         "smt+dmt-labels-all",
         "SMT->DMT, the readout trains the cell in SMT's one step, its horizon and DMT",
-        {**RNN, "smt.readout_grad": True, "smt.c_horizon_readout": 1.0, "dmt.readout_grad": True},
+        {**RNN, **LABELS},
         RNN_STEPS,
         group="rnn",
     ),
 ]
 VARIANTS += COPY_STEP
+# stack's setting (rotary codes) and copy's (the three label terms) together: one recipe for both?
+VARIANTS += [
+    Variant(
+        "smt+dmt-labels-all-rotary",
+        "SMT->DMT, the three label terms and rotary codes in the teacher's encoder",
+        {**RNN, **LABELS, "model.teacher_positions": "rotary"},
+        RNN_STEPS,
+        group="rnn",
+    )
+]
 RNN_POINTS = {
     "copy": ("smt+dmt",),  # the teacher is ahead of BPTT on the grid: does the RNN alone follow?
     "parity": ("smt+dmt", "smt+dmt-future-1"),
@@ -190,6 +202,8 @@ def cpu() -> Study:
     points += [Point(variant.name, "copy", "tanh", 16) for variant in COPY_STEP]
     points += [Point("smt+dmt-labels-all", "copy", cell, 16) for cell in ("gru", "mlp")]  # the winner, other cells
     points += [Point("smt+dmt-labels-all", task, "tanh", 16) for task in ("stack", "parity")]  # and other tasks
+    points += [Point("smt+dmt-labels-all", task, "tanh", 64) for task in ("copy", "stack", "parity")]  # longer
+    points += [Point("smt+dmt-labels-all-rotary", "stack", "tanh", length) for length in (16, 64)]
     points += [
         Point("bptt-continuous", task, "tanh", length) for task in ("copy", "stack", "parity") for length in (16, 64)
     ]
