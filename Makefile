@@ -46,7 +46,7 @@ bench: $(STAMP)
 # every study: `smtrnn experiment NAME`, resumable in runs/NAME, its page and figures in docs/
 STUDY = $(BIN)/smtrnn experiment $(1) --preset cpu --jobs 2 --out runs/$(1) --json docs/$(2).json --markdown docs/$(2).md --figures docs/figures
 
-# what makes the RNN alone keep what its teacher stores (docs/horizon.md): 48 runs at T=64
+# what makes the RNN alone keep what its teacher stores (docs/horizon.md): 51 runs at T=64
 horizon: $(STAMP)
 	$(call STUDY,horizon,horizon)
 

@@ -119,7 +119,7 @@ def _study(preset: str, points: list[tuple[str, str, int]]) -> Study:
 
 
 def cpu() -> Study:
-    """The committed study (48 runs at T=64): the ladder without its DMT-batch rung; no horizon, no DMT
+    """The committed study (51 runs at T=64): the ladder without its DMT-batch rung; no horizon, no DMT
     and the teacher's three position schemes; the recipe against BPTT for the tanh cell (BPTT also with
     four times the steps) and for the Transformer cell. The defaults for the other cells and lengths
     against BPTT (T = 64 to 1,024) are the length study's (docs/length.md)."""

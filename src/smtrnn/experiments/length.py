@@ -55,7 +55,7 @@ CANDIDATES = ("no-curriculum", "grid-update", "continuous", "change-starts", "la
 
 
 def cpu() -> Study:
-    """About 18 h of training summed (one thread per run): the defaults against BPTT (on the grid and
+    """About 21 h of training summed (one thread per run): the defaults against BPTT (on the grid and
     without) for tanh, GRU and MLP at T = 64, 128 and 256, against BPTT on the grid for tanh and GRU at
     T=512, tanh at T=1,024 (one seed); at T=256 the
     candidates beside the defaults (tanh), at T=512 the defaults without the length curriculum and at
