@@ -357,19 +357,19 @@ def test_a_task_brings_its_own_settings_under_the_options_the_user_gives(monkeyp
         config = config_from_args(args)
         return config, take_settings(config, args)
 
-    config, notes = train()
+    config, note = train()
     assert (config.model.future, config.smt.c_unif) == (2, 0.5)
-    assert notes == [
+    assert note == (
         "settled trains with its own settings: --future 2, --smt-c-unif 0.5, --dmt-readout-grad true (give the option"
         " to choose otherwise)"  # a flag's value as the option takes it
-    ]
+    )
     assert config.dmt.readout_grad is True
-    chosen, notes = train("--future", "5")  # the user's option wins, the other setting stays
-    assert (chosen.model.future, chosen.smt.c_unif) == (5, 0.5) and "--future" not in notes[0]
+    chosen, note = train("--future", "5")  # the user's option wins, the other setting stays
+    assert (chosen.model.future, chosen.smt.c_unif) == (5, 0.5) and "--future" not in note
     default = RunConfig()
-    bptt, notes = train("--method", "bptt")  # BPTT reads neither: both stay at the defaults
+    bptt, note = train("--method", "bptt")  # BPTT reads neither: both stay at the defaults
     assert (bptt.model.future, bptt.smt.c_unif) == (default.model.future, default.smt.c_unif)
-    assert (bptt.model.memory_levels, notes) == (0, [])  # the method's own setting, taken silently
+    assert (bptt.model.memory_levels, note) == (0, None)  # the method's own setting, taken silently
     fine_tune, _ = train("--method", "dmt", "--init", "some-run")  # keeps that run's model
     assert fine_tune.model.future == default.model.future
 
@@ -379,14 +379,14 @@ def test_bptts_memory_is_continuous_unless_the_grid_is_asked_for():
         args = build_parser().parse_args(["train", "--out", "x", "--task", "retrieval", *argv])
         config = config_from_args(args)
         check_given(config, args)
-        notes = take_settings(config, args)
-        return config.model.memory_levels, notes
+        note = take_settings(config, args)
+        return config.model.memory_levels, note
 
-    assert levels() == (5, [])  # SMT's memory is on the grid
+    assert levels() == (5, None)  # SMT's memory is on the grid
     assert levels("--method", "tbptt")[0] == 0
-    assert levels("--method", "bptt", "--memory-levels", "5") == (5, [])  # the user's choice wins
-    assert levels("--method", "bptt", "--cell", "lstm") == (5, [])  # the lstm cell has no grid to drop
-    assert levels("--method", "dmt", "--init", "some-run") == (5, [])  # keeps that run's model
+    assert levels("--method", "bptt", "--memory-levels", "5") == (5, None)  # the user's choice wins
+    assert levels("--method", "bptt", "--cell", "lstm") == (5, None)  # the lstm cell has no grid to drop
+    assert levels("--method", "dmt", "--init", "some-run") == (5, None)  # keeps that run's model
 
 
 def test_smtrnn_train_names_the_settings_it_took_from_the_task(tmp_path, capsys):

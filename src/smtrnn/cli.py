@@ -78,12 +78,12 @@ def cmd_train(args) -> None:
     config = config_from_args(args)
     check_given(config, args)
     check_writable(args.json)
-    notes = take_settings(config, args)
+    note = take_settings(config, args)
     with distributed.session(config.device):  # several processes under torchrun, else a no-op
         main_process = distributed.rank() == 0
 
         def say() -> None:  # once the run is sure to train: a refused run's error stays its one line
-            for note in notes if main_process else ():  # --quiet silences the progress bar, not what the run is
+            if note and main_process:  # --quiet silences the progress bar, not what the run is
                 print(f"smtrnn: {note}", file=sys.stderr)
 
         try:

@@ -5,7 +5,7 @@ and the config they give.
     add_config_options(parser)                  # --task, --length, ..., --smt-horizon, --task-option KEY=VALUE
     config = config_from_args(parser.parse_args(argv))
     check_given(config, args)                   # an option the run would not read is refused
-    notes = take_settings(config, args)         # the method's and task's own settings where none was given
+    note = take_settings(config, args)          # the method's and task's own settings where none was given
 """
 
 from __future__ import annotations
@@ -139,19 +139,19 @@ def config_from_args(args: argparse.Namespace, base=None):
     return config
 
 
-def take_settings(config, args: argparse.Namespace) -> list[str]:
+def take_settings(config, args: argparse.Namespace) -> str | None:
     """Give ``config`` its method's own settings (``methods.METHOD_SETTINGS``: what the method is, so
     taken silently) and its task's (``Task.settings``: a departure from the shared recipe, so named)
-    where the user gave no option; return the line naming the task's (none where the run reads none)."""
+    where the user gave no option; return one line naming the task's (None where the run reads none)."""
     from smtrnn.config import option_name, with_method_settings, with_task_settings
 
     with_method_settings(config, given_fields(args))
     chosen = with_task_settings(config, given_fields(args))
     if not chosen:
-        return []
+        return None
     as_typed = lambda value: str(value).lower() if isinstance(value, bool) else value  # what the option takes
     shown = ", ".join(f"{option_name(dotted)} {as_typed(value)}" for dotted, value in chosen.items())
-    return [f"{config.task} trains with its own settings: {shown} (give the option to choose otherwise)"]
+    return f"{config.task} trains with its own settings: {shown} (give the option to choose otherwise)"
 
 
 def check_given(config, args: argparse.Namespace) -> None:

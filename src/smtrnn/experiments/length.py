@@ -1,9 +1,10 @@
 """The length study (docs/length.md): does the RNN alone keep what its teacher stores at T = 256, 512 and
 1,024, and do the defaults that hold there still hold at T = 64 and 128? Needle retrieval with the
-library's defaults against BPTT with the same steps (a continuous memory, BPTT's default, up to T=256; on
-SMT's memory grid at every length), for the tanh and GRU cells (MLP up to 256), and at T=256 the defaults
-beside the candidates that were tried against the slow leak of a stored value: the previous, continuous memory; the grid without rounding at run time;
-horizon starts placed where the teacher's memory changes; more weight on the horizon's later steps.
+library's defaults against BPTT with the same steps (a continuous memory, BPTT's default, up to T=256;
+on SMT's memory grid at every length), for the tanh and GRU cells (MLP up to 256), and at T=256 the
+defaults beside the candidates that were tried against the slow leak of a stored value: the previous,
+continuous memory; the grid without rounding at run time; horizon starts placed where the teacher's
+memory changes; more weight on the horizon's later steps.
 Every SMT run is measured for where its rollout loses the needle (probe.py)."""
 
 from __future__ import annotations
@@ -57,9 +58,8 @@ CANDIDATES = ("no-curriculum", "grid-update", "continuous", "change-starts", "la
 def cpu() -> Study:
     """About 21 h of training summed (one thread per run): the defaults against BPTT (on the grid and
     without) for tanh, GRU and MLP at T = 64, 128 and 256, against BPTT on the grid for tanh and GRU at
-    T=512, tanh at T=1,024 (one seed); at T=256 the
-    candidates beside the defaults (tanh), at T=512 the defaults without the length curriculum and at
-    T=1,024 a later teacher delay (tanh, one seed each)."""
+    T=512, tanh at T=1,024 (one seed); at T=256 the candidates beside the defaults (tanh), at T=512 the
+    defaults without the length curriculum and at T=1,024 a later teacher delay (tanh, one seed each)."""
     main = [
         Point(name, "retrieval", cell, length)
         for length in (64, 128, 256)

@@ -51,8 +51,8 @@ SMT_SCHEDULES = ("smt.dyn_warmup", "smt.teacher_delay", "smt.horizon_grow", "smt
 
 def run_config(study: Study, point: Point, seed: int) -> RunConfig:
     """The RunConfig of one run: the base, the point's task, cell and length, the method's own settings
-    and the task's (unless the study turns them off), the study's overrides for the task and the variant's, its share
-    of the budget, and the warm-ups scaled to fit it:
+    and the task's (unless the study turns them off), the study's overrides for the task and the
+    variant's, its share of the budget, and the warm-ups scaled to fit it:
 
     - every method trains the budget's steps (times the variant's ``steps``); smt+dmt spends the
       budget's ``dmt_steps`` of them in DMT;
