@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from smtrnn.experiments.pages import render
 from smtrnn.experiments.runner import configs, run_config, run_study
 from smtrnn.experiments.spec import BPTT_ON_GRID, Budget, Point, Study, Variant
 from smtrnn.methods import planned_steps
+from smtrnn.rundir import config_digest, config_fields
 
 PNG = b"\x89PNG\r\n\x1a\n"
 LIBRARY = Path(smtrnn.__file__).parent
@@ -299,11 +301,51 @@ def test_earlier_rows_stand_in_for_lost_runs_only_where_the_config_is_the_same(t
     assert trained == [str(runner_module.directory(tmp_path / "new", point, key[-1]))]
 
 
+def _digest_without(config: RunConfig, section: str, name: str) -> str:
+    """The digest a version of smtrnn without the setting section.name wrote for ``config``."""
+    values = json.loads(json.dumps(config.to_dict()))
+    values.pop("device")
+    del values[section][name]
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_a_digest_as_of_fewer_settings_matches_the_one_that_version_wrote():
+    config, fields = RunConfig(task="stack", length=16), config_fields()
+    assert config_digest(config, fields) == config_digest(config)
+    older = [name for name in fields if name != "smt.c_horizon_readout"]
+    assert config_digest(config, older) == _digest_without(config, "smt", "c_horizon_readout")
+    changed = replace(config, smt=replace(config.smt, c_horizon_readout=1.0))
+    assert config_digest(changed, older) is None  # that version could not have asked for it
+    values = json.loads(json.dumps(config.to_dict()))  # a retired setting, off, in the older version
+    values.pop("device")
+    values["dmt"]["whiten"] = False
+    retired = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    assert config_digest(config, [*fields, "dmt.whiten"]) == retired
+
+
+def test_earlier_rows_outlive_a_setting_added_since(tmp_path, monkeypatch):
+    first = run_study(small_study(), tmp_path / "gone", progress=False)
+    assert first["config_fields"] == config_fields()
+    older = [name for name in config_fields() if name != "smt.c_horizon_readout"]
+    rows = copy.deepcopy(first["rows"])
+    for row, (config, _) in zip(rows, configs(small_study()).values(), strict=True):
+        row["config"] = _digest_without(config, "smt", "c_horizon_readout")
+    kept = run_study(small_study(), tmp_path / "new", progress=False, train=False, earlier=rows, earlier_fields=older)
+    assert kept["rows"] == [{**row, "carried": True} for row in first["rows"]]  # with today's digests
+    stale = run_study(small_study(), tmp_path / "new", progress=False, train=False, earlier=rows)
+    assert stale["carried"] == 0  # read as today's digests, they ask for something else
+    study = small_study(base=replace(small_study().base, smt=replace(small_study().base.smt, c_horizon_readout=1.0)))
+    moved = run_study(study, tmp_path / "new", progress=False, train=False, earlier=rows, earlier_fields=older)
+    assert [row["method"] for row in moved["rows"]] == ["bptt"]  # SMT's runs ask for more: only BPTT's is kept
+
+
 def test_keep_rows_wants_the_json_it_keeps(tmp_path, capsys):
     argv = ["experiment", "compare", "--preset", "smoke", "--out", str(tmp_path), "--keep-rows", "--report-only"]
     assert_user_error(main(argv), capsys, "give --json")
     (tmp_path / "broken.json").write_text("[1, 2]")
     assert_user_error(main([*argv, "--json", str(tmp_path / "broken.json")]), capsys, "not a study's JSON")
+    (tmp_path / "fields.json").write_text('{"rows": [], "config_fields": "seed"}')
+    assert_user_error(main([*argv, "--json", str(tmp_path / "fields.json")]), capsys, "config_fields")
 
 
 def test_a_diverged_run_is_a_row_and_is_not_retried(tmp_path, monkeypatch):

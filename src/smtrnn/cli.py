@@ -177,17 +177,21 @@ def _comma_list(text: str | None, kind, option: str) -> list | None:
         raise UserError(f"{option} wants a comma-separated list of {kind.__name__} values, got {text!r}") from None
 
 
-def _json_rows(path: str) -> list[dict]:
-    """The rows of a study's JSON written earlier (none when there is no such file yet)."""
+def _json_rows(path: str) -> tuple[list[dict], list[str] | None]:
+    """The rows of a study's JSON written earlier (none when there is no such file yet) and the settings
+    their config digests cover (None where the JSON does not say: every setting of today's config)."""
     if not Path(path).exists():
-        return []
+        return [], None
     try:
-        rows = json.loads(Path(path).read_text())["rows"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        written = json.loads(Path(path).read_text())
+        rows, fields = written["rows"], written.get("config_fields")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise UserError(f"{path}: not a study's JSON ({error})") from None
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise UserError(f"{path}: its rows are not a list of objects")
-    return rows
+    if fields is not None and not (isinstance(fields, list) and all(isinstance(name, str) for name in fields)):
+        raise UserError(f"{path}: its config_fields are not a list of setting names")
+    return rows, fields
 
 
 def cmd_experiment(args) -> None:
@@ -202,13 +206,19 @@ def cmd_experiment(args) -> None:
     }
     chosen = experiments.customise(experiments.study(args.name, args.preset), only, args.steps, args.dmt_steps)
     out = args.out or f"runs/{args.name}"
-    earlier = None
+    earlier, fields = None, None
     if args.keep_rows:
         if not args.json:
             raise UserError("--keep-rows keeps the rows of the --json file: give --json")
-        earlier = _json_rows(args.json)
+        earlier, fields = _json_rows(args.json)
     result = run_study(
-        chosen, out, jobs=args.jobs, progress=not args.quiet, train=not args.report_only, earlier=earlier
+        chosen,
+        out,
+        jobs=args.jobs,
+        progress=not args.quiet,
+        train=not args.report_only,
+        earlier=earlier,
+        earlier_fields=fields,
     )
     print(
         f"{len(result['rows'])} of {result['planned']} runs finished ({result['trained']} trained now); rows from {out}"

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from smtrnn import checkpoint, metrics, task_record
-from smtrnn.config import SECTION_TYPES, RunConfig, option_name
+from smtrnn.config import RETIRED, SECTION_TYPES, RunConfig, option_name
 from smtrnn.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -70,11 +70,54 @@ def locked(run_dir: Path) -> Iterator[None]:
         os.close(handle)  # releases the lock
 
 
-def config_digest(config: RunConfig) -> str:
+def config_digest(config: RunConfig, fields: list[str] | None = None) -> str | None:
     """A short fingerprint of ``config`` as saved (device aside): two runs with the same digest were
-    asked for the same thing."""
-    text = json.dumps(_comparable(config), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    asked for the same thing. With ``fields`` (``config_fields()`` of an earlier version of smtrnn), the
+    fingerprint that version wrote for a run asked for the same thing, as a run directory's config.json
+    is read (settings added since count as their defaults, settings retired since as off); None when
+    ``config`` moves a setting added since from its default, which that version could not ask for."""
+    values = _comparable(config) if fields is None else _as_of(_comparable(config), set(fields))
+    if values is None:
+        return None
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_fields() -> list[str]:
+    """The dotted name of every setting a config saves ("seed", "smt.horizon", ...; the task's options
+    are one), written beside a study's rows so that their digests outlive settings added later."""
+    names: list[str] = []
+    for key, value in _comparable(RunConfig()).items():
+        if key in SECTION_TYPES:
+            names.extend(f"{key}.{name}" for name in value)
+        else:
+            names.append(key)
+    return sorted(names)
+
+
+def _as_of(values: dict, fields: set[str]) -> dict | None:
+    """``values`` (a comparable config) restricted to ``fields``, with the retired settings among them
+    back at their off values; None where a setting outside ``fields`` is not at its default."""
+    defaults = _comparable(RunConfig())
+    kept: dict = {}
+    for key, value in values.items():
+        if key not in SECTION_TYPES:
+            if key in fields:
+                kept[key] = value
+            elif value != defaults[key]:
+                return None
+            continue
+        if any(name.startswith(key + ".") for name in fields):
+            kept[key] = {}
+        for name, item in value.items():
+            if f"{key}.{name}" in fields:
+                kept[key][name] = item
+            elif item != defaults[key][name]:
+                return None
+    for dotted, off in RETIRED.items():  # every retired setting lies in a section
+        if dotted in fields:
+            section, name = dotted.split(".")
+            kept.setdefault(section, {})[name] = off
+    return kept
 
 
 def _comparable(config: RunConfig) -> dict:

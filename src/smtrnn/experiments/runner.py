@@ -5,7 +5,9 @@ measured (experiments/measure.py) and read back as rows.
 A run whose directory holds result.json for the same config is read back, not retrained; an
 interrupted run resumes from its last checkpoint; a run that diverges leaves diverged.json (its
 message) and is not retried (delete that file to retry). Rows of an earlier invocation (its JSON) can
-stand in for runs whose directories are gone: only where the config is the same (``config`` digest).
+stand in for runs whose directories are gone: only where the config is the same (``config`` digest,
+taken over the settings the JSON's ``config_fields`` lists, so that a setting added to RunConfig later,
+left at its default, does not orphan them).
 
     result = run_study(study, "runs/horizon", jobs=2)   # {"study", "rows", "planned", "trained", ...}
 """
@@ -41,7 +43,7 @@ from smtrnn.experiments.spec import Budget, Point, Study
 from smtrnn.methods import planned_steps
 from smtrnn.models import TINY_SIZES, tiny_model
 from smtrnn.run import build, run
-from smtrnn.rundir import config_digest, saved_config_matches
+from smtrnn.rundir import config_digest, config_fields, saved_config_matches
 from smtrnn.train import Diverged
 
 DIVERGED_FILE = "diverged.json"  # marks a finished run whose training diverged: {"note": message}
@@ -197,13 +199,16 @@ def run_study(
     progress: bool = True,
     train: bool = True,
     earlier: list[dict] | None = None,
+    earlier_fields: list[str] | None = None,
 ) -> dict:
     """Train every run of ``study`` not yet finished under ``out`` (longest first, ``jobs`` at a time) and
     return {"study", "out", "rows", "planned", "trained", "reused", "carried", "wall_seconds", "jobs"}. With
     ``train=False`` nothing is trained or measured: the rows are the runs already finished (no checkpoint
     is loaded). ``earlier``: rows of an earlier invocation's JSON; a run not finished under ``out`` takes
     its earlier row when that row's config digest is this run's (it is then neither trained nor counted
-    as reused, but ``carried``, and the row says ``"carried": true``)."""
+    as reused, but ``carried``, and the row says ``"carried": true``); ``earlier_fields``: the settings
+    that JSON's digests cover (its ``config_fields``; None for a JSON written before it had them: every
+    setting of today's config)."""
     if jobs < 1:
         raise UserError(f"jobs must be positive, got {jobs}")
     out = Path(out)
@@ -212,7 +217,7 @@ def run_study(
         _check(table, out)
     folders = {key: directory(out, point, key[-1]) for key, (_, point) in table.items()}
     finished = {key: outcome(config, folders[key]) for key, (config, _) in table.items()}
-    carried = _carried(table, finished, earlier or [])
+    carried = _carried(table, finished, earlier or [], earlier_fields)
     pending = sorted(
         (key for key in table if finished[key] is None and key not in carried), key=lambda key: -_work(table[key][0])
     )
@@ -254,17 +259,19 @@ def run_study(
         "carried": len(carried),
         "wall_seconds": round(time.perf_counter() - started, 3),
         "jobs": jobs,
+        "config_fields": config_fields(),
     }
 
 
-def _carried(table: dict, finished: dict, earlier: list[dict]) -> dict[tuple, dict]:
-    """{key: earlier row} for the runs not finished here whose earlier row was asked for the same config."""
+def _carried(table: dict, finished: dict, earlier: list[dict], fields: list[str] | None) -> dict[tuple, dict]:
+    """{key: earlier row} for the runs not finished here whose earlier row was asked for the same config
+    (as of ``fields``); the row then takes today's digest, so the JSON written next is all of one kind."""
     by_key = {(r["variant"], r["task"], r["cell"], r["length"], r["seed"]): r for r in earlier}
     carried = {}
     for key, (config, _) in table.items():
         found = by_key.get(key)
-        if finished[key] is None and found is not None and found.get("config") == config_digest(config):
-            carried[key] = {**found, "carried": True}
+        if finished[key] is None and found is not None and found.get("config") == config_digest(config, fields):
+            carried[key] = {**found, "config": config_digest(config), "carried": True}
     return carried
 
 
