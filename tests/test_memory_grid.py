@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import CLASSES, VOCAB, make_batch
-from smtrnn.cells import CELLS, Cell, make_cell, on_grid, project_memory, rms_normalize, round_to_grid
+from smtrnn.cells import CELLS, Cell, make_cell, on_grid, round_to_grid
 from smtrnn.errors import UserError
 from smtrnn.methods import SMTConfig, smt_loss
 from smtrnn.models import ModelConfig, Models, tiny_model
@@ -29,27 +29,6 @@ def test_rounding_hits_the_grid_and_passes_the_gradient_straight_through():
     (rounded * torch.arange(101.0)).sum().backward()
     assert torch.equal(values.grad, torch.arange(101.0))  # the identity's gradient
     assert on_the_grid(round_to_grid(torch.rand(50) * 2 - 1, 3), torch.tensor([-1.0, 0.0, 1.0]))
-
-
-@pytest.mark.parametrize("scale", [1.0, 0.05])  # 0.05: every unit of the first token rounds to zero
-def test_a_normalised_memory_on_the_grid_has_the_gradient_of_normalising_it_unrounded(scale):
-    torch.manual_seed(0)
-    raw = torch.randn(3, 16) * scale
-    raw[1:, :8] = torch.randn(2, 8)  # other rows: both tokens rounded to something
-    weights = torch.randn(3, 16)
-    gradients = []
-    for memory in (lambda x: project_memory(x, "rms", 2, 5), lambda x: on_grid(x, "rms", 5, 2)):
-        leaf = raw.clone().requires_grad_()
-        out = memory(leaf)
-        expected = rms_normalize(round_to_grid(torch.tanh(raw), 5), 2)
-        assert torch.allclose(out, expected)  # the rounded, normalised memory
-        (out * weights).sum().backward()
-        gradients.append(leaf.grad)
-    smooth = raw.clone().requires_grad_()
-    (rms_normalize(torch.tanh(smooth), 2) * weights).sum().backward()
-    for grad in gradients:
-        assert torch.allclose(grad, smooth.grad)
-        assert grad.abs().max() < 100  # the normalisation's gain at an all-zero token would be 1,000
 
 
 @pytest.mark.parametrize("cell", ["tanh", "gru", "mlp", "transformer"])

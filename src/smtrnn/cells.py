@@ -36,24 +36,14 @@ def round_to_grid(values: torch.Tensor, levels: int) -> torch.Tensor:
     return values + (rounded - values).detach()
 
 
-def normalized_grid(bounded: torch.Tensor, levels: int, tokens: int) -> torch.Tensor:
-    """``bounded`` (in [-1, 1]) rounded to its grid, then RMS-normalised per token, with the gradient of
-    normalising it unrounded: the straight-through step spans the normalisation. Taken inside it, the
-    gradient would be the normalisation's at the rounded values, whose gain where a token's every unit
-    rounds to zero is 1/sqrt(eps) = 1,000 (a memory near zero, as over a run of blank pixels)."""
-    smooth = rms_normalize(bounded, tokens)
-    snapped = rms_normalize(round_to_grid(bounded.detach(), levels), tokens)
-    return smooth + (snapped - smooth).detach()
-
-
 def on_grid(memory: torch.Tensor, space: str, levels: int, tokens: int = 1) -> torch.Tensor:
     """A memory of ``space`` moved onto its grid of ``levels`` values per unit: tanh memories are rounded
     as they are; rms memories are bounded by tanh, rounded, then normalised again (the grid lies
-    before the normalisation; ``normalized_grid``)."""
+    before the normalisation)."""
     if space == "tanh":
         return round_to_grid(memory, levels)
     if space == "rms":
-        return normalized_grid(torch.tanh(memory), levels, tokens)
+        return rms_normalize(round_to_grid(torch.tanh(memory), levels), tokens)
     raise UserError(f"a memory on a grid needs a bounded memory space (tanh or rms), not {space!r}")
 
 
@@ -65,7 +55,7 @@ def project_memory(raw: torch.Tensor, space: str, tokens: int = 1, levels: int =
         if space == "tanh":
             return round_to_grid(bounded, levels)
         if space == "rms":
-            return normalized_grid(bounded, levels, tokens)
+            return rms_normalize(round_to_grid(bounded, levels), tokens)
         return on_grid(raw, space, levels, tokens)  # refuses the unbounded spaces
     if space == "tanh":
         return torch.tanh(raw)
