@@ -19,7 +19,7 @@ import smtrnn.experiments.runner as runner_module
 from conftest import assert_user_error
 from smtrnn import checkpoint, experiments
 from smtrnn.cli import main
-from smtrnn.config import RunConfig
+from smtrnn.config import RunConfig, with_task_settings
 from smtrnn.experiments.compare import breaks_at
 from smtrnn.experiments.pages import render
 from smtrnn.experiments.runner import configs, run_config, run_study
@@ -105,6 +105,21 @@ def test_a_studys_runs_take_their_tasks_settings_under_the_studys_own_choices(mo
     assert Study.from_dict(json.loads(json.dumps(study.to_dict()))) == study
 
 
+def test_the_grids_smt_points_are_smtrnn_train_with_no_other_option():
+    """docs/results.md's SMT->DMT points are `smtrnn train --task TASK --length T --seed S` (and --cell,
+    the grid's task options), scored at 2T-8T too; BPTT trains the same 2,300 steps."""
+    study = experiments.study("compare", "cpu")
+    for point in study.points:
+        config = run_config(study, point, 1)
+        if point.variant == "smt+dmt":
+            expected = RunConfig(task=point.task, length=point.length, seed=1, length_generalisation=True)
+            expected.task_options, expected.model.cell = study.tasks[point.task], point.cell
+            with_task_settings(expected, given=set())
+            assert config.to_dict() == expected.to_dict(), point
+        else:
+            assert planned_steps(config) == (23000 if point.variant == "bptt-10x" else 2300)
+
+
 def test_the_length_studys_defaults_points_are_smtrnn_train_with_no_other_option():
     """docs/length.md's `defaults` rows are `smtrnn train --task retrieval --length L --seed S` (and --cell)."""
     study = experiments.study("length", "cpu")
@@ -121,7 +136,7 @@ def test_the_length_studys_defaults_points_are_smtrnn_train_with_no_other_option
 def test_customise_narrows_points_and_replaces_budgets():
     study = experiments.customise(experiments.study("compare", "cpu"), {"task": ["copy"], "length": [16]}, steps=100)
     assert {(point.task, point.length) for point in study.points} == {("copy", 16)}
-    assert study.budget(16) == Budget(100, round(100 * 100 / 500))
+    assert study.budget(16) == Budget(100, round(100 * 300 / 2300))
     with pytest.raises(smtrnn.errors.UserError, match="no point"):
         experiments.customise(experiments.study("compare", "cpu"), {"task": ["mqar"]})
 
