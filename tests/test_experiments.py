@@ -352,6 +352,12 @@ def test_earlier_rows_outlive_a_setting_added_since(tmp_path, monkeypatch):
     study = small_study(base=replace(small_study().base, smt=replace(small_study().base.smt, c_horizon_readout=1.0)))
     moved = run_study(study, tmp_path / "new", progress=False, train=False, earlier=rows, earlier_fields=older)
     assert [row["method"] for row in moved["rows"]] == ["bptt"]  # SMT's runs ask for more: only BPTT's is kept
+    for row in rows:
+        del row["config"]  # a row without a digest stands in for nothing, not even a config that has none
+    assert (
+        run_study(study, tmp_path / "new", progress=False, train=False, earlier=rows, earlier_fields=older)["carried"]
+        == 0
+    )
 
 
 def test_keep_rows_wants_the_json_it_keeps(tmp_path, capsys):

@@ -202,7 +202,8 @@ def run_study(
     earlier_fields: list[str] | None = None,
 ) -> dict:
     """Train every run of ``study`` not yet finished under ``out`` (longest first, ``jobs`` at a time) and
-    return {"study", "out", "rows", "planned", "trained", "reused", "carried", "wall_seconds", "jobs"}. With
+    return {"study", "out", "rows", "planned", "trained", "reused", "carried", "wall_seconds", "jobs",
+    "config_fields"}. With
     ``train=False`` nothing is trained or measured: the rows are the runs already finished (no checkpoint
     is loaded). ``earlier``: rows of an earlier invocation's JSON; a run not finished under ``out`` takes
     its earlier row when that row's config digest is this run's (it is then neither trained nor counted
@@ -270,7 +271,10 @@ def _carried(table: dict, finished: dict, earlier: list[dict], fields: list[str]
     carried = {}
     for key, (config, _) in table.items():
         found = by_key.get(key)
-        if finished[key] is None and found is not None and found.get("config") == config_digest(config, fields):
+        if finished[key] is not None or found is None:
+            continue
+        digest = config_digest(config, fields)  # None: asks for a setting that JSON's version did not have
+        if digest is not None and found.get("config") == digest:
             carried[key] = {**found, "config": config_digest(config), "carried": True}
     return carried
 
