@@ -370,8 +370,27 @@ def test_a_task_brings_its_own_settings_under_the_options_the_user_gives(monkeyp
     bptt, note = train("--method", "bptt")  # BPTT reads neither: both stay at the defaults
     assert (bptt.model.future, bptt.smt.c_unif) == (default.model.future, default.smt.c_unif)
     assert (bptt.model.memory_levels, note) == (0, None)  # the method's own setting, taken silently
-    fine_tune, _ = train("--method", "dmt", "--init", "some-run")  # keeps that run's model
-    assert fine_tune.model.future == default.model.future
+    fine_tune, note = train("--method", "dmt", "--init", "some-run")  # as the SMT run it starts from
+    assert (fine_tune.model.future, fine_tune.dmt.readout_grad) == (2, True) and "--dmt-readout-grad true" in note
+
+
+def test_dmt_fine_tunes_an_smt_run_of_a_task_with_model_settings(tmp_path, capsys):
+    # stack's rotary codes: the fine-tune takes them as its SMT run did, so the models agree
+    main(["train", "--task", "stack", "--method", "smt", *tiny_args("smt"), "--out", str(tmp_path / "smt")])
+    main(
+        ["train", "--task", "stack", "--method", "dmt", "--init", str(tmp_path / "smt"), *tiny_args("dmt")]
+        + ["--out", str(tmp_path / "dmt")]
+    )
+    config = json.loads((tmp_path / "dmt" / "config.json").read_text())
+    assert (config["model"]["teacher_positions"], config["dmt"]["readout_grad"]) == ("rotary", True)
+    capsys.readouterr()
+    other = ["--teacher-positions", "none", "--out", str(tmp_path / "other")]  # a model unlike the SMT run's
+    code = main(
+        ["train", "--task", "stack", "--method", "dmt", "--init", str(tmp_path / "smt"), *tiny_args("dmt"), *other]
+    )
+    assert_user_error(code, capsys, "trained with --teacher-positions rotary, this run asks for none")
+    assert not (tmp_path / "other").exists()  # nothing written
+    assert not (tmp_path / "other").exists()
 
 
 def test_bptts_memory_is_continuous_unless_the_grid_is_asked_for():

@@ -242,7 +242,8 @@ def unread_options(config: RunConfig, names: list[str]) -> list[str]:
 def with_task_settings(config: RunConfig, given: Collection[str] = ()) -> dict[str, object]:
     """Give ``config`` the settings its task trains best with (``Task.settings``), except those in
     ``given`` (dotted fields the user chose) and those the run does not read; return the ones set. A run
-    that starts from another's weights (``init``) keeps that run's model, so it takes none."""
+    that starts from another's weights (``init``) takes them too: the run it starts from took the same
+    model settings, and a DMT fine-tune of copy trains the cell on the labels as smt+dmt does."""
     from smtrnn.tasks import load_task_class
 
     return _take(config, getattr(load_task_class(config.task), "settings", {}), given)
@@ -257,8 +258,6 @@ def with_method_settings(config: RunConfig, given: Collection[str] = ()) -> dict
 
 
 def _take(config: RunConfig, settings: dict[str, object], given: Collection[str]) -> dict[str, object]:
-    if config.init:
-        return {}
     chosen = {}
     for dotted, value in settings.items():
         if dotted not in given and not _unread(config, [dotted]):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from smtrnn import checkpoint, distributed, interrupt, metrics, rundir, task_record
-from smtrnn.config import RunConfig, check_device
+from smtrnn.config import RunConfig, check_device, option_name
 from smtrnn.errors import UserError
 from smtrnn.evaluate import evaluate_rnn, evaluate_teacher, length_generalisation, memory_diagnostics, teacher_accuracy
 from smtrnn.methods import depths, phases, planned_steps, uses_teacher
@@ -183,8 +183,13 @@ def run(
     init_models = None
     if config.init and checkpoint.latest_checkpoint(run_dir) is None:
         init_config, _, init_models = load_run(config.init, config.device)
-        if asdict(init_config.model) != asdict(config.model):
-            raise UserError(f"--init {config.init} has a different model config")
+        theirs, ours = asdict(init_config.model), asdict(config.model)
+        if theirs != ours:
+            name = next(name for name in ours if theirs.get(name) != ours[name])
+            raise UserError(
+                f"--init {config.init} has a different model: it was trained with {option_name('model.' + name)}"
+                f" {theirs.get(name)}, this run asks for {ours[name]} (give the same model options)"
+            )
     rundir.create(run_dir)
     with contextlib.ExitStack() as held:
         if is_main_process():
