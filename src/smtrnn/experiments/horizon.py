@@ -22,7 +22,7 @@ from smtrnn.experiments.pages import (
 )
 from smtrnn.experiments.runner import smoke
 from smtrnn.experiments.spec import Budget, Point, Study, Variant
-from smtrnn.tasks.synthetic import StringCopy
+from smtrnn.tasks.synthetic import LABEL_TERMS
 
 TITLE = "The horizon study: keeping what the teacher stores"
 # every rung before the last two: the memory is not on a grid, and the sequences have their full length
@@ -79,8 +79,8 @@ VARIANTS = [
     ),
     Variant(
         "labels-all",
-        "copy's settings: the readout trains the cell in SMT's step, its horizon and DMT",
-        StringCopy.settings,
+        "the label terms of copy and stack: the readout trains the cell in SMT's step, its horizon and DMT",
+        LABEL_TERMS,
         group="factors",
     ),
     Variant("no-delay", "the dynamics reach the teacher from the start", {"smt.teacher_delay": 0}, group="factors"),

@@ -13,12 +13,12 @@ from smtrnn.experiments.compare import TASKS
 from smtrnn.experiments.pages import MISSING, STYLE, Blocks, figure, fmt, groups, header, mean, per_seed, save, table
 from smtrnn.experiments.runner import smoke
 from smtrnn.experiments.spec import BPTT_ON_GRID, ROW_KEYS, Budget, Point, Study, Variant
-from smtrnn.tasks.synthetic import StringCopy
+from smtrnn.tasks.synthetic import LABEL_TERMS
 from smtrnn.train import TrainConfig
 
 TITLE = "The teacher study: how fast the teacher learns, beside BPTT"
 EVERY = 50  # optimiser steps between held-out scores
-LABELS = StringCopy.settings  # copy's settings: the readout trains the cell in SMT's step, horizon and DMT
+LABELS = LABEL_TERMS  # the readout trains the cell in SMT's step, horizon and DMT
 VARIANTS = [
     Variant("teacher", "the teacher alone, the library's defaults", {"method": "teacher"}, group="main"),
     # BPTT on SMT's memory grid: the same model as SMT's RNN (BPTT's own default is a continuous memory)
