@@ -390,7 +390,6 @@ def test_dmt_fine_tunes_an_smt_run_of_a_task_with_model_settings(tmp_path, capsy
     )
     assert_user_error(code, capsys, "trained with --teacher-positions rotary, this run asks for none")
     assert not (tmp_path / "other").exists()  # nothing written
-    assert not (tmp_path / "other").exists()
 
 
 def test_bptts_memory_is_continuous_unless_the_grid_is_asked_for():
