@@ -1,11 +1,16 @@
 """SIGTERM (a scheduler preempting a job) and SIGINT (Ctrl-C) stop a real `python -m smtrnn train` with a
 checkpoint at the step it reached and one line; the same command then resumes it to the bit-identical
-result of an uninterrupted run."""
+result of an uninterrupted run. A study training runs in worker processes passes the signal on: every
+run under way saves, no queued run starts, no worker outlives it."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -78,3 +83,82 @@ def test_a_signal_saves_the_step_reached_and_the_same_command_resumes_bit_exactl
     assert_identical(final_tensors(out), final_tensors(whole_dir))
     assert records(out) == records(whole_dir)  # no step lost, none twice, every logged value the same
     assert result_without_clock(out) == result_without_clock(whole_dir)
+
+
+# a study of three tiny BPTT runs, two at a time; each run waits before its third batch while the gate exists
+STUDY_SCRIPT = """
+import os, sys, time
+from dataclasses import dataclass
+
+from smtrnn.config import RunConfig
+from smtrnn.experiments.runner import run_study
+from smtrnn.experiments.spec import Budget, Point, Study, Variant
+from smtrnn.interrupt import Interrupted
+from smtrnn.models import tiny_model
+from smtrnn.tasks import TASKS
+from smtrnn.tasks.synthetic import Parity
+
+
+@dataclass
+class Held(Parity):
+    gate: str = ""
+
+    def sample(self, batch_size, length, generator):
+        self.drawn = getattr(self, "drawn", 0) + 1
+        while self.drawn == 3 and os.path.exists(self.gate):
+            open(f"{self.gate}.{os.getpid()}", "w").close()  # this worker is held here
+            time.sleep(0.01)
+        return super().sample(batch_size, length, generator)
+
+
+TASKS["held"] = Held  # module level: the spawned workers run it too
+
+if __name__ == "__main__":
+    gate, out = sys.argv[1:]
+    base = RunConfig(length=8, model=tiny_model(), eval_batches=1)
+    study = Study(
+        "held", "test", base, [Variant("bptt", "BPTT", {"method": "bptt"})], [Point("bptt", "held", "tanh", 8)],
+        [0, 1, 2], {8: Budget(20)}, tasks={"held": {"gate": gate}},
+    )
+    try:
+        result = run_study(study, out, jobs=2, progress=False)
+    except Interrupted as error:
+        print(error, file=sys.stderr)
+        sys.exit(error.exit_code)
+    print(len(result["rows"]), result["trained"])
+"""
+
+
+def test_a_signal_to_a_study_stops_its_workers_runs_with_a_checkpoint_and_starts_no_other(tmp_path):
+    script, gate, out = tmp_path / "study.py", tmp_path / "gate", tmp_path / "runs"
+    script.write_text(STUDY_SCRIPT)
+    command = [sys.executable, str(script), str(gate), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    gate.touch()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    held = lambda: sorted(int(path.suffix[1:]) for path in tmp_path.glob("gate.*"))
+    try:
+        wait_until(process, lambda: len(held()) == 2)  # both workers hold a run at its third batch
+        workers = held()
+        process.send_signal(signal.SIGTERM)  # the study only: the workers are not signalled by the test
+        time.sleep(1)
+        gate.unlink()
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert err.splitlines() == [
+        "interrupted (SIGTERM): the runs under way saved a checkpoint; the same command resumes the study"
+    ]
+    runs = {seed: out / "bptt" / "held" / "tanh" / "T8" / f"seed{seed}" for seed in range(3)}
+    started = [seed for seed, run in runs.items() if run.exists()]
+    assert len(started) == 2 and not runs[2].exists()  # the queued run did not start
+    for seed in started:
+        assert checkpoint.latest_checkpoint(runs[seed]) is not None and not (runs[seed] / "result.json").exists()
+    for pid in workers:  # no worker trains on after the study is gone
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.split() == ["3", "3"], done.stderr

@@ -33,6 +33,9 @@ class Interrupted(UserError):
         self.signum = signum
         self.exit_code = 128 + signum
 
+    def __reduce__(self):  # crosses from a study's worker process to the study
+        return type(self), (self.signum, str(self))
+
 
 def name(signum: int) -> str:
     return signal.Signals(signum).name

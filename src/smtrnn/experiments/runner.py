@@ -3,7 +3,8 @@ warm-up scaling), runs are trained ``jobs`` at a time in spawned processes, resu
 measured (experiments/measure.py) and read back as rows.
 
 A run whose directory holds result.json for the same config is read back, not retrained; an
-interrupted run resumes from its last checkpoint; a run that diverges leaves diverged.json (its
+interrupted run resumes from its last checkpoint (SIGINT or SIGTERM to a study of several jobs reaches
+each worker once: the runs under way save, no queued run starts); a run that diverges leaves diverged.json (its
 message) and is not retried (delete that file to retry). Rows of an earlier invocation (its JSON) can
 stand in for runs whose directories are gone: only where the config is the same (``config`` digest,
 taken over the settings the JSON's ``config_fields`` lists, so that a setting added to RunConfig later,
@@ -15,19 +16,21 @@ left at its default, does not orphan them).
 from __future__ import annotations
 
 import copy
+import os
+import signal
 import time
 from collections.abc import Generator
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import closing
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import closing, suppress
 from dataclasses import asdict, replace
 from functools import partial
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from smtrnn import checkpoint
+from smtrnn import checkpoint, interrupt
 from smtrnn.config import (
     RunConfig,
     changed_fields,
@@ -167,8 +170,8 @@ def _work(config: RunConfig) -> int:
 
 def _execute(work: list, jobs: int, threads: int, measurements: tuple[str, ...]) -> Generator:
     """Yield the keys of runs as they finish: in this process for one job, else in spawned workers."""
-    task = partial(train_run, measurements=measurements)
     if jobs == 1:
+        task = partial(train_run, measurements=measurements)
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
@@ -179,17 +182,65 @@ def _execute(work: list, jobs: int, threads: int, measurements: tuple[str, ...])
             torch.set_num_threads(previous)
         return
     # spawn: workers must not inherit this process's torch threads or locks (fork is unsafe with them)
+    context = get_context("spawn")
+    stopping = context.Event()  # set: a worker starts no further run
     pool = ProcessPoolExecutor(
-        max_workers=jobs, mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(threads,)
+        max_workers=jobs, mp_context=context, initializer=_start_worker, initargs=(threads, stopping)
     )
+    worker_task = partial(_train_in_worker, measurements=measurements)
+    futures = {pool.submit(worker_task, config, str(folder)): key for key, config, folder in work}
+    left = set(futures)
     try:
-        futures = {pool.submit(task, config, str(folder)): key for key, config, folder in work}
-        for future in as_completed(futures):
-            future.result()
-            yield futures[future]
+        with interrupt.caught():
+            while left:
+                done, left = wait(left, timeout=0.2, return_when=FIRST_COMPLETED)
+                if signum := interrupt.pending():
+                    stopping.set()
+                    _signal_workers(signum)  # each saves a checkpoint at the step it reached
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise interrupt.Interrupted(
+                        signum,
+                        f"interrupted ({interrupt.name(signum)}): the runs under way saved a checkpoint; the same "
+                        "command resumes the study",
+                    )
+                for future in done:
+                    future.result()
+                    yield futures[future]
+    except KeyboardInterrupt:  # a second signal: the workers stop at once too, keeping their last checkpoint
+        _signal_workers(signal.SIGTERM)
+        raise
     finally:
         # on an error: drop the runs not started; those running finish (and are kept for a re-run)
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+_stopping = None  # in a study's worker: the study's event, set when it stops
+
+
+def _start_worker(threads: int, stopping) -> None:
+    """A worker of a study: its own process group, so that Ctrl-C at a terminal reaches only the study,
+    which passes a signal on once to each worker (a run hit twice stops without saving); between runs
+    the worker ignores both signals, so that one idle or measuring is not killed (a dead worker breaks
+    the pool, which then terminates the runs under way before they save)."""
+    global _stopping
+    _stopping = stopping
+    if hasattr(os, "setpgid"):
+        os.setpgid(0, 0)
+    for signum in interrupt.SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)  # a run catches them while it trains (interrupt.caught)
+    torch.set_num_threads(threads)
+
+
+def _train_in_worker(config: RunConfig, folder: str, measurements: tuple[str, ...]) -> None:
+    if _stopping is None or not _stopping.is_set():  # a run queued before the study stopped does not start
+        train_run(config, folder, measurements)
+
+
+def _signal_workers(signum: int) -> None:
+    for worker in active_children():
+        if worker.pid is not None:
+            with suppress(ProcessLookupError):
+                os.kill(worker.pid, signum)
 
 
 def run_study(
