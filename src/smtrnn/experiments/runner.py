@@ -197,6 +197,7 @@ def _execute(work: list, jobs: int, threads: int, measurements: tuple[str, ...])
                 if signum := interrupt.pending():
                     stopping.set()
                     _signal_workers(signum)  # each saves a checkpoint at the step it reached
+                    # waited for here, inside caught(): a second signal meanwhile stops them at once (below)
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise interrupt.Interrupted(
                         signum,
