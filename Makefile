@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # data/node_modules comes back on the next make
 DATA := data/node_modules/.package-lock.json
 
-.PHONY: demo demo-page test lint bench bench-breakdown horizon results results-budget realdata decoder-positions length teacher clean
+.PHONY: demo demo-page test lint bench bench-breakdown horizon results realdata decoder-positions length teacher teacher-long clean
 
 $(STAMP): pyproject.toml $(DATA)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,12 +55,6 @@ horizon: $(STAMP)
 results: $(STAMP)
 	$(call STUDY,compare,results) --keep-rows
 
-# copy, stack and parity at T=16 with four times the steps (docs/results-budget.md): about 15 min on 2 cores
-results-budget: $(STAMP)
-	$(BIN)/smtrnn experiment compare --preset cpu --tasks copy,stack,parity --cells tanh --variants bptt,smt+dmt \
-		--lengths 16 --steps 2000 --dmt-steps 400 --jobs 2 --out runs/compare-4x --json docs/results-budget.json \
-		--markdown docs/results-budget.md --figures docs/figures/budget
-
 # BPTT against SMT->DMT on MNIST, Quick, Draw! and Brown: 18 runs, about 3 h 20 min of training summed, under 2 h on 2 cores
 realdata: $(STAMP)
 	$(call STUDY,realdata,realdata)
@@ -77,6 +71,10 @@ length: $(STAMP)
 # how fast the teacher learns copy, stack and parity, beside BPTT (docs/teacher.md)
 teacher: $(STAMP)
 	$(call STUDY,teacher,teacher)
+
+# what makes the teacher learn stack at T=256, and does SMT->DMT gain (docs/teacher-long.md): 2 h on 2 cores
+teacher-long: $(STAMP)
+	$(call STUDY,teacher-long,teacher-long)
 
 clean:
 	rm -rf $(VENV) runs

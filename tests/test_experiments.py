@@ -285,6 +285,15 @@ def test_smoke_needle_measurements_and_depths(tmp_path):
     assert "probe" not in rows["bptt"]
 
 
+def test_smoke_ages_measurement_splits_the_pops_by_how_long_they_were_held(tmp_path):
+    result = run_study(experiments.study("teacher-long", "smoke"), tmp_path, progress=False)
+    rows = {row["variant"]: row for row in result["rows"]}
+    for row in rows.values():
+        assert abs(sum(row["age_share"]) - 1) < 1e-6 and row["age_bins"][0] == [1, 4]
+    assert "age_teacher" not in rows["bptt"] and "age_rnn" not in rows["teacher"]  # only what was trained
+    assert len(rows["smt+dmt"]["age_rnn"]) == len(rows["smt+dmt"]["age_teacher"]) == len(rows["smt+dmt"]["age_bins"])
+
+
 def small_study(**changes) -> Study:
     study = experiments.study("compare", "smoke").narrowed(task=["parity"])
     for key, value in changes.items():

@@ -273,6 +273,22 @@ def test_stack_respects_capacity_and_never_pops_empty(seed, capacity):
     assert bool((depth == capacity).any()), "a full stack occurs in 60 steps"
 
 
+@FAST
+@given(seed=st.integers(0, 2**31 - 1), capacity=st.integers(1, 4))
+def test_stack_label_ages_are_the_steps_since_the_popped_push(seed, capacity):
+    task = Stack(capacity=capacity)
+    batch = draw(task, 4, 40, seed)
+    ages = task.label_ages(batch["x"])
+    for row, x in enumerate(batch["x"].tolist()):
+        pushed = []  # a plain list as the reference stack of push times
+        for t, token in enumerate(x):
+            if token:
+                pushed.append(t)
+                assert ages[row, t] == -1 == batch["y"][row, t]
+            else:
+                assert ages[row, t] == t - pushed.pop() >= 1
+
+
 def test_stack_push_probability():
     x = draw(Stack(capacity=1000), 64, 200, 0)["x"]  # never full: pushes at push_prob except from empty
     assert 0.45 < float((x > 0).float().mean()) < 0.6

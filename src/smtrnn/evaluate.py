@@ -54,15 +54,25 @@ def evaluate_rnn(rnn, task, length: int, batches: int = 8, batch_size: int = 64,
     return result
 
 
-def first_prediction_accuracy(teacher, memories: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Accuracy of the teacher's first decoder prediction, y_t from m*_t alone (memories [B, T+1, M]).
-    Only labelled positions are decoded: the same number, and far less work on sparse-label tasks."""
+def first_prediction_correct(teacher, memories: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Whether the teacher's first decoder prediction, y_t from m*_t alone (memories [B, T+1, M]), is
+    right at each position [B, T] (False where unlabelled). Only labelled positions are decoded: far
+    less work on sparse-label tasks."""
     labelled = y != IGNORE
+    correct = torch.zeros_like(labelled)
     chosen = memories[:, 1:][labelled]
-    if chosen.shape[0] == 0:
+    if chosen.shape[0]:
+        first = teacher.decode(chosen, y.new_zeros(chosen.shape[0], 0))[:, 0]
+        correct[labelled] = first.argmax(-1) == y[labelled]
+    return correct
+
+
+def first_prediction_accuracy(teacher, memories: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Accuracy of the teacher's first decoder prediction over the labelled positions."""
+    labelled = y != IGNORE
+    if not labelled.any():
         return memories.new_zeros(())
-    first = teacher.decode(chosen, y.new_zeros(chosen.shape[0], 0))[:, 0]
-    return (first.argmax(-1) == y[labelled]).float().mean()
+    return first_prediction_correct(teacher, memories, y)[labelled].float().mean()
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ EXPERIMENTS = {
     "decoder-positions": ("decoder_positions", "sampled decoder windows against every window"),
     "length": ("length", "retrieval at T = 64 to 1,024 against BPTT (docs/length.md)"),
     "teacher": ("teacher", "how fast the teacher learns, beside BPTT (docs/teacher.md)"),
+    "teacher-long": ("teacher_long", "what makes the teacher learn stack at T=256 (docs/teacher-long.md)"),
 }
 
 

@@ -6,6 +6,8 @@ files and never need a checkpoint.
   rollout's error against t, the Jacobian's largest eigenvalues in the needle subspace;
 - ``unrounded``: a grid run's RNN alone without rounding at run time;
 - ``curve``: the periodic held-out scores of training against tokens seen and sequential compute;
+- ``ages``: for a task whose labels were written some steps before they are asked for (stack: the
+  popped symbol's push), accuracy by how long the label was held, the RNN alone and the teacher;
 - ``bytes``: for byte streams, the teacher's bits per byte from its memory alone, the byte frequencies'
   bits per byte, a text sample of the RNN alone, or images it draws (for image tasks).
 
@@ -26,6 +28,7 @@ from smtrnn.evaluate import held_out_batches
 from smtrnn.methods import uses_teacher
 from smtrnn.methods.common import masked_cross_entropy
 from smtrnn.run import load_run
+from smtrnn.tasks.base import IGNORE
 
 PROBE_LAGS = (0, 1, 3, 8, 16, 32, 64, 128, 256, 512)
 TEXT_PROMPT = "She looked at him and said"
@@ -150,7 +153,44 @@ def unrounded(config: RunConfig, folder: Path) -> dict:
     return {"accuracy_unrounded": scores["accuracy"]}
 
 
-MEASUREMENTS = {"needle": needle, "bytes": byte_stream, "curve": training_curve, "unrounded": unrounded}
+AGE_BINS = ((1, 4), (5, 16), (17, 64), (65, None))  # steps a label was held (None: no end)
+
+
+@torch.no_grad()
+def ages(config: RunConfig, folder: Path) -> dict:
+    """Accuracy on held-out sequences by how long each label was held (``Task.label_ages``), per bin of
+    AGE_BINS (``age_bins``): the share of labels in it (``age_share``), the RNN alone (``age_rnn``, but for a teacher
+    trained alone) and the teacher's first prediction from m*_t (``age_teacher``, where the run has a
+    trained one); {} for other tasks."""
+    from smtrnn.evaluate import first_prediction_correct
+
+    _, task, models = load_run(folder)
+    if not hasattr(task, "label_ages"):
+        return {}
+    batches = list(held_out_batches(task, config.length, config.eval_batches, 64, config.seed))
+    x, y = torch.cat([batch["x"] for batch in batches]), torch.cat([batch["y"] for batch in batches])
+    held, labelled = task.label_ages(x), y != IGNORE
+    correct = {}
+    if config.method != "teacher":
+        logits, _ = models.rnn(x)
+        correct["rnn"] = logits.argmax(-1) == y
+    if uses_teacher(config):
+        correct["teacher"] = first_prediction_correct(models.teacher, models.teacher.encode(x), y)
+    bins = [labelled & (held >= lo) & (held <= (hi or held.max())) for lo, hi in AGE_BINS]
+    values: dict = {"age_bins": [list(bin) for bin in AGE_BINS]}
+    values["age_share"] = [inside.sum().item() / max(1, labelled.sum().item()) for inside in bins]
+    for name, right in correct.items():
+        values[f"age_{name}"] = [right[inside].float().mean().item() if inside.any() else None for inside in bins]
+    return values
+
+
+MEASUREMENTS = {
+    "needle": needle,
+    "bytes": byte_stream,
+    "curve": training_curve,
+    "unrounded": unrounded,
+    "ages": ages,
+}
 
 
 def take(config: RunConfig, folder: Path, names: tuple[str, ...]) -> None:

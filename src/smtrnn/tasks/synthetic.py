@@ -163,6 +163,22 @@ class Stack(Task):
             depth = depth + torch.where(push, 1, -1)
         return {"x": x, "y": y}
 
+    def label_ages(self, x: torch.Tensor) -> torch.Tensor:
+        """How long each pop's label has been held: at a pop, the steps since its symbol was pushed; -1
+        elsewhere. (Where the memory loses a stack: what it held longest, or what lies deepest.)"""
+        batch_size, length = x.shape
+        pushed_at = torch.zeros(batch_size, self.capacity, dtype=torch.long)  # the time of each slot's push
+        depth = torch.zeros(batch_size, dtype=torch.long)
+        rows = torch.arange(batch_size)
+        ages = torch.full_like(x, IGNORE)
+        for t in range(length):
+            push = x[:, t] != 0
+            ages[:, t] = torch.where(push, IGNORE, t - pushed_at[rows, (depth - 1).clamp(min=0)])
+            slot = depth.clamp(max=self.capacity - 1)
+            pushed_at[rows, slot] = torch.where(push, t, pushed_at[rows, slot])
+            depth = depth + torch.where(push, 1, -1)
+        return ages
+
 
 # ---------------------------------------------------------------------------------------------
 # running parity
