@@ -69,6 +69,7 @@ def _grid(include) -> Study:
         BUDGETS,
         tasks=TASKS,
         row_keys=[*ROW_KEYS, "diagnostics", "generalisation"],
+        measurements=["ages"],  # where a family's labels are held for a while (stack): accuracy by how long
     )
 
 
@@ -302,6 +303,24 @@ def task_block(task: str, rows: list[dict], options: dict, link: str | None) -> 
     ]
 
 
+def ages_table(rows: list[dict], by: tuple[str, ...]) -> list[str]:
+    """Per group of ``by`` (e.g. length and variant) and network (the RNN alone, the teacher's first
+    prediction), accuracy on the labels by how long each was held (the ``ages`` measurement; means of
+    seeds), and the share of the labels in each bin; [] when no row has the measurement."""
+    measured = [row for row in rows if row.get("age_bins")]
+    if not measured:
+        return []
+    bins = [f"held {lo}-{hi}" if hi else f"held {lo}+" for lo, hi in measured[0]["age_bins"]]
+    lines = []
+    for key, group in sorted(groups(measured, *by).items(), key=lambda item: [str(part) for part in item[0]]):
+        shares = " / ".join(fmt(mean(row["age_share"][i] for row in group), 2) for i in range(len(bins)))
+        for network in ("rnn", "teacher"):
+            if all(row.get(f"age_{network}") for row in group):
+                cells = [mean(row[f"age_{network}"][i] for row in group) for i in range(len(bins))]
+                lines.append([*map(str, key), network, *(fmt(cell) for cell in cells), shares])
+    return table([*by, "network", *bins, "share of the labels per bin"], lines)
+
+
 def blocks(result: dict, command: str, link: str | None) -> Blocks:
     rows, tasks = result["rows"], result["study"]["tasks"]
     excluded = sum(teacher_at_chance(row) for row in rows)
@@ -313,6 +332,9 @@ def blocks(result: dict, command: str, link: str | None) -> Blocks:
     ]
     for (task,), group in groups(rows, "task").items():
         page.append((f"task-{task}", task_block(task, group, tasks.get(task, {}), link)))
+        held = ages_table([row for row in group if row["variant"] != "bptt-10x"], ("cell", "length", "variant"))
+        if held:
+            page.append((f"ages-{task}", held))
     return page
 
 

@@ -163,10 +163,11 @@ def ages(config: RunConfig, folder: Path) -> dict:
     trained alone) and the teacher's first prediction from m*_t (``age_teacher``, where the run has a
     trained one); {} for other tasks."""
     from smtrnn.evaluate import first_prediction_correct
+    from smtrnn.tasks import load_task_class
 
-    _, task, models = load_run(folder)
-    if not hasattr(task, "label_ages"):
+    if not hasattr(load_task_class(config.task), "label_ages"):
         return {}
+    _, task, models = load_run(folder)
     batches = list(held_out_batches(task, config.length, config.eval_batches, 64, config.seed))
     x, y = torch.cat([batch["x"] for batch in batches]), torch.cat([batch["y"] for batch in batches])
     held, labelled = task.label_ages(x), y != IGNORE

@@ -126,7 +126,7 @@ class Stack(Task):
     # continuous memory, as copy's, keeps more of the stack than the grid of 5 levels at every length
     # (docs/results.md: RNN alone 0.986 / 0.942 / 0.909 at T=16 / 64 / 256 against 0.977 / 0.923 / 0.889,
     # every seed ahead)
-    settings = {"model.teacher_positions": "rotary", **LABEL_TERMS, "model.memory_levels": 0}
+    settings = {"model.teacher_positions": "rotary", **LABEL_TERMS, "model.memory_levels": 0, "dmt.truncate": 16}
 
     def __post_init__(self):
         check_int(self.name, "symbols", self.symbols, 1)
