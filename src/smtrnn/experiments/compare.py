@@ -312,7 +312,7 @@ def ages_table(rows: list[dict], by: tuple[str, ...]) -> list[str]:
         return []
     bins = [f"held {lo}-{hi}" if hi else f"held {lo}+" for lo, hi in measured[0]["age_bins"]]
     lines = []
-    for key, group in sorted(groups(measured, *by).items(), key=lambda item: [str(part) for part in item[0]]):
+    for key, group in sorted(groups(measured, *by).items()):
         shares = " / ".join(fmt(mean(row["age_share"][i] for row in group), 2) for i in range(len(bins)))
         for network in ("rnn", "teacher"):
             if all(row.get(f"age_{network}") for row in group):
