@@ -27,8 +27,10 @@ VARIANTS = [
 ]
 # does the faster teacher give a better RNN alone? SMT->DMT as the grid runs it (docs/results.md: the
 # same 2,000 SMT + 300 DMT steps, the RNN also tested at 2T, 4T and 8T), the defaults against the winner
-# (DMT's gradient crossing one cell step: the study ran before stack's DMT took a window of 16)
-RNN = {"method": "smt+dmt", "length_generalisation": True, "train.eval_every": 0, "dmt.truncate": 1}
+# (DMT's gradient crossing one cell step, its full pull and rate: the study ran before stack's DMT took
+# its own window, pull and rate)
+DMT_THEN = {"dmt.truncate": 1, "dmt.c_dyn": 1.0, "dmt_train.lr": 1e-3}
+RNN = {"method": "smt+dmt", "length_generalisation": True, "train.eval_every": 0, **DMT_THEN}
 VARIANTS += [
     Variant("smt+dmt", "SMT->DMT, the task's settings", RNN, group="rnn"),
     Variant("smt+dmt-encoder-4", "SMT->DMT, 4 encoder layers", {**RNN, "model.teacher_layers": 4}, group="rnn"),
