@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # data/node_modules comes back on the next make
 DATA := data/node_modules/.package-lock.json
 
-.PHONY: demo demo-page test lint bench bench-breakdown horizon results realdata decoder-positions length teacher teacher-long clean
+.PHONY: demo demo-page test lint bench bench-cuda bench-breakdown horizon results realdata decoder-positions length teacher teacher-long clean
 
 $(STAMP): pyproject.toml $(DATA)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench-breakdown: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/smtrnn bench --quick --threads 1 --json docs/benchmarks.json --markdown docs/benchmarks.md
+
+# the same on a CUDA machine, bf16 autocast beside fp32 (docs/cuda/benchmarks.md): a few minutes on one GPU
+bench-cuda: $(STAMP)
+	$(BIN)/smtrnn bench --quick --device cuda --autocast --json docs/cuda/benchmarks.json --markdown docs/cuda/benchmarks.md
 
 # every study: `smtrnn experiment NAME`, resumable in runs/NAME, its page and figures in docs/
 STUDY = $(BIN)/smtrnn experiment $(1) --preset cpu --jobs 2 --out runs/$(1) --json docs/$(2).json --markdown docs/$(2).md --figures docs/figures

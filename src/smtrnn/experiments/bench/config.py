@@ -28,7 +28,7 @@ class BenchConfig:
     device: str = "cpu"
     threads: int = 0  # 0: PyTorch's default
     compile: bool = False  # also time smt_loss under torch.compile (minutes of warm-up on CPU)
-    autocast: bool = False  # also time the SMT step under bf16 autocast (CUDA only; untested here)
+    autocast: bool = False  # also time the SMT step under bf16 autocast (CUDA only; docs/cuda/benchmarks.md)
     seed: int = 0
 
 
