@@ -151,6 +151,17 @@ def test_dynamics_train_only_the_cell_during_the_teacher_delay(step, reaches_tea
     assert all_zero({n: g for n, g in gradients.items() if n.startswith("teacher.")}) != reaches_teacher
 
 
+def test_without_the_pull_the_dynamics_never_reach_the_teacher():
+    models = make_models("tanh")
+    batch = make_batch(batch=3, length=8)
+    config = only(c_dyn=1.0, c_horizon=1.0, horizon=3, horizon_grow=0, horizon_detach=False, teacher_delay=0)
+    config.teacher_pull = False
+    loss, _ = smt_loss(models, batch, config, step=1000)
+    gradients = backward(models, loss)
+    assert not all_zero({n: g for n, g in gradients.items() if n.startswith("rnn.cell.")})
+    assert all_zero({n: g for n, g in gradients.items() if n.startswith("teacher.")})
+
+
 def test_change_weighted_starts_follow_the_teachers_writes():
     """horizon_starts_at="changes": starts land mostly right after the memory moved, never past T - K."""
     memories = torch.zeros(200, 41, 3)

@@ -34,6 +34,9 @@ class SMTConfig:
     # for this many steps the dynamics and horizon terms train the cell only: their pull on the teacher
     # (towards memories easy to carry forward) would otherwise stop it learning long lookups (T >= 256)
     teacher_delay: int = 500
+    # False: the dynamics terms never move the teacher, whatever the step (copy: a teacher that must hold
+    # a whole string loses it to memories one step can follow once the pull arrives, docs/results.md)
+    teacher_pull: bool = True
     uniformity_samples: int = 512  # memory tokens the uniformity loss compares (a random subset)
     context: int = 0  # Tc: windowed mode, the encoder sees the first Tc tokens of a crop; 0 = all-prefix
     # horizon (K > 1): roll the cell K steps from teacher memories and supervise every step (see horizon_loss)
@@ -228,7 +231,8 @@ def smt_loss(models, batch, config: SMTConfig, step: int = 0):
     memories = teacher.encode(x)  # [B, T+1, M]: every prefix, the empty one first
     pred, teacher_accuracy = predictive_loss(teacher, memories, crop_x, crop_y, config)
 
-    joint = memories.detach() if step < config.teacher_delay else memories  # what the dynamics may move
+    pulled = config.teacher_pull and step >= config.teacher_delay
+    joint = memories if pulled else memories.detach()  # what the dynamics may move
     target = joint[:, 1:].detach() if config.detach_target else joint[:, 1:]
     source = joint[:, :-1]
     stepped, update = rnn.cell.step_with_update(source, x)  # the only cell application: all B*T pairs
