@@ -140,26 +140,19 @@ def test_reported_gradient_depth_is_the_horizon():
     assert depths(config)["sequential_depth"] == 64
 
 
-@pytest.mark.parametrize("step, reaches_teacher", [(0, False), (9, False), (10, True)])
-def test_dynamics_train_only_the_cell_during_the_teacher_delay(step, reaches_teacher):
+@pytest.mark.parametrize(
+    "step, pull, reaches_teacher", [(0, True, False), (9, True, False), (10, True, True), (1000, False, False)]
+)
+def test_dynamics_train_only_the_cell_during_the_teacher_delay(step, pull, reaches_teacher):
+    """And never, with the pull off (``teacher_pull=False``), whatever the step."""
     models = make_models("tanh")
     batch = make_batch(batch=3, length=8)
     config = only(c_dyn=1.0, c_horizon=1.0, horizon=3, horizon_grow=0, horizon_detach=False, teacher_delay=10)
+    config.teacher_pull = pull
     loss, _ = smt_loss(models, batch, config, step=step)
     gradients = backward(models, loss)
     assert not all_zero({n: g for n, g in gradients.items() if n.startswith("rnn.cell.")})
     assert all_zero({n: g for n, g in gradients.items() if n.startswith("teacher.")}) != reaches_teacher
-
-
-def test_without_the_pull_the_dynamics_never_reach_the_teacher():
-    models = make_models("tanh")
-    batch = make_batch(batch=3, length=8)
-    config = only(c_dyn=1.0, c_horizon=1.0, horizon=3, horizon_grow=0, horizon_detach=False, teacher_delay=0)
-    config.teacher_pull = False
-    loss, _ = smt_loss(models, batch, config, step=1000)
-    gradients = backward(models, loss)
-    assert not all_zero({n: g for n, g in gradients.items() if n.startswith("rnn.cell.")})
-    assert all_zero({n: g for n, g in gradients.items() if n.startswith("teacher.")})
 
 
 def test_change_weighted_starts_follow_the_teachers_writes():
