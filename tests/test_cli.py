@@ -426,6 +426,19 @@ def test_copy_and_stack_train_on_a_continuous_memory_and_retrieval_on_the_grid()
     assert levels("retrieval") == (5, "") and levels("parity")[0] == 5  # the families the grid serves keep it
 
 
+def test_a_tasks_future_window_is_cut_to_a_shorter_sequence():
+    def future(*options):
+        args = build_parser().parse_args(["train", "--out", "x", "--task", "copy", *options])
+        config = config_from_args(args)
+        note = take_settings(config, args) or ""
+        config.validate()
+        return config.model.future, "--future" in note and note.split("--future ")[1].split(",")[0]
+
+    assert future("--length", "64") == (32, "32")  # copy's own window
+    assert future("--length", "16") == (16, "16")  # cut to the sequence, and the note says so
+    assert future("--length", "64", "--future", "8") == (8, False)  # the user's choice wins
+
+
 def test_every_built_in_tasks_settings_name_fields_a_run_reads():
     for name, cls in TASKS.items():
         for dotted, value in cls.settings.items():

@@ -107,17 +107,22 @@ def test_a_studys_runs_take_their_tasks_settings_under_the_studys_own_choices(mo
 
 def test_the_grids_smt_points_are_smtrnn_train_with_no_other_option():
     """docs/results.md's SMT->DMT points are `smtrnn train --task TASK --length T --seed S` (and --cell,
-    the grid's task options), scored at 2T-8T too; BPTT trains the same 2,300 steps."""
+    the grid's task options), scored at 2T-8T too, with --steps and --dmt-steps where the task has a
+    budget of its own (copy beyond T=16); BPTT trains the same steps, or ten times them."""
     study = experiments.study("compare", "cpu")
     for point in study.points:
-        config = run_config(study, point, 1)
+        config, budget = run_config(study, point, 1), study.budget(point.length, point.task)
         if point.variant == "smt+dmt":
             expected = RunConfig(task=point.task, length=point.length, seed=1, length_generalisation=True)
             expected.task_options, expected.model.cell = study.tasks[point.task], point.cell
+            if budget != Budget(2300, 300):
+                expected.train.steps, expected.dmt_train.steps = budget.steps - budget.dmt_steps, budget.dmt_steps
             with_task_settings(expected, given=set())
             assert config.to_dict() == expected.to_dict(), point
         else:
-            assert planned_steps(config) == (23000 if point.variant == "bptt-10x" else 2300)
+            assert planned_steps(config) == budget.steps * (10 if point.variant == "bptt-10x" else 1)
+    assert study.budget(64, "copy") == Budget(9000, 4000) and study.budget(16, "copy") == Budget(2300, 300)
+    assert study.budget(64, "stack") == Budget(2300, 300)
 
 
 def test_the_length_studys_defaults_points_are_smtrnn_train_with_no_other_option():
@@ -137,6 +142,7 @@ def test_customise_narrows_points_and_replaces_budgets():
     study = experiments.customise(experiments.study("compare", "cpu"), {"task": ["copy"], "length": [16]}, steps=100)
     assert {(point.task, point.length) for point in study.points} == {("copy", 16)}
     assert study.budget(16) == Budget(100, round(100 * 300 / 2300))
+    assert study.budget(64, "copy") == Budget(100, round(100 * 4000 / 9000))  # a task's own budgets too
     with pytest.raises(smtrnn.errors.UserError, match="no point"):
         experiments.customise(experiments.study("compare", "cpu"), {"task": ["mqar"]})
 

@@ -60,14 +60,15 @@ def customise(
     if given:
         chosen = chosen.narrowed(**given)
     if steps is not None or dmt_steps is not None:
-        budgets = {}
-        for length, budget in chosen.budgets.items():
+
+        def change(budget: Budget) -> Budget:
             total = budget.steps if steps is None else steps
             share = round(total * budget.dmt_steps / budget.steps) if dmt_steps is None else dmt_steps
             if total < 1 or not 0 <= share < total:
                 raise UserError(f"{chosen.name}: need steps >= 1 and 0 <= dmt steps < steps, got {total} and {share}")
-            budgets[length] = Budget(total, share)
-        chosen.budgets = budgets
+            return Budget(total, share)
+
+        chosen.rebudgeted(change)
     return chosen
 
 

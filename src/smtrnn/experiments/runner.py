@@ -77,7 +77,7 @@ def run_config(study: Study, point: Point, seed: int) -> RunConfig:
     with_method_settings(config, given=chosen)
     if study.task_settings:
         with_task_settings(config, given=chosen)
-    budget = study.budget(point.length)
+    budget = study.budget(point.length, point.task)
     total = round(budget.steps * variant.steps)
     dmt_steps = budget.dmt_steps if config.method == "smt+dmt" else 0
     config.train.steps = total - dmt_steps
@@ -102,9 +102,7 @@ def smoke(study: Study, points: int = 3, steps: int = 6, dmt_steps: int = 2) -> 
     small = Study.from_dict(study.to_dict())
     small.preset, small.seeds = "smoke", small.seeds[:1]
     small.points = [replace(point, seeds=point.seeds[:1]) if point.seeds else point for point in small.points[:points]]
-    small.budgets = {
-        length: Budget(steps, dmt_steps if budget.dmt_steps else 0) for length, budget in small.budgets.items()
-    }
+    small.rebudgeted(lambda budget: Budget(steps, dmt_steps if budget.dmt_steps else 0))
     base = small.base
     base.model = tiny_model(**{**asdict(base.model), **TINY_SIZES})
     every = lambda train: min(train.eval_every, 1)  # a study that scores during training does at every step

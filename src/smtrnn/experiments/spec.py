@@ -90,6 +90,9 @@ class Study:
     budgets: dict[int, Budget]  # by length: a point takes the entry of the next length >= its own
     tasks: dict[str, dict] = field(default_factory=dict)  # task options by task name (others: the task's defaults)
     task_overrides: dict[str, dict] = field(default_factory=dict)  # dotted overrides for the points of a task
+    # a task's own budgets by length, in place of ``budgets`` for its points (a family whose teacher needs
+    # more steps at some lengths than the others: copy at T=64, docs/results.md)
+    task_budgets: dict[str, dict[int, Budget]] = field(default_factory=dict)
     # each point takes its task's own settings (Task.settings) under the overrides, as a user's run does;
     # a study of factors measured against the one recipe every task shares turns this off
     task_settings: bool = True
@@ -103,9 +106,20 @@ class Study:
                 return variant
         raise UserError(f"{self.name}: no variant {name!r}; it has {', '.join(v.name for v in self.variants)}")
 
-    def budget(self, length: int) -> Budget:
-        longer = [limit for limit in self.budgets if limit >= length]
-        return self.budgets[min(longer) if longer else max(self.budgets)]
+    def budget(self, length: int, task: str | None = None) -> Budget:
+        """The budget of a point: its task's own table where the study has one, else ``budgets``; in it,
+        the entry of the next length >= ``length`` (the longest entry beyond them)."""
+        budgets = self.task_budgets.get(task, self.budgets) if task is not None else self.budgets
+        longer = [limit for limit in budgets if limit >= length]
+        return budgets[min(longer) if longer else max(budgets)]
+
+    def rebudgeted(self, change) -> None:
+        """Replace every Budget of the study, its tasks' included, with ``change(budget)``."""
+        self.budgets = {length: change(budget) for length, budget in self.budgets.items()}
+        self.task_budgets = {
+            task: {length: change(budget) for length, budget in budgets.items()}
+            for task, budgets in self.task_budgets.items()
+        }
 
     def keys(self) -> list[tuple[Point, int]]:
         """Every (point, seed) of the study, in the order of its points."""
@@ -117,7 +131,8 @@ class Study:
             base=self.base.to_dict(),
             variants=[asdict(variant) for variant in self.variants],
             points=[asdict(point) for point in self.points],
-            budgets={str(length): asdict(budget) for length, budget in self.budgets.items()},
+            budgets=_budgets_to_dict(self.budgets),
+            task_budgets={task: _budgets_to_dict(budgets) for task, budgets in self.task_budgets.items()},
         )
         return values
 
@@ -128,7 +143,10 @@ class Study:
             base=RunConfig.from_dict(values["base"]),
             variants=[Variant(**variant) for variant in values["variants"]],
             points=[Point(**point) for point in values["points"]],
-            budgets={int(length): Budget(**budget) for length, budget in values["budgets"].items()},
+            budgets=_budgets_from_dict(values["budgets"]),
+            task_budgets={
+                task: _budgets_from_dict(budgets) for task, budgets in values.get("task_budgets", {}).items()
+            },
         )
         return cls(**values)
 
@@ -152,3 +170,11 @@ class Study:
             points = [point for point in points if point.seeds != ()]
         copy.points, copy.seeds = points, seeds if seeds is not None else copy.seeds
         return copy
+
+
+def _budgets_to_dict(budgets: dict[int, Budget]) -> dict[str, dict]:
+    return {str(length): asdict(budget) for length, budget in budgets.items()}
+
+
+def _budgets_from_dict(values: dict[str, dict]) -> dict[int, Budget]:
+    return {int(length): Budget(**budget) for length, budget in values.items()}
