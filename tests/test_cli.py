@@ -64,6 +64,7 @@ def user_task(tmp_path) -> Path:
         (["--method", "dmt"], "--init"),
         (["--steps", "-1"], "steps"),
         (["--smt-detach-target", "maybe"], "maybe"),
+        (["--smt-max-length=-1"], "max length"),
         (["--no-such-option", "1"], "no-such-option"),
         (["--steps", "three"], "three"),
         (["--task-option", "novalue"], "KEY=VALUE"),
@@ -272,6 +273,7 @@ def test_demo_smoke_prints_a_row_per_method_and_seed(tmp_path, capsys):
         (["--method", "bptt", "--smt-horizon", "4"], "--smt-horizon is not read by --method bptt"),
         (["--method", "smt", "--dmt-steps", "4"], "--dmt-steps is not read by --method smt"),
         (["--method", "smt+dmt", "--bptt-truncate", "4"], "--bptt-truncate is not read by --method smt+dmt"),
+        (["--smt-context", "4", "--smt-max-length", "4"], "--smt-max-length sets whole sequences, not the crops"),
     ],
 )
 def test_an_option_the_run_does_not_read_is_refused(argv, fragment, tmp_path, capsys):

@@ -108,7 +108,8 @@ def test_a_studys_runs_take_their_tasks_settings_under_the_studys_own_choices(mo
 def test_the_grids_smt_points_are_smtrnn_train_with_no_other_option():
     """docs/results.md's SMT->DMT points are `smtrnn train --task TASK --length T --seed S` (and --cell,
     the grid's task options), scored at 2T-8T too, with --steps and --dmt-steps where the task has a
-    budget of its own (copy beyond T=16); BPTT trains the same steps, or ten times them."""
+    budget of its own (copy beyond T=16; parity's is its own settings' 2,000 + 2,000); BPTT trains the
+    same steps, or ten times them."""
     study = experiments.study("compare", "cpu")
     for point in study.points:
         config, budget = run_config(study, point, 1), study.budget(point.length, point.task)
@@ -122,7 +123,10 @@ def test_the_grids_smt_points_are_smtrnn_train_with_no_other_option():
         else:
             assert planned_steps(config) == budget.steps * (10 if point.variant == "bptt-10x" else 1)
     assert study.budget(64, "copy") == Budget(9000, 4000) and study.budget(16, "copy") == Budget(2300, 300)
-    assert study.budget(64, "stack") == Budget(2300, 300)
+    assert study.budget(64, "stack") == Budget(2300, 300) and study.budget(16, "parity") == Budget(4000, 2000)
+    parity = RunConfig(task="parity", length=64)
+    with_task_settings(parity)
+    assert (parity.train.steps, parity.dmt_train.steps) == (2000, 2000)  # the grid's budget is parity's default
 
 
 def test_the_length_studys_defaults_points_are_smtrnn_train_with_no_other_option():

@@ -188,6 +188,24 @@ def test_the_length_curriculum_grows_smt_sequences_from_a_quarter_of_t(tmp_path)
     assert seen == [4, 7, 10, 13, 16, 16]  # SMT's four steps grow; DMT's two see the whole length
 
 
+def test_smt_max_length_caps_smts_sequences_and_its_curriculum_not_dmts(tmp_path):
+    from conftest import make_tiny_config
+    from smtrnn.methods.smt import sequence_length
+    from smtrnn.run import run
+
+    assert sequence_length(SMTConfig(length_grow=0, max_length=16), 64, 0) == 16
+    assert sequence_length(SMTConfig(length_grow=0, max_length=16), 8, 0) == 8  # T shorter than the cap
+    # the curriculum grows from a quarter of the cap to the cap
+    assert [sequence_length(SMTConfig(length_grow=100, max_length=16), 64, s) for s in (0, 50, 100)] == [4, 10, 16]
+    assert sequence_length(SMTConfig(length_grow=0, max_length=2), 64, 0, shortest=4) == 4
+    seen = []
+    run_config = make_tiny_config(method="smt+dmt", steps=3, dmt_steps=2)
+    run_config.length, run_config.smt.length_grow, run_config.smt.max_length = 16, 0, 6
+    run_config.model.future = 1
+    run(run_config, tmp_path, progress=False, sample_hook=lambda batch: seen.append(batch["x"].shape[1]) or batch)
+    assert seen == [6, 6, 6, 16, 16]
+
+
 @pytest.mark.parametrize("cell", ["tanh", "gru", "transformer"])
 def test_horizon_readout_equals_the_readout_on_a_loop_per_start(cell):
     models = make_models(cell)

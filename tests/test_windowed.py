@@ -151,7 +151,7 @@ def test_dmt_rollout_from_a_teacher_memory_matches_a_reference():
     expert = models.teacher.encode(x).detach()
     begin = next(s for s in range(7) if torch.equal(spy.inputs[0][0], expert[:, s]))
     memory, rollout, errors = expert[:, begin], [], []
-    spread = memory_spread(expert[:, 1:])
+    spread = memory_spread(expert[:, 1 : begin + 5])  # of the memories up to the rollout's end: all it reads
     for offset in range(4):
         memory = models.rnn.cell.step(memory, x[:, begin + offset])
         rollout.append(memory)

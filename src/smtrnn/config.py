@@ -79,6 +79,8 @@ class RunConfig:
                 f"smt context {self.smt.context} with future {self.model.future} needs crops of length >= "
                 f"{self.smt.context + self.model.future - 1} (context + future - 1), got {self.length}"
             )
+        if self.smt.max_length < 0:
+            raise UserError(f"smt max length must be 0 (the whole sequence) or positive, got {self.smt.max_length}")
         if self.dmt.every < 1 or self.dmt.truncate < 1:
             raise UserError("dmt every and truncate must be positive")
         if self.smt.grid_error not in ("rounded", "update"):
@@ -220,8 +222,8 @@ def _unread(config: RunConfig, names: list[str]) -> list[tuple[str, str]]:
             found.append((dotted, f"{option_name(dotted)} is not read by --method {config.method}"))
         elif section == "model" and name in TEACHER_FIELDS and not teacher:
             found.append((dotted, f"{option_name(dotted)} sets the teacher, which --method {config.method} has not"))
-        elif dotted == "smt.length_grow" and config.smt.context:
-            found.append((dotted, f"{option_name(dotted)} grows whole sequences, not the crops of windowed SMT"))
+        elif dotted in ("smt.length_grow", "smt.max_length") and config.smt.context:
+            found.append((dotted, f"{option_name(dotted)} sets whole sequences, not the crops of windowed SMT"))
         elif dotted == "model.memory_levels" and config.model.cell == "lstm":
             found.append((dotted, f"{option_name(dotted)} is not read by the lstm cell (its c is unbounded)"))
         elif dotted == "model.round_at_run_time" and not config.model.grid_levels():

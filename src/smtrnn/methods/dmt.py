@@ -33,16 +33,18 @@ def dmt_loss(models, batch, config: DMTConfig, step: int = 0):
     teacher, cell = models.teacher, models.rnn.cell
     x, y = batch["x"], batch["y"]
     batch_size, length = x.shape
-    with torch.no_grad():
-        expert = teacher.encode(x)  # [B, T+1, M], frozen labels
-        spread = memory_spread(expert[:, 1:])
     steps = min(config.rollout or length, length)
+    begin = int(torch.randint(0, length - steps + 1, ()).item()) if config.start == "teacher" else 0
+    with torch.no_grad():
+        # the encoder is causal: the memories of the prefixes the rollout reaches need only those tokens
+        # (a rollout of 64 steps on T=256 encodes 64, not 256); the pull is relative to their spread
+        expert = teacher.encode(x[:, : begin + steps])  # [B, begin+steps+1, M], frozen labels
+        spread = memory_spread(expert[:, 1:])
     if config.start == "teacher":
-        begin = int(torch.randint(0, length - steps + 1, ()).item())
         memory = expert[:, begin]
         dyn, terms = x.new_zeros((), dtype=torch.float32), 0  # no m_0 to pull towards m*_0
     else:
-        begin, memory = 0, cell.initial_memory(batch_size)
+        memory = cell.initial_memory(batch_size)
         dyn, terms = relative_memory_error(cell.initial, expert[0, 0], spread), 1
 
     memories = []

@@ -67,6 +67,10 @@ class SMTConfig:
     # the curriculum's first length: a quarter of T, but at most this many tokens (0: a quarter of T
     # however long T is); up to T=512 the cap does not bind
     length_start: int = 128
+    # SMT's sequences are never longer than this many tokens (0: T), the curriculum's included; DMT and
+    # the evaluation still see T. For a task whose teacher can compute its memory over a short prefix
+    # but not a long one (parity counts 16 bits, not 64): DMT carries the RNN of that teacher to T
+    max_length: int = 0
 
 
 def future_windows(x: torch.Tensor, y: torch.Tensor, future: int):
@@ -118,9 +122,11 @@ def predictive_loss(teacher, memories, x, y, config: SMTConfig):
 
 
 def sequence_length(config: SMTConfig, length: int, step: int, shortest: int = 1) -> int:
-    """The length of SMT's sequences at optimiser step ``step``: T, or on the length curriculum a
-    quarter of T (at most ``length_start``, at least ``shortest``) grown linearly to T over
-    ``length_grow`` steps."""
+    """The length of SMT's sequences at optimiser step ``step``: T (at most ``max_length``), or on the
+    length curriculum a quarter of that (at most ``length_start``, at least ``shortest``) grown
+    linearly to it over ``length_grow`` steps."""
+    if config.max_length:
+        length = min(length, max(shortest, config.max_length))
     if not config.length_grow or step >= config.length_grow:
         return length
     start = length // 4 if not config.length_start else min(length // 4, config.length_start)
