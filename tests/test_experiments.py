@@ -417,3 +417,26 @@ def test_a_directory_of_another_config_is_refused_before_training(tmp_path):
 )
 def test_experiment_mistakes_are_one_line_errors(argv, fragment, tmp_path, capsys):
     assert_user_error(main([*argv, "--out", str(tmp_path / "runs")]), capsys, fragment)
+
+
+def test_the_threshold_table_leaves_out_a_teacher_at_chance_unless_its_rnn_solved_the_task():
+    from smtrnn.experiments.compare import threshold_table
+
+    def row(variant, length, accuracy, teacher=None):
+        method = "bptt" if variant == "bptt" else "smt+dmt"
+        return dict(
+            task="parity",
+            cell="tanh",
+            variant=variant,
+            method=method,
+            length=length,
+            chance=0.5,
+            accuracy=accuracy,
+            teacher_accuracy=teacher,
+        )
+
+    rows = [row("bptt", 16, 1.0), row("bptt", 64, 0.6), row("smt+dmt", 16, 1.0, 0.99)]
+    rows += [row("smt+dmt", 64, 0.99, 0.52)]  # a teacher trained on 16 tokens, scored at T: its RNN counts
+    rows += [row("smt+dmt", 256, 0.51, 0.50), row("smt+dmt", 256, 0.99, 0.5)]  # one failed run: not counted
+    assert "| parity | tanh | 16 / 64 / 256 | 16 | 256 |" in threshold_table(rows)
+    assert "| parity | tanh | 16 / 64 / 256 | 16 | 64 |" in threshold_table(rows[:-1])
