@@ -22,9 +22,10 @@ import smtrnn.methods.table as phases_module
 from conftest import assert_identical, final_tensors, records
 from smtrnn import checkpoint
 from smtrnn.cli import main
-from smtrnn.config import RunConfig
+from smtrnn.config import RunConfig, get_field, option_name
 from smtrnn.models import ModelConfig
 from smtrnn.run import load_run, run
+from smtrnn.tasks.synthetic import Parity
 from smtrnn.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,8 @@ from smtrnn.tasks.synthetic import Parity
 
 
 class SlowParity(Parity):
+    settings = {}  # the shared recipe: nothing on stderr
+
     def sample(self, batch_size, length, generator):
         time.sleep(0.01)
         return super().sample(batch_size, length, generator)
@@ -245,8 +248,9 @@ def reference(tmp_path_factory):
 
 
 def run_args(run_dir: Path) -> list[str]:
-    """The CLI arguments that reproduce tiny_config() (for main())."""
-    return [
+    """The CLI arguments that reproduce tiny_config() (for main()), parity's own settings given at its
+    values so that the command takes none of them."""
+    args = [
         "train",
         "--task",
         "parity",
@@ -308,6 +312,10 @@ def run_args(run_dir: Path) -> list[str]:
         "--out",
         str(run_dir),
     ]
+    for dotted in Parity.settings:
+        if option_name(dotted) not in args:
+            args += [option_name(dotted), str(get_field(tiny_config(), dotted))]
+    return args
 
 
 def test_cli_arguments_reproduce_the_tiny_config(tmp_path):
