@@ -151,7 +151,7 @@ def test_dmt_rollout_from_a_teacher_memory_matches_a_reference():
     expert = models.teacher.encode(x).detach()
     begin = next(s for s in range(7) if torch.equal(spy.inputs[0][0], expert[:, s]))
     memory, rollout, errors = expert[:, begin], [], []
-    spread = memory_spread(expert[:, 1 : begin + 5])  # of the memories up to the rollout's end: all it reads
+    spread = memory_spread(expert[:, 1:])
     for offset in range(4):
         memory = models.rnn.cell.step(memory, x[:, begin + offset])
         rollout.append(memory)
@@ -161,6 +161,20 @@ def test_dmt_rollout_from_a_teacher_memory_matches_a_reference():
     readout = masked_cross_entropy(models.rnn.logits(torch.stack(rollout, 1)), y[:, begin : begin + 4])[0]
     torch.testing.assert_close(metrics["dyn"], dyn.detach(), **TIGHT)
     torch.testing.assert_close(loss.detach(), (dyn + 0.5 * readout).detach(), **TIGHT)
+
+
+def test_dmt_without_the_pull_encodes_only_the_prefix_its_rollout_reaches(monkeypatch):
+    models = make_models("tanh")
+    batch = make_batch(batch=2, length=10)
+    config = DMTConfig(c_dyn=0.0, rollout=4, truncate=4, readout_grad=True)
+    seen, encode = [], models.teacher.encode
+    monkeypatch.setattr(models.teacher, "encode", lambda x: seen.append(x.shape[1]) or encode(x))
+    loss, _ = dmt_loss(models, batch, config)
+    other = {**batch, "x": batch["x"].clone()}
+    other["x"][:, 4:] = (other["x"][:, 4:] + 1) % VOCAB  # other tokens past the rollout: the same loss
+    torch.testing.assert_close(dmt_loss(models, other, config)[0], loss, **TIGHT)
+    dmt_loss(models, batch, DMTConfig(rollout=4))  # the pull is relative to the spread of all T memories
+    assert seen == [4, 4, 10]
 
 
 def test_smt_then_dmt_rolls_out_within_the_teacher_context(tmp_path, monkeypatch):

@@ -36,9 +36,11 @@ def dmt_loss(models, batch, config: DMTConfig, step: int = 0):
     steps = min(config.rollout or length, length)
     begin = int(torch.randint(0, length - steps + 1, ()).item()) if config.start == "teacher" else 0
     with torch.no_grad():
-        # the encoder is causal: the memories of the prefixes the rollout reaches need only those tokens
-        # (a rollout of 64 steps on T=256 encodes 64, not 256); the pull is relative to their spread
-        expert = teacher.encode(x[:, : begin + steps])  # [B, begin+steps+1, M], frozen labels
+        # the pull is relative to the spread of all T memories; without it (c_dyn 0) only the prefixes the
+        # rollout reaches are needed, and the causal encoder reads only their tokens (parity: a rollout
+        # of 64 steps at T=256 encodes 64)
+        reach = begin + steps if config.c_dyn == 0 else length
+        expert = teacher.encode(x[:, :reach])  # [B, reach+1, M], frozen labels
         spread = memory_spread(expert[:, 1:])
     if config.start == "teacher":
         memory = expert[:, begin]
