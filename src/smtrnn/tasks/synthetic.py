@@ -54,7 +54,7 @@ class Retrieval(Task):
 # (docs/teacher.md: on copy at T=16 the RNN alone 0.540 against 0.324, every seed ahead)
 LABEL_TERMS: dict[str, object] = {"smt.readout_grad": True, "smt.c_horizon_readout": 1.0, "dmt.readout_grad": True}
 # DMT's labels through 64 cell steps of the RNN's own rollout, the teacher's pull at a tenth, twice the
-# rate: found on stack (its settings say why), taken by copy; parity takes it without the pull
+# rate: found on stack (its settings say why), taken by copy and modular; parity takes it without the pull
 LONG_DMT: dict[str, object] = {"dmt.truncate": 64, "dmt.c_dyn": 0.1, "dmt_train.lr": 2e-3}
 
 
