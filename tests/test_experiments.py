@@ -102,7 +102,12 @@ def test_a_studys_runs_take_their_tasks_settings_under_the_studys_own_choices(mo
     study.task_settings = False  # a study of factors against the shared recipe
     assert run("smt").model.future == RunConfig().model.future
     assert levels("bptt") == 0  # a method's own settings are not the task's: they stay
+    study.variants.append(Variant("as-users-get-it", "SMT, the task's settings", {"method": "smt"}, task_settings=True))
+    assert run("as-users-get-it").model.future == 2  # a variant may race what a user's run gets beside the recipe
     assert Study.from_dict(json.loads(json.dumps(study.to_dict()))) == study
+    study.task_settings = True
+    study.variants.append(Variant("recipe", "SMT, the shared recipe", {"method": "smt"}, task_settings=False))
+    assert run("recipe").model.future == RunConfig().model.future  # and the other way round
 
 
 def test_the_grids_smt_points_are_smtrnn_train_with_no_other_option():
@@ -184,6 +189,8 @@ def test_the_teacher_page_races_the_mean_curves_and_tables_each_factor_group(mon
     rows += [row("sinusoid", "parity", seed, [0.6, 1.0, 1.0]) for seed in (0, 1)]
     # BPTT with a continuous memory: a baseline beside BPTT (its own race columns), never a factor
     rows += [row("bptt-continuous", "parity", seed, [0.8, 0.82, 0.8]) for seed in (0, 1)]
+    # the teacher with the task's own settings: raced against BPTT without the grid, never a factor
+    rows += [row("teacher-settings", "parity", seed, [0.7, 0.75 + 0.1 * seed, 0.7]) for seed in (0, 1)]
     rungs = {"teacher_accuracy": 1.0, "readout_accuracy": 0.9, "one_step_accuracy": 0.8}
     rows += [
         {
@@ -223,6 +230,9 @@ def test_the_teacher_page_races_the_mean_curves_and_tables_each_factor_group(mon
     # BPTT without the grid: final 0.8, first within 0.01 of it at step 50; the teacher at step 150
     assert "| parity | 16 | 1.000 | 100 | not in 150 | 0.850 | 0.850 | 0.800 | 50 | 150 |" in named["race"]
     assert "| copy | 16 | 1.000 | 100 | not in 150 | 0.850 | 0.850 | – | – | – |" in named["race"]
+    # BPTT without the grid ends at 0.8 (first within 0.01 at step 50); the task's settings pass 0.79 at
+    # step 100 (mean 0.8), end at 0.7; the shared recipe's teacher ends at 0.85; copy has no such run
+    assert named.pop("race-settings")[2:] == ["| parity | 16 | 0.800 | 50 | 100 | 0.700 | 0.800 | 0.850 |", ""]
     assert set(named) == {"race", "factors-parity-16"}  # copy has no factor, so no factor table
     assert any(
         line.startswith("| `sinusoid` | sinusoid | – | – | 1.000 | 100 |") for line in named["factors-parity-16"]

@@ -56,7 +56,7 @@ SMT_SCHEDULES = ("smt.dyn_warmup", "smt.teacher_delay", "smt.horizon_grow", "smt
 
 def run_config(study: Study, point: Point, seed: int) -> RunConfig:
     """The RunConfig of one run: the base, the point's task, cell and length, the method's own settings
-    and the task's (unless the study turns them off), the study's overrides for the task and the
+    and the task's (unless the study, or the variant, turns them off), the study's overrides for the task and the
     variant's, its share of the budget, and the warm-ups scaled to fit it:
 
     - every method trains the budget's steps (times the variant's ``steps``); smt+dmt spends the
@@ -75,7 +75,7 @@ def run_config(study: Study, point: Point, seed: int) -> RunConfig:
         set_field(config, dotted, copy.deepcopy(value))
     chosen = {*overrides, *changed_fields(study.base)}  # what the study chose is not the method's or task's
     with_method_settings(config, given=chosen)
-    if study.task_settings:
+    if study.task_settings if variant.task_settings is None else variant.task_settings:
         with_task_settings(config, given=chosen)
     budget = study.budget(point.length, point.task)
     total = round(budget.steps * variant.steps)

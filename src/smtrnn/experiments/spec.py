@@ -59,6 +59,9 @@ class Variant:
     overrides: dict = field(default_factory=dict)
     steps: float = 1.0
     group: str = ""  # the part of its page the variant belongs to (e.g. "ladder")
+    # the task's own settings (Task.settings) for this variant's points: None follows the study's
+    # ``task_settings``; True in a study of the one shared recipe races what a user's run gets beside it
+    task_settings: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,15 @@ VARIANTS = [
         {"method": "bptt"},
         group="main",
     ),
+    # each task's own settings (what `smtrnn train --task T --method teacher` gets) raced beside BPTT at
+    # its best: what the factors below found, now carried by the tasks, measured as a user meets it
+    Variant(
+        "teacher-settings",
+        "the teacher alone, the task's own settings",
+        {"method": "teacher"},
+        group="main",
+        task_settings=True,
+    ),
     Variant(
         "sinusoid",
         "sinusoidal position codes in the encoder",
@@ -208,6 +217,9 @@ def cpu() -> Study:
     points += [
         Point("bptt-continuous", task, "tanh", length) for task in ("copy", "stack", "parity") for length in (16, 64)
     ]
+    points += [
+        Point("teacher-settings", task, "tanh", length) for task in ("copy", "stack", "parity") for length in (16, 64)
+    ]
     tasks = {name: TASKS[name] for name in ("copy", "stack", "parity")}
     return Study(
         "teacher",
@@ -277,11 +289,38 @@ def race_table(rows: list[dict]) -> list[str]:
     return table(titles, lines)
 
 
+def settings_race_table(rows: list[dict]) -> list[str]:
+    """Per task and length: the teacher with the task's own settings raced against BPTT at its best (a
+    continuous memory): BPTT's final accuracy and the steps each needs to come within 0.01 of it, the
+    teacher's final and best, and the shared recipe's teacher's final beside it."""
+    lines = []
+    for (task, length), group in groups(rows, "task", "length").items():
+        curve = lambda name: mean_curve([row for row in group if row["variant"] == name])
+        teacher, plain, shared = curve("teacher-settings"), curve("bptt-continuous"), curve("teacher")
+        if not teacher or not plain:
+            continue
+        level = plain[-1][1] - 0.01
+        lines.append(
+            [
+                task,
+                str(length),
+                fmt(plain[-1][1]),
+                str(first_step(plain, level) or "–"),
+                str(first_step(teacher, level) or f"not in {teacher[-1][0]}"),
+                fmt(teacher[-1][1]),
+                fmt(max(value for _, value in teacher)),
+                fmt(shared[-1][1] if shared else None),
+            ]
+        )
+    titles = ["task", "T", "BPTT, no grid: final (mean)", "its steps to it", "teacher, task's settings: steps to it"]
+    return table(titles + ["its final", "its best", "teacher, shared recipe: final"], lines)
+
+
 def factor_table(rows: list[dict], descriptions: dict) -> list[str]:
     bptt = mean_curve([row for row in rows if row["variant"] == "bptt"])
     target = bptt[-1][1] - 0.01 if bptt else 0.95
     lines = []
-    factors = [row for row in rows if row["variant"] not in BASELINES]
+    factors = [row for row in rows if row["variant"] not in (*BASELINES, "teacher-settings")]
     for (name,), group in groups(factors, "variant").items():
         curve = mean_curve(group)
         at = lambda step: next((value for s, value in curve if s == step), None)
@@ -347,10 +386,12 @@ def blocks(result: dict, command: str, link: str | None) -> Blocks:
     bptt = [row for row in rows if row["variant"] in BASELINES]
     rows = [row for row in rows if row["variant"] not in RNN_VARIANTS and row["cell"] == "tanh"]  # the race's cell
     page = [("header", header(result, TITLE, command)), ("race", race_table(rows) + image)]
+    if any(row["variant"] == "teacher-settings" for row in rows):
+        page.append(("race-settings", settings_race_table(rows)))
     page += [
         (f"factors-{task}-{length}", factor_table(group, descriptions))
         for (task, length), group in groups(rows, "task", "length").items()
-        if any(row["variant"] not in ("teacher", *BASELINES) for row in group)
+        if any(row["variant"] not in ("teacher", "teacher-settings", *BASELINES) for row in group)
     ]
     candidates = {variant.name for variant in COPY_STEP}
     if rnn_rows:
@@ -376,8 +417,10 @@ def blocks(result: dict, command: str, link: str | None) -> Blocks:
 
 
 def figures(result: dict, folder: Path) -> list[Path]:
-    """teacher-curves.png: per task and length, held-out accuracy against steps, teacher and BPTT."""
-    main = [row for row in result["rows"] if row["variant"] in ("teacher", *BASELINES) and row["cell"] == "tanh"]
+    """teacher-curves.png: per task and length, held-out accuracy against steps, the teacher (the shared
+    recipe and, where run, the task's own settings) and BPTT."""
+    shown = ("teacher", "teacher-settings", *BASELINES)
+    main = [row for row in result["rows"] if row["variant"] in shown and row["cell"] == "tanh"]
     panels = list(groups(main, "task", "length").items())
     if not panels:
         return []
@@ -385,8 +428,8 @@ def figures(result: dict, folder: Path) -> list[Path]:
     for axis, ((task, length), group) in zip(axes.flat, panels):
         for (name,), runs in groups(group, "variant").items():
             curve = mean_curve(runs)
-            marker, color = STYLE.get("smt" if name == "teacher" else name, ("o", "k"))
-            style = ":" if name == "bptt-continuous" else "-"
+            marker, color = STYLE.get("smt" if name.startswith("teacher") else name, ("o", "k"))
+            style = {"bptt-continuous": ":", "teacher-settings": "--"}.get(name, "-")
             axis.plot([s for s, _ in curve], [v for _, v in curve], style, color=color, label=name)
         axis.set(title=f"{task}, T={length}", xlabel="optimiser step", ylim=(0, 1.02))
         axis.grid(True, alpha=0.3)
