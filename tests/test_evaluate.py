@@ -177,6 +177,16 @@ def first_prediction(teacher, memories, y) -> float:
     return correct / len(rows)
 
 
+def first_prediction_bits(teacher, memories, y) -> float:
+    """The teacher's first-prediction loss by hand, in bits per labelled position."""
+    rows, columns = (y != IGNORE).nonzero(as_tuple=True)
+    losses = []
+    for b, t in zip(rows.tolist(), columns.tolist()):
+        logits = teacher.decode(memories[b, t + 1].unsqueeze(0), y.new_zeros(1, 0))[0, 0]
+        losses.append(-torch.log_softmax(logits, -1)[y[b, t]].item() / math.log(2))
+    return sum(losses) / len(losses)
+
+
 def mean(values) -> float:
     values = list(values)
     return sum(values) / len(values)
@@ -297,6 +307,7 @@ def test_teacher_rungs_equal_their_hand_computation():
             records.append(
                 {
                     "teacher_accuracy": first_prediction(teacher, memories, y),
+                    "teacher_bits_per_token": first_prediction_bits(teacher, memories, y),
                     "readout_accuracy": scored(rnn.logits(memories[:, 1:]), y)[1],
                     "one_step_accuracy": scored(rnn.logits(one_step), y)[1],
                     "drift": drift.mean().item(),
@@ -438,7 +449,8 @@ def test_memory_diagnostics_measure_the_rollout_and_the_teacher_memories():
 # ---------------------------------------------------------------------------------------------
 # evaluate_run
 
-RUNG_KEYS = {"teacher_accuracy", "readout_accuracy", "one_step_accuracy", "drift", "drift_final", "memory_norm"}
+RUNG_KEYS = {"teacher_accuracy", "teacher_bits_per_token", "readout_accuracy", "one_step_accuracy"}
+RUNG_KEYS |= {"drift", "drift_final", "memory_norm"}
 RNN_KEYS = {"accuracy", "loss", "bits_per_token"}
 
 

@@ -63,12 +63,13 @@ def _report(result: dict, json_path: str | None) -> None:
 
 
 def _print_result(result: dict) -> None:
-    keys = ["task", "method", "cell", "length", "checkpoint", "accuracy", "loss", "teacher_accuracy", "drift"]
+    keys = ["task", "method", "cell", "length", "checkpoint", "accuracy", "loss", "bits_per_token"]
+    keys += ["teacher_accuracy", "teacher_bits_per_token", "drift"]
     keys += ["seconds", "steps"]
     for key in keys + ["sequential_depth"]:
         if key in result:
             value = result[key]
-            print(f"{key:>18}: {value:.4f}" if isinstance(value, float) else f"{key:>18}: {value}")
+            print(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
 
 
 def cmd_train(args) -> None:

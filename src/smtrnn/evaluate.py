@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from smtrnn.errors import UserError
 from smtrnn.methods.common import masked_cross_entropy
@@ -54,16 +55,21 @@ def evaluate_rnn(rnn, task, length: int, batches: int = 8, batch_size: int = 64,
     return result
 
 
+def first_prediction_logits(teacher, memories: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The teacher's first decoder prediction, y_t from m*_t alone (memories [B, T+1, M]), at the
+    labelled positions of ``y`` [B, T], in their order: logits [N, C]. Only labelled positions are
+    decoded: far less work on sparse-label tasks."""
+    chosen = memories[:, 1:][y != IGNORE]
+    return teacher.decode(chosen, y.new_zeros(chosen.shape[0], 0))[:, 0]
+
+
 def first_prediction_correct(teacher, memories: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Whether the teacher's first decoder prediction, y_t from m*_t alone (memories [B, T+1, M]), is
-    right at each position [B, T] (False where unlabelled). Only labelled positions are decoded: far
-    less work on sparse-label tasks."""
+    """Whether the teacher's first decoder prediction is right at each position [B, T] (False where
+    unlabelled)."""
     labelled = y != IGNORE
     correct = torch.zeros_like(labelled)
-    chosen = memories[:, 1:][labelled]
-    if chosen.shape[0]:
-        first = teacher.decode(chosen, y.new_zeros(chosen.shape[0], 0))[:, 0]
-        correct[labelled] = first.argmax(-1) == y[labelled]
+    if labelled.any():
+        correct[labelled] = first_prediction_logits(teacher, memories, y).argmax(-1) == y[labelled]
     return correct
 
 
@@ -100,7 +106,14 @@ def evaluate_teacher(
     for batch in held_out_batches(task, length, batches, batch_size, seed):
         x, y = batch["x"].to(device), batch["y"].to(device)
         memories = teacher.encode(x)
-        teacher_accuracy = first_prediction_accuracy(teacher, memories, y)  # 1. the teacher
+        # 1. the teacher: its first prediction's accuracy and loss (bits per labelled token)
+        teacher_accuracy = first_prediction_accuracy(teacher, memories, y)
+        labelled = y != IGNORE
+        teacher_loss = (
+            F.cross_entropy(first_prediction_logits(teacher, memories, y), y[labelled])
+            if labelled.any()
+            else memories.new_zeros(())
+        )
         # 2. RNN readout on teacher memories; 3. on one cell step from teacher memories
         _, readout_accuracy = masked_cross_entropy(rnn.logits(memories[:, 1:]), y)
         _, one_step_accuracy = masked_cross_entropy(rnn.logits(rnn.cell.step(memories[:, :-1], x)), y)
@@ -112,6 +125,7 @@ def evaluate_teacher(
         scored.append(
             {
                 "teacher_accuracy": teacher_accuracy.item(),
+                "teacher_bits_per_token": teacher_loss.item() / math.log(2),
                 "readout_accuracy": readout_accuracy.item(),
                 "one_step_accuracy": one_step_accuracy.item(),
             }

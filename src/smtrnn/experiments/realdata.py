@@ -37,6 +37,21 @@ VARIANTS = [
         "windowed SMT, then DMT; rotary codes in the teacher's encoder",
         {"model.teacher_positions": "rotary"},
     ),
+    # a continuous memory, as copy's and stack's: does the teacher read more pixels from a memory off the
+    # grid, and does the cell follow it there (alone, and with rotary codes)?
+    Variant("smt+dmt-continuous", "windowed SMT, then DMT; a continuous memory", {"model.memory_levels": 0}),
+    Variant(
+        "smt+dmt-continuous-rotary",
+        "windowed SMT, then DMT; a continuous memory and rotary codes",
+        {"model.memory_levels": 0, "model.teacher_positions": "rotary"},
+    ),
+    # the teacher alone on MNIST reads pixels best with rotary codes and twice the width (screens, the
+    # page): is the RNN alone better with that teacher, on a continuous memory?
+    Variant(
+        "smt+dmt-rotary-wide",
+        "windowed SMT, then DMT; a continuous memory, rotary codes, teacher width 128",
+        {"model.memory_levels": 0, "model.teacher_positions": "rotary", "model.teacher_width": 128},
+    ),
     # BPTT with the memory of a plain RNN (its default): the grid is there for SMT's rollouts, and BPTT's
     # RNN need not pay for it (the page shows both: the same model, and BPTT at its best)
     Variant("bptt-continuous", "BPTT, a continuous memory (no grid; BPTT's default)", {"method": "bptt"}),
@@ -69,7 +84,8 @@ def _study(preset: str, plans: dict[str, dict], future: int = FUTURE) -> Study:
         for variant in ("bptt", "smt+dmt")
     ]
     points += [
-        Point("smt+dmt-rotary", dataset, "mlp", plan["smt.context"] + future - 1, seeds=SEEDS[dataset])
+        Point(variant, dataset, "mlp", plan["smt.context"] + future - 1, seeds=SEEDS[dataset])
+        for variant in ("smt+dmt-rotary", "smt+dmt-continuous", "smt+dmt-continuous-rotary", "smt+dmt-rotary-wide")
         for dataset, plan in plans.items()
         if dataset in SEEDS
     ]
