@@ -309,7 +309,9 @@ def test_teacher_rungs_equal_their_hand_computation():
                     "teacher_accuracy": first_prediction(teacher, memories, y),
                     "teacher_bits_per_token": first_prediction_bits(teacher, memories, y),
                     "readout_accuracy": scored(rnn.logits(memories[:, 1:]), y)[1],
+                    "readout_bits_per_token": scored(rnn.logits(memories[:, 1:]), y)[0] / math.log(2),
                     "one_step_accuracy": scored(rnn.logits(one_step), y)[1],
+                    "one_step_bits_per_token": scored(rnn.logits(one_step), y)[0] / math.log(2),
                     "drift": drift.mean().item(),
                     "drift_final": drift[-1].item(),
                     "memory_norm": memories[:, 1:].norm(dim=-1).mean().item(),
@@ -450,6 +452,7 @@ def test_memory_diagnostics_measure_the_rollout_and_the_teacher_memories():
 # evaluate_run
 
 RUNG_KEYS = {"teacher_accuracy", "teacher_bits_per_token", "readout_accuracy", "one_step_accuracy"}
+RUNG_KEYS |= {"readout_bits_per_token", "one_step_bits_per_token"}
 RUNG_KEYS |= {"drift", "drift_final", "memory_norm"}
 RNN_KEYS = {"accuracy", "loss", "bits_per_token"}
 

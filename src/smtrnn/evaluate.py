@@ -115,8 +115,8 @@ def evaluate_teacher(
             else memories.new_zeros(())
         )
         # 2. RNN readout on teacher memories; 3. on one cell step from teacher memories
-        _, readout_accuracy = masked_cross_entropy(rnn.logits(memories[:, 1:]), y)
-        _, one_step_accuracy = masked_cross_entropy(rnn.logits(rnn.cell.step(memories[:, :-1], x)), y)
+        readout_loss, readout_accuracy = masked_cross_entropy(rnn.logits(memories[:, 1:]), y)
+        one_step_loss, one_step_accuracy = masked_cross_entropy(rnn.logits(rnn.cell.step(memories[:, :-1], x)), y)
         # 4. drift of the RNN's own rollout from the teacher's memories
         rollout = rnn.cell.rollout(x)
         drift = (rollout - memories[:, 1:]).pow(2).sum(-1).sqrt().mean(0)
@@ -127,7 +127,9 @@ def evaluate_teacher(
                 "teacher_accuracy": teacher_accuracy.item(),
                 "teacher_bits_per_token": teacher_loss.item() / math.log(2),
                 "readout_accuracy": readout_accuracy.item(),
+                "readout_bits_per_token": readout_loss.item() / math.log(2),
                 "one_step_accuracy": one_step_accuracy.item(),
+                "one_step_bits_per_token": one_step_loss.item() / math.log(2),
             }
         )
         labels.append(_labels(y))
