@@ -42,6 +42,9 @@ STYLE = {
     "bptt-4x": ("D", "C4"),
     "bptt-continuous": ("v", "C3"),
     "smt+dmt-rotary": ("o", "C7"),
+    "smt+dmt-continuous": ("o", "C1"),
+    "smt+dmt-continuous-rotary": ("o", "C4"),
+    "smt+dmt-rotary-wide": ("o", "C8"),
 }
 Blocks = list[tuple[str, list[str]]]
 
