@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from smtrnn.errors import UserError
 from smtrnn.methods.common import masked_cross_entropy
@@ -106,13 +105,12 @@ def evaluate_teacher(
     for batch in held_out_batches(task, length, batches, batch_size, seed):
         x, y = batch["x"].to(device), batch["y"].to(device)
         memories = teacher.encode(x)
-        # 1. the teacher: its first prediction's accuracy and loss (bits per labelled token)
-        teacher_accuracy = first_prediction_accuracy(teacher, memories, y)
+        # 1. the teacher: its first prediction's loss (bits per labelled token) and accuracy, decoded once
         labelled = y != IGNORE
-        teacher_loss = (
-            F.cross_entropy(first_prediction_logits(teacher, memories, y), y[labelled])
+        teacher_loss, teacher_accuracy = (
+            masked_cross_entropy(first_prediction_logits(teacher, memories, y), y[labelled])
             if labelled.any()
-            else memories.new_zeros(())
+            else (memories.new_zeros(()), memories.new_zeros(()))
         )
         # 2. RNN readout on teacher memories; 3. on one cell step from teacher memories
         readout_loss, readout_accuracy = masked_cross_entropy(rnn.logits(memories[:, 1:]), y)
