@@ -164,6 +164,9 @@ def test_user_task_class_trains_end_to_end(method, user_task, tmp_path, capsys):
     assert code == 0, captured.err
     evaluation = json.loads((tmp_path / "eval.json").read_text())
     assert evaluation["length"] == 12 and evaluation["trained_length"] == 8
+    if method == "smt+dmt":  # the rung ladder is printed, each rung with its score
+        for rung in ("teacher", "readout", "one_step"):
+            assert f"{rung}_bits_per_token: {evaluation[f'{rung}_bits_per_token']:.4f}" in captured.out
     assert_user_error(main(["eval", str(out), "--length", "0"]), capsys, "length")
 
 

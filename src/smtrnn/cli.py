@@ -64,12 +64,13 @@ def _report(result: dict, json_path: str | None) -> None:
 
 def _print_result(result: dict) -> None:
     keys = ["task", "method", "cell", "length", "checkpoint", "accuracy", "loss", "bits_per_token"]
-    keys += ["teacher_accuracy", "teacher_bits_per_token", "drift"]
+    keys += ["teacher_accuracy", "teacher_bits_per_token", "readout_accuracy", "readout_bits_per_token"]
+    keys += ["one_step_accuracy", "one_step_bits_per_token", "drift"]
     keys += ["seconds", "steps"]
     for key in keys + ["sequential_depth"]:
         if key in result:
             value = result[key]
-            print(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
+            print(f"{key:>23}: {value:.4f}" if isinstance(value, float) else f"{key:>23}: {value}")
 
 
 def cmd_train(args) -> None:
