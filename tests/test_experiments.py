@@ -22,7 +22,7 @@ from smtrnn.cli import main
 from smtrnn.config import RunConfig, with_task_settings
 from smtrnn.experiments.compare import breaks_at
 from smtrnn.experiments.pages import render
-from smtrnn.experiments.runner import configs, run_config, run_study
+from smtrnn.experiments.runner import configs, run_config, run_study, smoke
 from smtrnn.experiments.spec import BPTT_ON_GRID, Budget, Point, Study, Variant
 from smtrnn.methods import planned_steps
 from smtrnn.rundir import config_digest, config_fields
@@ -75,6 +75,14 @@ def test_every_method_gets_the_same_steps_and_the_warm_ups_fit():
             assert value <= (budget.steps - budget.dmt_steps) // 2
     long = run_config(study, Point("bptt-10x", "retrieval", "tanh", 64), 0)
     assert long.method == "bptt" and long.train.steps == 10 * study.budget(64).steps
+    # a variant may spend more of the same steps in DMT: they come out of SMT's share, schedules and all
+    budget = study.budget(64)
+    study.variants.append(Variant("dmt-heavy", "twice the DMT share", dmt_steps=2 * budget.dmt_steps))
+    heavy = run_config(study, Point("dmt-heavy", "retrieval", "gru", 64), 0)
+    assert heavy.dmt_train.steps == 2 * budget.dmt_steps and planned_steps(heavy) == budget.steps
+    assert heavy.smt.dyn_warmup <= (budget.steps - 2 * budget.dmt_steps) // 2
+    assert Study.from_dict(json.loads(json.dumps(study.to_dict()))) == study
+    assert all(v.dmt_steps in (None, 2) for v in smoke(study, steps=6, dmt_steps=2).variants)
     assert long.smt == RunConfig().smt  # what BPTT does not read stays at the defaults
 
 

@@ -60,7 +60,7 @@ def run_config(study: Study, point: Point, seed: int) -> RunConfig:
     variant's, its share of the budget, and the warm-ups scaled to fit it:
 
     - every method trains the budget's steps (times the variant's ``steps``); smt+dmt spends the
-      budget's ``dmt_steps`` of them in DMT;
+      budget's ``dmt_steps`` of them in DMT (the variant's ``dmt_steps`` where it sets them);
     - the learning-rate warm-up of a phase is at most a tenth of its steps, SMT's schedules (the
       dynamics warm-up, the teacher's delay, the horizon's growth) at most half of the budget's SMT share (times the variant's ``steps``);
     - the decoder's future window is at most the sequence;
@@ -78,6 +78,8 @@ def run_config(study: Study, point: Point, seed: int) -> RunConfig:
     if study.task_settings if variant.task_settings is None else variant.task_settings:
         with_task_settings(config, given=chosen)
     budget = study.budget(point.length, point.task)
+    if variant.dmt_steps is not None:
+        budget = Budget(budget.steps, variant.dmt_steps)
     total = round(budget.steps * variant.steps)
     dmt_steps = budget.dmt_steps if config.method == "smt+dmt" else 0
     config.train.steps = total - dmt_steps
@@ -112,6 +114,7 @@ def smoke(study: Study, points: int = 3, steps: int = 6, dmt_steps: int = 2) -> 
     base.eval_batches = 1
     for variant in small.variants:
         variant.steps = min(variant.steps, 2.0)
+        variant.dmt_steps = None if variant.dmt_steps is None else min(variant.dmt_steps, dmt_steps)
     return small
 
 

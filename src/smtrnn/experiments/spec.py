@@ -62,6 +62,9 @@ class Variant:
     # the task's own settings (Task.settings) for this variant's points: None follows the study's
     # ``task_settings``; True in a study of the one shared recipe races what a user's run gets beside it
     task_settings: bool | None = None
+    # the budget's steps spent in DMT (smt+dmt only): None keeps the budget's share; the total is the same,
+    # so a larger share takes its steps from SMT
+    dmt_steps: int | None = None
 
 
 @dataclass(frozen=True)
