@@ -46,7 +46,8 @@ STYLE = {
     "smt+dmt-continuous-rotary": ("o", "C4"),
     "smt+dmt-rotary-wide": ("o", "C8"),
     "smt+dmt-wide-labels": ("o", "C9"),
-    "smt+dmt-wide-labels-long": ("o", "C5"),
+    "smt+dmt-shared": ("o", "C5"),
+    "smt+dmt-images-settings": ("o", "C9"),
     "smt+dmt-wide-dmt300": ("o", "C6"),
 }
 Blocks = list[tuple[str, list[str]]]
