@@ -47,7 +47,6 @@ STYLE = {
     "smt+dmt-rotary-wide": ("o", "C8"),
     "smt+dmt-wide-labels": ("o", "C9"),
     "smt+dmt-shared": ("o", "C5"),
-    "smt+dmt-images-settings": ("o", "C9"),
     "smt+dmt-wide-dmt300": ("o", "C6"),
 }
 Blocks = list[tuple[str, list[str]]]

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from smtrnn.errors import UserError, check_bool
-from smtrnn.tasks.streams import StreamTask, as_list, package_file
-from smtrnn.tasks.synthetic import LABEL_TERMS, LONG_DMT
+from smtrnn.tasks.streams import REAL_DATA_SETTINGS, StreamTask, as_list, package_file
 
 IMAGE_SHAPE = (28, 28)
 PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
@@ -35,18 +34,7 @@ class ImageStream(StreamTask):
 
     align: bool = True
     image_shape = IMAGE_SHAPE
-    # stack's settings and a teacher twice as wide (docs/realdata.md, MNIST, 3 seeds, 600 SMT + 150 DMT
-    # steps as BPTT's 750): rotary codes and width 128 let the teacher read pixels (1.12 bits per byte
-    # against 1.34 without), and the RNN follows it only with the readout's labels through the cell and
-    # DMT's gradient through 64 of its own steps (RNN alone 1.145 / 1.134 / 1.136 against 1.353 / 1.360
-    # / 1.351 with the shared recipe; BPTT 1.089 / 1.081 / 1.098); a continuous memory, as copy's
-    settings = {
-        "model.memory_levels": 0,
-        "model.teacher_positions": "rotary",
-        "model.teacher_width": 128,
-        **LABEL_TERMS,
-        **LONG_DMT,
-    }
+    settings = REAL_DATA_SETTINGS  # docs/realdata.md: streams.py says why
 
     def __post_init__(self):
         super().__post_init__()

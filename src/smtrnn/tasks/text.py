@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from smtrnn.errors import UserError
-from smtrnn.tasks.streams import StreamTask, package_file
+from smtrnn.tasks.streams import REAL_DATA_SETTINGS, StreamTask, package_file
 
 
 @dataclass
@@ -141,6 +141,7 @@ class Brown(TextStream):
     """Brown corpus fiction as UTF-8 bytes (about 1.4 MB of prose once the POS tags are gone)."""
 
     name: str = "brown"
+    settings = REAL_DATA_SETTINGS  # docs/realdata.md: streams.py says why (TinyStories was not measured)
 
     def load_text(self) -> bytes:
         return _brown_text(tuple(brown_fiction_files(self.split)))
