@@ -19,10 +19,11 @@ import smtrnn.experiments.runner as runner_module
 from conftest import assert_user_error
 from smtrnn import checkpoint, experiments
 from smtrnn.cli import main
-from smtrnn.config import RunConfig, with_task_settings
+from smtrnn.config import RunConfig, get_field, with_task_settings
+from smtrnn.errors import UserError
 from smtrnn.experiments.compare import breaks_at
 from smtrnn.experiments.pages import render
-from smtrnn.experiments.runner import configs, run_config, run_study, smoke
+from smtrnn.experiments.runner import SMT_SCHEDULES, configs, run_config, run_study, smoke
 from smtrnn.experiments.spec import BPTT_ON_GRID, Budget, Point, Study, Variant
 from smtrnn.methods import planned_steps
 from smtrnn.rundir import config_digest, config_fields
@@ -78,12 +79,49 @@ def test_every_method_gets_the_same_steps_and_the_warm_ups_fit():
     # a variant may spend more of the same steps in DMT: they come out of SMT's share, schedules and all
     budget = study.budget(64)
     study.variants.append(Variant("dmt-heavy", "twice the DMT share", dmt_steps=2 * budget.dmt_steps))
+    study.variants.append(Variant("bptt-heavy", "BPTT reads no DMT share", {"method": "bptt"}, dmt_steps=100))
     heavy = run_config(study, Point("dmt-heavy", "retrieval", "gru", 64), 0)
+    usual = run_config(study, Point("smt+dmt", "retrieval", "gru", 64), 0)
     assert heavy.dmt_train.steps == 2 * budget.dmt_steps and planned_steps(heavy) == budget.steps
-    assert heavy.smt.dyn_warmup <= (budget.steps - 2 * budget.dmt_steps) // 2
+    share = (budget.steps - 2 * budget.dmt_steps) // 2
+    schedules = [(get_field(heavy, dotted), get_field(usual, dotted)) for dotted in SMT_SCHEDULES]
+    assert all(mine <= min(theirs, share) for mine, theirs in schedules)
+    assert any(mine < theirs for mine, theirs in schedules)  # at least one schedule is cut to the shorter SMT
+    bptt = run_config(study, Point("bptt-heavy", "retrieval", "gru", 64), 0)
+    assert bptt.train.steps == budget.steps and planned_steps(bptt) == budget.steps
     assert Study.from_dict(json.loads(json.dumps(study.to_dict()))) == study
-    assert all(v.dmt_steps in (None, 2) for v in smoke(study, steps=6, dmt_steps=2).variants)
+    small = smoke(study, steps=6, dmt_steps=2)
+    for config, _ in configs(small).values():  # the smoke preset caps the share inside its few steps
+        assert config.train.steps >= 1 and planned_steps(config) == small.budget(config.length, config.task).steps
+    study.variants.append(Variant("all-dmt", "no SMT left", dmt_steps=budget.steps))
+    with pytest.raises(UserError, match="dmt_steps must be between 1 and"):
+        run_config(study, Point("all-dmt", "retrieval", "gru", 64), 0)
     assert long.smt == RunConfig().smt  # what BPTT does not read stays at the defaults
+
+
+def test_the_real_data_study_races_the_tasks_settings_beside_the_shared_recipe():
+    """smt+dmt is what `smtrnn train --task T` gets (the real data's settings); smt+dmt-shared and the
+    MNIST screens are the shared recipe with their own changes; dmt300 is the settings with another split."""
+    from smtrnn.tasks import TASKS
+    from smtrnn.tasks.streams import REAL_DATA_SETTINGS
+
+    assert all(TASKS[name].settings == REAL_DATA_SETTINGS for name in ("mnist", "quickdraw", "brown"))
+    assert TASKS["tinystories"].settings == {}  # not measured: the shared recipe
+    study = experiments.study("realdata", "cpu")
+    run = lambda variant, task="mnist": run_config(
+        study, Point(variant, task, "mlp", 799 if task != "brown" else 271), 0
+    )
+    for task in ("mnist", "brown"):
+        taken, shared = run("smt+dmt", task), run("smt+dmt-shared", task)
+        assert all(get_field(taken, dotted) == value for dotted, value in REAL_DATA_SETTINGS.items())
+        assert [
+            dotted for dotted in REAL_DATA_SETTINGS if get_field(shared, dotted) != get_field(taken, dotted)
+        ] == list(REAL_DATA_SETTINGS)
+    assert run("smt+dmt-rotary").model.teacher_width == RunConfig().model.teacher_width  # a screen takes no setting
+    split = run("smt+dmt-wide-dmt300")
+    assert (split.train.steps, split.dmt_train.steps) == (450, 300) and planned_steps(split) == 750
+    same = replace(split, train=run("smt+dmt").train, dmt_train=run("smt+dmt").dmt_train, smt=run("smt+dmt").smt)
+    assert same.to_dict() == run("smt+dmt").to_dict()  # only the split (and its schedules) differ
 
 
 def test_a_studys_runs_take_their_tasks_settings_under_the_studys_own_choices(monkeypatch):

@@ -290,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=cmd_train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a run's RNN on its own (teacher-free), and its teacher")
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a run's RNN on its own (teacher-free), and the rungs from its teacher to it"
+    )
     evaluate.add_argument("run", help="run directory (finished, or the latest checkpoint of one in progress)")
     evaluate.add_argument("--length", type=int, default=None, help="sequence length (default: the trained one)")
     evaluate.add_argument("--batches", type=int, default=8, help="held-out batches of 64 sequences (default: 8)")

@@ -30,7 +30,8 @@ TITLE = "Real data: BPTT against SMT->DMT"
 
 
 def _screen(name: str, description: str, overrides: dict, **options) -> Variant:
-    """One change on the shared recipe, without the task's settings (the screens that chose them)."""
+    """A screen on the shared recipe (one change on it, or on the screen before), without the task's
+    settings: the screens that chose them."""
     return Variant(name, description, overrides, task_settings=False, **options)
 
 
@@ -45,7 +46,7 @@ VARIANTS = [
     # (tasks/streams.py, REAL_DATA_SETTINGS)
     Variant("smt+dmt", "windowed SMT, then DMT from teacher memories, the task's settings"),
     # the shared recipe (the page's rows before real data had settings) and the screens that chose the
-    # settings, each a change on the shared recipe:
+    # settings, each a change on the shared recipe or on the screen before it:
     _screen("smt+dmt-shared", "windowed SMT, then DMT, the shared recipe", {}),
     # rotary codes in the teacher's encoder: a better teacher on MNIST, but is the RNN alone better?
     _screen("smt+dmt-rotary", "the shared recipe; rotary codes in the encoder", {"model.teacher_positions": "rotary"}),

@@ -79,6 +79,11 @@ def run_config(study: Study, point: Point, seed: int) -> RunConfig:
         with_task_settings(config, given=chosen)
     budget = study.budget(point.length, point.task)
     if variant.dmt_steps is not None:
+        if not 0 < variant.dmt_steps < budget.steps:
+            raise UserError(
+                f"variant {variant.name}: dmt_steps must be between 1 and {budget.steps - 1} "
+                f"(the budget's steps at T={point.length}), got {variant.dmt_steps}"
+            )
         budget = Budget(budget.steps, variant.dmt_steps)
     total = round(budget.steps * variant.steps)
     dmt_steps = budget.dmt_steps if config.method == "smt+dmt" else 0
@@ -114,7 +119,7 @@ def smoke(study: Study, points: int = 3, steps: int = 6, dmt_steps: int = 2) -> 
     base.eval_batches = 1
     for variant in small.variants:
         variant.steps = min(variant.steps, 2.0)
-        variant.dmt_steps = None if variant.dmt_steps is None else min(variant.dmt_steps, dmt_steps)
+        variant.dmt_steps = None if variant.dmt_steps is None else max(1, min(variant.dmt_steps, dmt_steps, steps - 1))
     return small
 
 
