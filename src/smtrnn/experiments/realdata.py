@@ -23,7 +23,8 @@ from smtrnn.experiments.spec import BPTT_ON_GRID, Budget, Point, Study, Variant
 from smtrnn.methods import DMTConfig, SMTConfig
 from smtrnn.models import ModelConfig
 from smtrnn.sampling import image_grid
-from smtrnn.tasks.synthetic import LABEL_TERMS, LONG_DMT
+from smtrnn.tasks.streams import WIDE_TEACHER
+from smtrnn.tasks.synthetic import LABEL_TERMS
 from smtrnn.train import TrainConfig
 
 TITLE = "Real data: BPTT against SMT->DMT"
@@ -35,9 +36,6 @@ def _screen(name: str, description: str, overrides: dict, **options) -> Variant:
     return Variant(name, description, overrides, task_settings=False, **options)
 
 
-# the teacher that reads MNIST's pixels best in the screens (the page): rotary codes, width 128, on a
-# continuous memory
-WIDE: dict[str, object] = {"model.memory_levels": 0, "model.teacher_positions": "rotary", "model.teacher_width": 128}
 VARIANTS = [
     # BPTT on SMT's memory grid (the same model as SMT's RNN); BPTT's own default is a continuous memory
     Variant("bptt", "BPTT over whole crops, on the memory grid", BPTT_ON_GRID),
@@ -60,21 +58,18 @@ VARIANTS = [
     ),
     # the teacher alone on MNIST reads pixels best with rotary codes and twice the width (screens, the
     # page): is the RNN alone better with that teacher, on a continuous memory?
-    _screen("smt+dmt-rotary-wide", "the shared recipe; a continuous memory, rotary codes, teacher width 128", WIDE),
+    _screen(
+        "smt+dmt-rotary-wide", "the shared recipe; a continuous memory, rotary codes, teacher width 128", WIDE_TEACHER
+    ),
     # the wide teacher's readout rung (0.1-0.15 bits lost) with copy's label terms: the readout's labels
     # train the cell at every step it takes; with stack's long DMT as well, it is the real data's settings
     _screen(
         "smt+dmt-wide-labels",
         "as smt+dmt-rotary-wide, with the readout's labels through the cell",
-        {**WIDE, **LABEL_TERMS},
+        {**WIDE_TEACHER, **LABEL_TERMS},
     ),
     # the long DMT still gains at its last step: twice its share of the same 750 steps, SMT's shorter
-    _screen(
-        "smt+dmt-wide-dmt300",
-        "the real data's settings, with 450 SMT + 300 DMT steps",
-        {**WIDE, **LABEL_TERMS, **LONG_DMT},
-        dmt_steps=300,
-    ),
+    Variant("smt+dmt-wide-dmt300", "the task's settings, with 450 SMT + 300 DMT steps", dmt_steps=300),
     # BPTT with the memory of a plain RNN (its default): the grid is there for SMT's rollouts, and BPTT's
     # RNN need not pay for it (the page shows both: the same model, and BPTT at its best)
     Variant("bptt-continuous", "BPTT, a continuous memory (no grid; BPTT's default)", {"method": "bptt"}),
@@ -100,8 +95,9 @@ def _plan(context: int, rollout: int, **options) -> dict:
 def _study(preset: str, plans: dict[str, dict], future: int = FUTURE) -> Study:
     """Measured per step on one core (batch 16): images (crops of 799) BPTT 0.53 s, SMT 0.9 s, DMT 0.25 s;
     text (crops of 271) 0.22, 0.23 and 0.08 s (the real data's settings: SMT 1.5 s and 0.8 s, with
-    a teacher twice as wide and the label terms; the page's header sums the hours). 32 decoder positions per crop send 32 x 16 = 512 windows to the decoder per step, near
-    BPTT's 16 x 799 labelled tokens in predictions made."""
+    a teacher twice as wide and the label terms; the page's header sums the hours). 32 decoder
+    positions per crop send 32 x 16 = 512 windows to the decoder per step, near BPTT's 16 x 799
+    labelled tokens in predictions made."""
     schedule = dict(batch_size=16, log_every=25, eval_every=25)
     base = RunConfig(
         model=ModelConfig(cell="mlp", future=future),
