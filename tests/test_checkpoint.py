@@ -13,12 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import smtrnn
 from smtrnn import checkpoint
 from smtrnn.config import RunConfig
 from smtrnn.errors import UserError
 from smtrnn.methods import phases
 from smtrnn.models import ModelConfig, Models, tiny_model
-from smtrnn.run import run
+from smtrnn.run import read_run, run
 from smtrnn.train import TrainConfig
 
 
@@ -130,6 +131,15 @@ def test_latest_names_the_newest_and_old_ones_are_pruned(tmp_path):
     restored = tiny_models(seed=3)
     checkpoint.load_weights(restored, checkpoint.latest_checkpoint(tmp_path))
     assert torch.equal(restored.rnn.cell.initial, torch.full_like(restored.rnn.cell.initial, 15))
+
+
+def test_the_last_checkpoint_of_an_earlier_phase_stays(tmp_path):
+    models, rng = tiny_models(), rng_state(torch.Generator())
+    for name in ("smt-00000001", "smt-00000002", "dmt-00000001", "dmt-00000002"):
+        checkpoint.save_checkpoint(tmp_path, name, models, None, rng, {"phase": name[:3]})
+    folders = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir())
+    assert folders == ["dmt-00000002", "smt-00000002"]
+    assert checkpoint.latest_checkpoint(tmp_path).name == "dmt-00000002"
 
 
 def test_keep_two(tmp_path):
@@ -399,6 +409,28 @@ def test_dmt_init_starts_from_the_smt_run_and_keeps_its_teacher(finished, tmp_pa
     other.model.memory_size = 8
     with pytest.raises(UserError, match="different model"):
         run(other, tmp_path / "other", progress=False)
+
+
+def test_smt_then_dmt_keeps_smts_last_checkpoint_to_start_from_and_to_score(finished, tmp_path):
+    _, both_dir, _ = finished("smt+dmt")
+    _, smt_dir, _ = finished("smt")
+    _, dmt_dir, _ = finished("dmt")  # DMT started from the smt run
+    folders = sorted(p.name for p in (both_dir / "checkpoints").iterdir() if p.is_dir())
+    assert folders == [f"dmt-{DMT_STEPS:08d}", f"smt-{SMT_STEPS:08d}"]  # the last of each phase
+    smt_last = both_dir / "checkpoints" / f"smt-{SMT_STEPS:08d}"
+    # the SMT phase of smt+dmt is the smt run (same seed and steps): its last checkpoint is that run's
+    weights = load_file(smt_last / "model.safetensors")
+    assert_same_tensors(weights, load_file(checkpoint.latest_checkpoint(smt_dir) / "model.safetensors"))
+    # so DMT started from that folder is, bit for bit, DMT started from the smt run
+    run(run_config("dmt", init=str(smt_last)), tmp_path / "dmt", progress=False)
+    assert_same_tensors(final_tensors(tmp_path / "dmt"), final_tensors(dmt_dir))
+    # the folder is read back as that checkpoint, not the run's final weights
+    loaded = read_run(smt_last)
+    assert (loaded.checkpoint["phase"], loaded.checkpoint["step"], loaded.finished) == ("smt", SMT_STEPS, False)
+    assert read_run(both_dir).checkpoint["phase"] == "dmt" and read_run(both_dir).finished
+    rnn = smtrnn.load(smt_last)
+    for key, value in rnn.state_dict().items():
+        assert torch.equal(value, weights["rnn." + key])
 
 
 def test_a_different_config_in_the_same_directory_is_refused(finished):

@@ -167,6 +167,10 @@ def test_user_task_class_trains_end_to_end(method, user_task, tmp_path, capsys):
     if method == "smt+dmt":  # the rung ladder is printed, each rung with its score
         for rung in ("teacher", "readout", "one_step"):
             assert f"{rung}_bits_per_token: {evaluation[f'{rung}_bits_per_token']:.4f}" in captured.out
+        # SMT's last checkpoint stays beside DMT's and scores as itself: the RNN before DMT
+        assert main(["eval", str(out / "checkpoints" / "smt-00000003"), "--batches", "1"]) == 0
+        captured = capsys.readouterr()
+        assert "checkpoint: smt step 3\n" in captured.out and captured.err == ""  # not "in progress"
     assert_user_error(main(["eval", str(out), "--length", "0"]), capsys, "length")
 
 

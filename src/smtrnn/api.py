@@ -172,17 +172,19 @@ def _ready(module: torch.nn.Module, device: str):
 
 def load(run_dir: PathLike, device: str = "cpu", teacher: bool = False):
     """The trained RNN of a finished run (a TrainedRNN in eval mode on ``device``, parameters frozen:
-    ``requires_grad_(True)`` to fine-tune), or ``(rnn, teacher)`` when ``teacher`` is true."""
+    ``requires_grad_(True)`` to fine-tune), or ``(rnn, teacher)`` when ``teacher`` is true. ``run_dir``
+    may also name one of a run's checkpoint folders, RUN/checkpoints/NAME: e.g. the RNN as SMT left it,
+    before DMT."""
     from smtrnn.methods import uses_teacher
-    from smtrnn.run import load_run  # the training stack: imported only when used
+    from smtrnn.run import checkpoint_folder, load_run  # the training stack: imported only when used
 
-    run_dir = Path(run_dir)
+    run_dir, folder = checkpoint_folder(Path(run_dir))
     if not run_dir.is_dir():
         raise UserError(f"no run directory {run_dir}")
-    if not (run_dir / "result.json").is_file():
+    if folder is None and not (run_dir / "result.json").is_file():
         raise UserError(f"run {run_dir} has not finished: no result.json yet")
     with _rng_untouched():
-        config, task, models = load_run(run_dir, device)
+        config, task, models = load_run(folder or run_dir, device)
         rnn = TrainedRNN(_spec(config, task))
     rnn.load_state_dict(models.rnn.state_dict())
     rnn = _ready(rnn, device)

@@ -113,7 +113,8 @@ def save_checkpoint(
     meta: dict,
     keep: int = 1,
 ) -> Path:
-    """Write a complete checkpoint folder, point ``latest`` at it, prune older ones."""
+    """Write a complete checkpoint folder ``PHASE-STEP``, point ``latest`` at it, prune the older ones of
+    its phase: the last of every earlier phase stays (SMT's, where DMT follows, for ``--init`` and eval)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
@@ -143,7 +144,11 @@ def save_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     write_atomic(root / "latest", name.encode())
-    checkpoints = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=os.path.getmtime)
+    phase = name.rpartition("-")[0]
+    same_phase = (
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name.rpartition("-")[0] == phase
+    )
+    checkpoints = sorted(same_phase, key=os.path.getmtime)
     for old in checkpoints[:-keep]:
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)

@@ -99,7 +99,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from smtrnn.run import evaluate_run, read_run
+    from smtrnn.run import checkpoint_folder, evaluate_run, read_run
 
     if args.length is not None and args.length < 1:
         raise UserError(f"length must be positive, got {args.length}")
@@ -111,9 +111,10 @@ def cmd_eval(args) -> None:
     length = args.length or config.length
     result: dict = {"run": str(args.run), "task": config.task, "method": config.method, "cell": config.model.cell}
     # which weights were scored: a run still training has only its latest checkpoint, not its final model
-    result["checkpoint"] = used + ("" if loaded.finished else " (in progress)")
+    named = checkpoint_folder(args.run)[1] is not None  # a checkpoint folder the user chose, e.g. SMT's last
+    result["checkpoint"] = used + ("" if loaded.finished or named else " (in progress)")
     result.update(finished=loaded.finished, trained_length=config.length, length=length)
-    if not loaded.finished:
+    if not loaded.finished and not named:
         print(
             f"smtrnn: {args.run} is still in progress (no result.json): scoring its {used} checkpoint", file=sys.stderr
         )
@@ -293,7 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval", help="evaluate a run's RNN on its own (teacher-free), and the rungs from its teacher to it"
     )
-    evaluate.add_argument("run", help="run directory (finished, or the latest checkpoint of one in progress)")
+    evaluate.add_argument(
+        "run",
+        help="run directory (finished, or the latest checkpoint of one in progress), or one of its checkpoint "
+        "folders, RUN/checkpoints/NAME (e.g. SMT's last, before DMT)",
+    )
     evaluate.add_argument("--length", type=int, default=None, help="sequence length (default: the trained one)")
     evaluate.add_argument("--batches", type=int, default=8, help="held-out batches of 64 sequences (default: 8)")
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")

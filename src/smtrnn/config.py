@@ -35,7 +35,7 @@ class RunConfig:
     method: str = "smt+dmt"  # how to train (teacher: the teacher alone, to see how fast it learns a task)
     seed: int = 0  # model initialisation, data stream and evaluation stream
     device: str = "cpu"  # cpu, cuda or cuda:N
-    init: str | None = None  # a run directory whose weights the run starts from (dmt fine-tunes an SMT run)
+    init: str | None = None  # a run (or RUN/checkpoints/NAME) whose weights the run starts from (dmt: an SMT run)
     task_options: dict = field(default_factory=dict)  # the task's parameters (--task-option KEY=VALUE)
     eval_batches: int = 8  # held-out batches of 64 sequences in the final evaluation
     length_generalisation: bool = False  # also evaluate at 2T, 4T and 8T (into result.json)

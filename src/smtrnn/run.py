@@ -82,7 +82,7 @@ def build_models(config: RunConfig, task) -> Models:
 class LoadedRun:
     """A run read back from its directory: its config, its task (a ``RecordedTask`` that reads the data
     only when a sequence is drawn), its models with the weights of ``checkpoint`` (that checkpoint's
-    meta: phase, step) and whether the run has finished (result.json)."""
+    meta: phase, step) and whether those are the finished run's final weights (result.json)."""
 
     config: RunConfig
     task: Any
@@ -91,10 +91,21 @@ class LoadedRun:
     finished: bool
 
 
+def checkpoint_folder(path: str | Path) -> tuple[Path, Path | None]:
+    """(run directory, checkpoint folder or None): ``path`` is a run directory (its latest checkpoint is
+    meant) or one of its checkpoint folders, RUN/checkpoints/NAME (e.g. the last of its SMT phase, which a
+    run of SMT then DMT keeps beside DMT's)."""
+    path = Path(path)
+    if path.parent.name == "checkpoints" and (path / "model.safetensors").is_file():
+        return path.parent.parent, path
+    return path, None
+
+
 def read_run(run_dir: str | Path, device: str = "cpu", data: str | None = None) -> LoadedRun:
-    """A finished or interrupted run, weights from its latest checkpoint, built from its task.json
-    without reading its data; ``data``: the new place of a data file that moved (same sha256)."""
-    run_dir = Path(run_dir)
+    """A finished or interrupted run, weights from its latest checkpoint (or from the checkpoint folder
+    ``run_dir`` names, see ``checkpoint_folder``), built from its task.json without reading its data;
+    ``data``: the new place of a data file that moved (same sha256)."""
+    run_dir, folder = checkpoint_folder(run_dir)
     check_device(device)
     if not run_dir.is_dir():
         raise UserError(f"no run directory {run_dir}")
@@ -107,8 +118,14 @@ def read_run(run_dir: str | Path, device: str = "cpu", data: str | None = None) 
     else:
         task = task_record.RecordedTask(record, config.task_options, data)
     models = build_models(config, task)
-    meta = _load_latest(models, run_dir)
-    return LoadedRun(config, task, models, meta, (run_dir / "result.json").is_file())
+    if folder is None:
+        meta = _load_latest(models, run_dir)
+        finished = (run_dir / "result.json").is_file()
+    else:
+        checkpoint.load_weights(models, folder)
+        meta = checkpoint.load_state(folder, None)[0]
+        finished = (run_dir / "result.json").is_file() and folder == checkpoint.latest_checkpoint(run_dir)
+    return LoadedRun(config, task, models, meta, finished)
 
 
 def _load_latest(models: Models, run_dir: Path) -> dict:
