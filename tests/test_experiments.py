@@ -100,8 +100,9 @@ def test_every_method_gets_the_same_steps_and_the_warm_ups_fit():
 
 
 def test_the_real_data_study_races_the_tasks_settings_beside_the_shared_recipe():
-    """smt+dmt is what `smtrnn train --task T` gets (the real data's settings); smt+dmt-shared and the
-    MNIST screens are the shared recipe with their own changes; dmt300 is the settings with another split."""
+    """smt+dmt is what `smtrnn train --task T` gets (the real data's settings, DMT over whole crops);
+    smt+dmt-shared and the MNIST screens are the shared recipe with their own changes; rollout256 and
+    dmt300 are the settings with the plan's shorter rollout, dmt300 with another split as well."""
     from smtrnn.tasks import TASKS
     from smtrnn.tasks.streams import REAL_DATA_SETTINGS
 
@@ -118,10 +119,16 @@ def test_the_real_data_study_races_the_tasks_settings_beside_the_shared_recipe()
             dotted for dotted in REAL_DATA_SETTINGS if get_field(shared, dotted) != get_field(taken, dotted)
         ] == list(REAL_DATA_SETTINGS)
     assert run("smt+dmt-rotary").model.teacher_width == RunConfig().model.teacher_width  # a screen takes no setting
+    # smt+dmt rolls DMT out over whole crops, as `smtrnn train` does; its earlier rows the plan's 256 (Brown 128)
+    for task, rollout in (("mnist", 256), ("brown", 128)):
+        whole, short = run("smt+dmt", task), run("smt+dmt-rollout256", task)
+        assert (whole.dmt.rollout, short.dmt.rollout) == (0, rollout)
+        assert replace(short, dmt=whole.dmt).to_dict() == whole.to_dict()
     split = run("smt+dmt-wide-dmt300")
     assert (split.train.steps, split.dmt_train.steps) == (450, 300) and planned_steps(split) == 750
-    same = replace(split, train=run("smt+dmt").train, dmt_train=run("smt+dmt").dmt_train, smt=run("smt+dmt").smt)
-    assert same.to_dict() == run("smt+dmt").to_dict()  # only the split (and its schedules) differ
+    short = run("smt+dmt-rollout256")
+    same = replace(split, train=short.train, dmt_train=short.dmt_train, smt=short.smt)
+    assert same.to_dict() == short.to_dict()  # only the split (and its schedules) differ
 
 
 def test_a_studys_runs_take_their_tasks_settings_under_the_studys_own_choices(monkeypatch):

@@ -48,6 +48,8 @@ STYLE = {
     "smt+dmt-wide-labels": ("o", "C9"),
     "smt+dmt-shared": ("o", "C5"),
     "smt+dmt-wide-dmt300": ("o", "C6"),
+    "smt+dmt-rollout512": ("s", "C0"),
+    "smt+dmt-rollout256": ("^", "C0"),
 }
 Blocks = list[tuple[str, list[str]]]
 
