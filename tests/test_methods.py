@@ -27,6 +27,7 @@ from conftest import (
     make_models,
     only,
 )
+from smtrnn.evaluate import first_prediction_logits
 from smtrnn.methods import BPTTConfig, DMTConfig, SMTConfig, bptt_loss, dmt_loss, smt_loss
 from smtrnn.methods.common import masked_cross_entropy, uniformity
 from smtrnn.methods.smt import future_windows
@@ -446,6 +447,33 @@ def test_dmt_start_teacher_begins_from_a_teacher_memory():
     spy = StepSpy(models.rnn.cell)
     dmt_loss(models, batch, DMTConfig())
     torch.testing.assert_close(spy.inputs[0][0], models.rnn.cell.initial_memory(2).detach(), rtol=0, atol=0)
+
+
+def test_dmt_distill_is_the_kl_from_the_teachers_first_prediction_and_trains_only_the_rnn():
+    """c_distill adds KL(teacher || RNN) over the labelled positions: the teacher's first decoder
+    prediction from m*_t against the RNN's readout on its rollout memory after the same token."""
+    models = make_models("gru")
+    batch = make_batch(batch=3, length=8)
+    batch["y"][0, 2] = IGNORE  # an unlabelled position is left out
+    base, terms = dmt_loss(models, batch, DMTConfig())
+    assert "distill" not in terms
+    loss, terms = dmt_loss(models, batch, DMTConfig(c_distill=0.5))
+    with torch.no_grad():
+        expert = models.teacher.encode(batch["x"])
+        teacher = first_prediction_logits(models.teacher, expert, batch["y"]).log_softmax(-1)
+        rnn = models.rnn.logits(models.rnn.cell.rollout(batch["x"]))[batch["y"] != IGNORE].log_softmax(-1)
+    reference = (teacher.exp() * (teacher - rnn)).sum(-1).mean()
+    assert reference > 0
+    torch.testing.assert_close(terms["distill"], reference, **TIGHT)
+    torch.testing.assert_close(loss, base + 0.5 * reference, **TIGHT)
+    # alone, the term trains the readout (and the cell only with readout_grad), never the teacher
+    alone, _ = dmt_loss(models, batch, DMTConfig(c_dyn=0.0, c_readout=0.0, c_distill=1.0))
+    got = backward(models, alone)
+    assert all_zero({n: g for n, g in got.items() if n.startswith("teacher.")})
+    assert all_zero({n: g for n, g in got.items() if n.startswith("rnn.cell.")})
+    assert not all_zero({n: g for n, g in got.items() if n.startswith("rnn.readout")})
+    alone, _ = dmt_loss(models, batch, DMTConfig(c_dyn=0.0, c_readout=0.0, c_distill=1.0, readout_grad=True))
+    assert not all_zero({n: g for n, g in backward(models, alone).items() if n.startswith("rnn.cell.")})
 
 
 # ================================================================================================

@@ -12,8 +12,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from smtrnn.methods.common import masked_cross_entropy, memory_spread, relative_memory_error
+from smtrnn.tasks.base import IGNORE
 
 
 @dataclass
@@ -27,6 +29,9 @@ class DMTConfig:
     # the readout's term on the rollout also trains the cell (through the same ``truncate`` steps): the
     # labels, not only the pull towards the teacher, shape what the cell does on its own memories
     readout_grad: bool = False
+    # the readout also matches the frozen teacher's first prediction from m*_t (its next-token
+    # distribution, soft labels: the KL divergence from it), weighted; 0 = off
+    c_distill: float = 0.0
 
 
 def dmt_loss(models, batch, config: DMTConfig, step: int = 0):
@@ -66,7 +71,26 @@ def dmt_loss(models, batch, config: DMTConfig, step: int = 0):
         memories.append(memory if config.readout_grad else memory.detach())
     dyn = dyn / max(1, terms)  # the mean over the supervised memories (and m_0 when the rollout starts there)
     rollout = torch.stack(memories, 1)
-    readout, accuracy = masked_cross_entropy(models.rnn.logits(rollout), y[:, begin : begin + steps])
+    logits, labels = models.rnn.logits(rollout), y[:, begin : begin + steps]
+    readout, accuracy = masked_cross_entropy(logits, labels)
     drift = (rollout.detach() - expert[:, begin + 1 : begin + steps + 1]).pow(2).sum(-1).sqrt().mean()
     loss = config.c_dyn * dyn + config.c_readout * readout
-    return loss, {"dyn": dyn.detach(), "readout": readout.detach(), "rollout_acc": accuracy, "drift": drift}
+    terms = {"dyn": dyn.detach(), "readout": readout.detach(), "rollout_acc": accuracy, "drift": drift}
+    if config.c_distill:
+        distill = distillation(teacher, expert[:, begin + 1 : begin + steps + 1], logits, labels)
+        loss = loss + config.c_distill * distill
+        terms["distill"] = distill.detach()
+    return loss, terms
+
+
+def distillation(teacher, memories: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || RNN) per labelled position, averaged: the teacher's first decoder prediction from
+    m*_t (memories [B, T, M], the memory after x_t) against the RNN's logits [B, T, C] there."""
+    labelled = labels != IGNORE
+    with torch.no_grad():
+        chosen = memories[labelled]
+        target = teacher.decode(chosen, labels.new_zeros(chosen.shape[0], 0))[:, 0].log_softmax(-1)
+    mine = logits[labelled].log_softmax(-1)
+    if not len(mine):
+        return logits.sum() * 0.0
+    return F.kl_div(mine, target, log_target=True, reduction="batchmean")
