@@ -50,6 +50,10 @@ STYLE = {
     "smt+dmt-wide-dmt300": ("o", "C6"),
     "smt+dmt-rollout512": ("s", "C0"),
     "smt+dmt-rollout256": ("^", "C0"),
+    "smt+dmt-horizon64": ("D", "C1"),
+    "smt+dmt-deep": ("D", "C8"),
+    "smt+dmt-deep-horizon64": ("D", "C9"),
+    "smt+dmt-deep-horizon128": ("D", "C6"),
 }
 Blocks = list[tuple[str, list[str]]]
 

@@ -75,12 +75,12 @@ def dmt_loss(models, batch, config: DMTConfig, step: int = 0):
     readout, accuracy = masked_cross_entropy(logits, labels)
     drift = (rollout.detach() - expert[:, begin + 1 : begin + steps + 1]).pow(2).sum(-1).sqrt().mean()
     loss = config.c_dyn * dyn + config.c_readout * readout
-    terms = {"dyn": dyn.detach(), "readout": readout.detach(), "rollout_acc": accuracy, "drift": drift}
+    logged = {"dyn": dyn.detach(), "readout": readout.detach(), "rollout_acc": accuracy, "drift": drift}
     if config.c_distill:
         distill = distillation(teacher, expert[:, begin + 1 : begin + steps + 1], logits, labels)
         loss = loss + config.c_distill * distill
-        terms["distill"] = distill.detach()
-    return loss, terms
+        logged["distill"] = distill.detach()
+    return loss, logged
 
 
 def distillation(teacher, memories: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
