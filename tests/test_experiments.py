@@ -101,8 +101,9 @@ def test_every_method_gets_the_same_steps_and_the_warm_ups_fit():
 
 def test_the_real_data_study_races_the_tasks_settings_beside_the_shared_recipe():
     """smt+dmt is what `smtrnn train --task T` gets (the real data's settings, DMT over whole crops);
-    smt+dmt-shared and the MNIST screens are the shared recipe with their own changes; rollout256 and
-    dmt300 are the settings with the plan's shorter rollout, dmt300 with another split as well."""
+    smt+dmt-shared and the MNIST screens are the shared recipe with their own changes; horizon16 the
+    settings with the default horizon; rollout256 and dmt300 that with the plan's shorter rollout,
+    dmt300 with another split as well."""
     from smtrnn.tasks import TASKS
     from smtrnn.tasks.streams import REAL_DATA_SETTINGS
 
@@ -119,11 +120,16 @@ def test_the_real_data_study_races_the_tasks_settings_beside_the_shared_recipe()
             dotted for dotted in REAL_DATA_SETTINGS if get_field(shared, dotted) != get_field(taken, dotted)
         ] == list(REAL_DATA_SETTINGS)
     assert run("smt+dmt-rotary").model.teacher_width == RunConfig().model.teacher_width  # a screen takes no setting
-    # smt+dmt rolls DMT out over whole crops, as `smtrnn train` does; its earlier rows the plan's 256 (Brown 128)
+    # smt+dmt rolls DMT out over whole crops, as `smtrnn train` does, with SMT's horizon of 64; its earlier
+    # rows: horizon 16 (smt+dmt-horizon16), and before that the plan's 256-token rollouts (Brown 128)
     for task, rollout in (("mnist", 256), ("brown", 128)):
-        whole, short = run("smt+dmt", task), run("smt+dmt-rollout256", task)
+        taken, whole, short = run("smt+dmt", task), run("smt+dmt-horizon16", task), run("smt+dmt-rollout256", task)
+        assert (taken.smt.horizon, whole.smt.horizon, RunConfig().smt.horizon) == (64, 16, 16)
+        assert replace(whole, smt=taken.smt).to_dict() == taken.to_dict()
         assert (whole.dmt.rollout, short.dmt.rollout) == (0, rollout)
         assert replace(short, dmt=whole.dmt).to_dict() == whole.to_dict()
+    assert run("smt+dmt-deep").smt == run("smt+dmt-horizon16").smt  # the screens on horizon 16 keep it
+    assert run("smt+dmt-rollout512").smt == run("smt+dmt-horizon16").smt
     split = run("smt+dmt-wide-dmt300")
     assert (split.train.steps, split.dmt_train.steps) == (450, 300) and planned_steps(split) == 750
     short = run("smt+dmt-rollout256")

@@ -49,8 +49,8 @@ STYLE = {
     "smt+dmt-shared": ("o", "C5"),
     "smt+dmt-wide-dmt300": ("o", "C6"),
     "smt+dmt-rollout512": ("s", "C0"),
-    "smt+dmt-rollout256": ("^", "C0"),
-    "smt+dmt-horizon64": ("D", "C1"),
+    "smt+dmt-rollout256": ("^", "C4"),
+    "smt+dmt-horizon16": ("^", "C1"),
     "smt+dmt-deep": ("D", "C8"),
     "smt+dmt-deep-horizon64": ("D", "C9"),
     "smt+dmt-deep-horizon128": ("D", "C6"),
@@ -219,7 +219,7 @@ def figure(rows: int = 1, columns: int = 1, width: float = 4.6, height: float = 
 
 def save(drawn, path: Path) -> Path:
     drawn.tight_layout()
-    drawn.savefig(path, dpi=110)
+    drawn.savefig(path, dpi=110, bbox_inches="tight")  # a legend beside the panels stays in the picture
     return path
 
 

@@ -30,6 +30,10 @@ from smtrnn.train import TrainConfig
 TITLE = "Real data: BPTT against SMT->DMT"
 
 
+# SMT's horizon before the real data's settings took 64 (the default): the rows measured with it
+HORIZON16 = {"smt.horizon": 16}
+
+
 def _screen(name: str, description: str, overrides: dict, **options) -> Variant:
     """A screen on the shared recipe (one change on it, or on the screen before), without the task's
     settings: the screens that chose them."""
@@ -44,9 +48,16 @@ VARIANTS = [
     # (tasks/streams.py, REAL_DATA_SETTINGS), and DMT over whole crops (DMT's default, rollout 0): the
     # rollout starts from m*_0 and runs every token, as the RNN alone does when it is scored
     Variant("smt+dmt", "windowed SMT, then DMT over whole crops from m*_0, the task's settings", {"dmt.rollout": 0}),
-    # the same with the plan's shorter rollouts from teacher memories (256 tokens; 128 on Brown): the
-    # settings' rows before DMT ran whole crops
-    Variant("smt+dmt-rollout256", "the task's settings, DMT rolls out 256 tokens (Brown 128) from teacher memories"),
+    # the same with SMT's horizon of 16 (the default; the settings before they took 64): the settings'
+    # rows before, and the SMT phase of the screens below that keep it
+    Variant("smt+dmt-horizon16", "the task's settings with SMT's horizon 16", {"dmt.rollout": 0, **HORIZON16}),
+    # and with the plan's shorter rollouts from teacher memories (256 tokens; 128 on Brown): the settings'
+    # rows before DMT ran whole crops
+    Variant(
+        "smt+dmt-rollout256",
+        "the task's settings with horizon 16, DMT rolls out 256 tokens (Brown 128) from teacher memories",
+        HORIZON16,
+    ),
     # the shared recipe (the page's rows before real data had settings) and the screens that chose the
     # settings, each a change on the shared recipe or on the screen before it:
     _screen("smt+dmt-shared", "windowed SMT, then DMT, the shared recipe", {}),
@@ -73,15 +84,23 @@ VARIANTS = [
         {**WIDE_TEACHER, **LABEL_TERMS},
     ),
     # the long DMT still gains at its last step: twice its share of the same 750 steps, SMT's shorter
-    Variant("smt+dmt-wide-dmt300", "the task's settings, with 450 SMT + 300 DMT steps", dmt_steps=300),
+    Variant(
+        "smt+dmt-wide-dmt300", "the task's settings with horizon 16, 450 SMT + 300 DMT steps", HORIZON16, dmt_steps=300
+    ),
     # the RNN alone loses 0.01-0.03 bits to its teacher over 784 steps from m_0 while DMT rolls out 256:
     # does a rollout of 512 (the same steps, twice the tokens) hold more of the image? (then whole crops)
-    Variant("smt+dmt-rollout512", "the task's settings, DMT rolls out 512 tokens", {"dmt.rollout": 512}),
-    # the RNN after SMT alone rolls out 0.18-0.39 bits above its one step over 784 pixels, where SMT's
-    # horizon trains 16 steps: a horizon of 64 (then 128), and the teacher of 4 encoder layers whose
-    # every rung is at or below BPTT's RNN but whose memories the cell followed worse (whole-crop DMT)
-    Variant("smt+dmt-horizon64", "the task's settings, SMT's horizon 64", {"dmt.rollout": 0, "smt.horizon": 64}),
-    Variant("smt+dmt-deep", "the task's settings, 4 encoder layers", {"dmt.rollout": 0, "model.teacher_layers": 4}),
+    Variant(
+        "smt+dmt-rollout512",
+        "the task's settings with horizon 16, DMT rolls out 512 tokens",
+        {"dmt.rollout": 512, **HORIZON16},
+    ),
+    # the teacher of 4 encoder layers, whose every rung is at or below BPTT's RNN but whose memories the
+    # cell followed worse (horizon 16), and with SMT's horizon of 64 (the settings') and 128
+    Variant(
+        "smt+dmt-deep",
+        "the task's settings with horizon 16, 4 encoder layers",
+        {"dmt.rollout": 0, "model.teacher_layers": 4, **HORIZON16},
+    ),
     Variant(
         "smt+dmt-deep-horizon64",
         "the task's settings, 4 encoder layers and SMT's horizon 64",
@@ -136,7 +155,7 @@ def _study(preset: str, plans: dict[str, dict], future: int = FUTURE) -> Study:
     points = [at(variant, dataset) for dataset in plans for variant in ("bptt", "smt+dmt")]
     points += [at(variant, dataset) for variant in ("smt+dmt-rollout256", "smt+dmt-shared") for dataset in plans]
     points += [at(variant, "mnist") for variant in SCREENS if "mnist" in plans]
-    points += [at("smt+dmt-horizon64", dataset) for dataset in plans]
+    points += [at("smt+dmt-horizon16", dataset) for dataset in plans]
     points += [
         Point(variant, "mnist", "mlp", length["mnist"], seeds)
         for variant, seeds in DEEP_SCREENS.items()
@@ -248,12 +267,19 @@ def _folder(result: dict, row: dict) -> Path:
     return directory(result["out"], Point(row["variant"], row["task"], row["cell"], row["length"]), row["seed"])
 
 
+# the methods whose curves a dataset's figure draws (the screens' rungs are in the page's tables)
+CURVES = ("bptt", "bptt-continuous", "smt+dmt", "smt+dmt-horizon16", "smt+dmt-rollout256", "smt+dmt-shared")
+
+
 def curves(rows: list[dict], path: Path) -> Path:
-    """Held-out bits per byte of the RNN alone against training tokens and against sequential compute."""
+    """Held-out bits per byte of the RNN alone against training tokens and against sequential compute,
+    for the methods in CURVES (the legend beside the panels, the axis cut at twice the best value)."""
     drawn, axes = figure(1, 2, 4.6, 3.6)
     labelled = set()
+    rows = [row for row in rows if row["variant"] in CURVES] or rows
+    values = [point["bits_per_byte"] for row in rows for point in row.get("curve") or []]
     for row in rows:
-        color = STYLE.get(row["variant"], ("o", "k"))[1]
+        marker, color = STYLE.get(row["variant"], ("o", "k"))
         first = row["variant"] not in labelled  # one legend entry per method, whatever its seeds
         labelled.add(row["variant"])
         for axis, key in zip(axes[0], ("tokens", "sequential")):
@@ -261,7 +287,8 @@ def curves(rows: list[dict], path: Path) -> Path:
             axis.plot(
                 [p[key] for p in points],
                 [p["bits_per_byte"] for p in points],
-                marker=".",
+                marker=marker,
+                markersize=3,
                 color=color,
                 label=row["variant"] if first else None,
             )
@@ -278,7 +305,9 @@ def curves(rows: list[dict], path: Path) -> Path:
         if any(row.get("curve") for row in rows):
             axis.set_xscale("log")
         axis.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+        if values:
+            axis.set_ylim(top=min(max(values), 2 * min(values)) * 1.02)
+    axes[0][1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     drawn.suptitle(rows[0]["task"])
     return save(drawn, path)
 
