@@ -51,6 +51,7 @@ STYLE = {
     "smt+dmt-rollout512": ("s", "C0"),
     "smt+dmt-rollout256": ("^", "C4"),
     "smt+dmt-horizon16": ("^", "C1"),
+    "smt+dmt-dmt300": ("s", "C6"),
     "smt+dmt-deep": ("D", "C8"),
     "smt+dmt-deep-horizon64": ("D", "C9"),
     "smt+dmt-deep-horizon128": ("D", "C6"),
