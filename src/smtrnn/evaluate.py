@@ -12,7 +12,7 @@ import math
 import torch
 
 from smtrnn.errors import UserError
-from smtrnn.methods.common import masked_cross_entropy
+from smtrnn.methods.common import first_prediction_logits, masked_cross_entropy
 from smtrnn.tasks.base import IGNORE
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation streams never share a seed with training streams
@@ -52,14 +52,6 @@ def evaluate_rnn(rnn, task, length: int, batches: int = 8, batch_size: int = 64,
     result = _mean(records, labels)
     result["bits_per_token"] = result["loss"] / math.log(2)
     return result
-
-
-def first_prediction_logits(teacher, memories: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The teacher's first decoder prediction, y_t from m*_t alone (memories [B, T+1, M]), at the
-    labelled positions of ``y`` [B, T], in their order: logits [N, C]. Only labelled positions are
-    decoded: far less work on sparse-label tasks."""
-    chosen = memories[:, 1:][y != IGNORE]
-    return teacher.decode(chosen, y.new_zeros(chosen.shape[0], 0))[:, 0]
 
 
 def first_prediction_correct(teacher, memories: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -55,3 +55,11 @@ def relative_memory_error(predicted: torch.Tensor, target: torch.Tensor, spread:
     shrinking its memories or by collapsing them onto one point: an absolute MSE rewards both, while
     the relative one-step error, which is what compounds along a rollout, stays as large as before."""
     return (predicted - target).pow(2).mean() / spread.clamp(min=1e-8)
+
+
+def first_prediction_logits(teacher, memories: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The teacher's first decoder prediction, y_t from m*_t alone (memories [B, T+1, M]), at the
+    labelled positions of ``y`` [B, T], in their order: logits [N, C]. Only labelled positions are
+    decoded: far less work on sparse-label tasks."""
+    chosen = memories[:, 1:][y != IGNORE]
+    return teacher.decode(chosen, y.new_zeros(chosen.shape[0], 0))[:, 0]

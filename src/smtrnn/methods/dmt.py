@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from smtrnn.methods.common import masked_cross_entropy, memory_spread, relative_memory_error
+from smtrnn.methods.common import first_prediction_logits, masked_cross_entropy, memory_spread, relative_memory_error
 from smtrnn.tasks.base import IGNORE
 
 
@@ -77,7 +77,7 @@ def dmt_loss(models, batch, config: DMTConfig, step: int = 0):
     loss = config.c_dyn * dyn + config.c_readout * readout
     logged = {"dyn": dyn.detach(), "readout": readout.detach(), "rollout_acc": accuracy, "drift": drift}
     if config.c_distill:
-        distill = distillation(teacher, expert[:, begin + 1 : begin + steps + 1], logits, labels)
+        distill = distillation(teacher, expert[:, begin : begin + steps + 1], logits, labels)
         loss = loss + config.c_distill * distill
         logged["distill"] = distill.detach()
     return loss, logged
@@ -85,12 +85,11 @@ def dmt_loss(models, batch, config: DMTConfig, step: int = 0):
 
 def distillation(teacher, memories: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """KL(teacher || RNN) per labelled position, averaged: the teacher's first decoder prediction from
-    m*_t (memories [B, T, M], the memory after x_t) against the RNN's logits [B, T, C] there."""
+    m*_t (memories [B, T+1, M], from the memory before the first token) against the RNN's logits
+    [B, T, C] on its memory after the same token."""
     labelled = labels != IGNORE
-    with torch.no_grad():
-        chosen = memories[labelled]
-        target = teacher.decode(chosen, labels.new_zeros(chosen.shape[0], 0))[:, 0].log_softmax(-1)
-    mine = logits[labelled].log_softmax(-1)
-    if not len(mine):
+    if not labelled.any():
         return logits.sum() * 0.0
-    return F.kl_div(mine, target, log_target=True, reduction="batchmean")
+    with torch.no_grad():
+        target = first_prediction_logits(teacher, memories, labels).log_softmax(-1)
+    return F.kl_div(logits[labelled].log_softmax(-1), target, log_target=True, reduction="batchmean")
