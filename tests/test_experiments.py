@@ -102,8 +102,8 @@ def test_every_method_gets_the_same_steps_and_the_warm_ups_fit():
 def test_the_real_data_study_races_the_tasks_settings_beside_the_shared_recipe():
     """smt+dmt is what `smtrnn train --task T` gets (the real data's settings, DMT over whole crops);
     smt+dmt-shared and the MNIST screens are the shared recipe with their own changes; horizon16 the
-    settings with the default horizon; rollout256 and dmt300 that with the plan's shorter rollout,
-    dmt300 with another split as well."""
+    settings with the default horizon and 150 DMT steps; rollout256 that with the plan's shorter rollout,
+    wide-dmt300 with another split as well; dmt150, dmt450 and dmt600 the settings with another split."""
     from smtrnn.tasks import TASKS
     from smtrnn.tasks.streams import REAL_DATA_SETTINGS
 
@@ -121,9 +121,14 @@ def test_the_real_data_study_races_the_tasks_settings_beside_the_shared_recipe()
         ] == list(REAL_DATA_SETTINGS)
     assert run("smt+dmt-rotary").model.teacher_width == RunConfig().model.teacher_width  # a screen takes no setting
     # smt+dmt rolls DMT out over whole crops, as `smtrnn train` does, with SMT's horizon of 64; its earlier
-    # rows: horizon 16 (smt+dmt-horizon16), and before that the plan's 256-token rollouts (Brown 128)
+    # rows: 150 DMT steps (smt+dmt-dmt150), before that horizon 16 (smt+dmt-horizon16), and before that the
+    # plan's 256-token rollouts (Brown 128)
     for task, rollout in (("mnist", 256), ("brown", 128)):
-        taken, whole, short = run("smt+dmt", task), run("smt+dmt-horizon16", task), run("smt+dmt-rollout256", task)
+        taken, whole, short = (
+            run("smt+dmt-dmt150", task),
+            run("smt+dmt-horizon16", task),
+            run("smt+dmt-rollout256", task),
+        )
         assert (taken.smt.horizon, whole.smt.horizon, RunConfig().smt.horizon) == (64, 16, 16)
         assert replace(whole, smt=taken.smt).to_dict() == taken.to_dict()
         assert (whole.dmt.rollout, short.dmt.rollout) == (0, rollout)
@@ -135,6 +140,16 @@ def test_the_real_data_study_races_the_tasks_settings_beside_the_shared_recipe()
     short = run("smt+dmt-rollout256")
     same = replace(split, train=short.train, dmt_train=short.dmt_train, smt=short.smt)
     assert same.to_dict() == short.to_dict()  # only the split (and its schedules) differ
+    # the settings spend 300 of the 750 steps in DMT; dmt150 (the budget's share), dmt450 and dmt600 the
+    # same runs with another split
+    taken = run("smt+dmt")
+    for variant, steps in (("smt+dmt-dmt150", 150), ("smt+dmt-dmt450", 450), ("smt+dmt-dmt600", 600)):
+        other = run(variant)
+        assert (other.train.steps, other.dmt_train.steps) == (750 - steps, steps) and planned_steps(other) == 750
+        assert replace(other, train=taken.train, dmt_train=taken.dmt_train, smt=taken.smt).to_dict() == taken.to_dict()
+    assert (taken.train.steps, taken.dmt_train.steps) == (450, 300)
+    control = run("tbptt-64")
+    assert (control.method, control.bptt.truncate, control.train.steps) == ("tbptt", 64, 750)
 
 
 def test_a_studys_runs_take_their_tasks_settings_under_the_studys_own_choices(monkeypatch):
