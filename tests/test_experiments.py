@@ -102,8 +102,9 @@ def test_every_method_gets_the_same_steps_and_the_warm_ups_fit():
 def test_the_real_data_study_races_the_tasks_settings_beside_the_shared_recipe():
     """smt+dmt is what `smtrnn train --task T` gets (the real data's settings, DMT over whole crops);
     smt+dmt-shared and the MNIST screens are the shared recipe with their own changes; horizon16 the
-    settings with the default horizon and 150 DMT steps; rollout256 that with the plan's shorter rollout,
-    wide-dmt300 with another split as well; dmt150, dmt450 and dmt600 the settings with another split."""
+    settings before they dropped DMT's pull, with the default horizon and 150 DMT steps; rollout256 that
+    with the plan's shorter rollout, wide-dmt300 with another split as well; dmt150 to dmt600 the
+    settings with the pull and another split."""
     from smtrnn.tasks import TASKS
     from smtrnn.tasks.streams import REAL_DATA_SETTINGS
 
@@ -115,6 +116,7 @@ def test_the_real_data_study_races_the_tasks_settings_beside_the_shared_recipe()
     )
     for task in ("mnist", "brown"):
         taken, shared = run("smt+dmt", task), run("smt+dmt-shared", task)
+        assert taken.dmt.c_dyn == 0.0 and REAL_DATA_SETTINGS["dmt.c_dyn"] == 0.0
         assert all(get_field(taken, dotted) == value for dotted, value in REAL_DATA_SETTINGS.items())
         assert [
             dotted for dotted in REAL_DATA_SETTINGS if get_field(shared, dotted) != get_field(taken, dotted)
@@ -140,14 +142,22 @@ def test_the_real_data_study_races_the_tasks_settings_beside_the_shared_recipe()
     short = run("smt+dmt-rollout256")
     same = replace(split, train=short.train, dmt_train=short.dmt_train, smt=short.smt)
     assert same.to_dict() == short.to_dict()  # only the split (and its schedules) differ
-    # the settings spend 300 of the 750 steps in DMT; dmt150 (the budget's share), dmt450 and dmt600 the
-    # same runs with another split
+    # the settings spend 600 of the 750 steps in DMT, without the pull; dmt150 (the budget's share) and
+    # dmt300 (the settings before), dmt450 and dmt600 the same runs with the pull and another split
     taken = run("smt+dmt")
-    for variant, steps in (("smt+dmt-dmt150", 150), ("smt+dmt-dmt450", 450), ("smt+dmt-dmt600", 600)):
+    assert (taken.train.steps, taken.dmt_train.steps, taken.dmt.c_dyn) == (150, 600, 0.0)
+    for variant, steps in (
+        ("smt+dmt-dmt150", 150),
+        ("smt+dmt-dmt300", 300),
+        ("smt+dmt-dmt450", 450),
+        ("smt+dmt-dmt600", 600),
+    ):
         other = run(variant)
         assert (other.train.steps, other.dmt_train.steps) == (750 - steps, steps) and planned_steps(other) == 750
-        assert replace(other, train=taken.train, dmt_train=taken.dmt_train, smt=taken.smt).to_dict() == taken.to_dict()
-    assert (taken.train.steps, taken.dmt_train.steps) == (450, 300)
+        assert other.dmt.c_dyn == 0.1
+        same = replace(other, train=taken.train, dmt_train=taken.dmt_train, smt=taken.smt, dmt=taken.dmt)
+        assert same.to_dict() == taken.to_dict()
+        assert replace(other.dmt, c_dyn=0.0) == taken.dmt  # the pull alone
     control = run("tbptt-64")
     assert (control.method, control.bptt.truncate, control.train.steps) == ("tbptt", 64, 750)
 

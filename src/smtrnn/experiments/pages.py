@@ -52,6 +52,7 @@ STYLE = {
     "smt+dmt-rollout256": ("^", "C4"),
     "smt+dmt-horizon16": ("^", "C1"),
     "smt+dmt-dmt150": ("s", "C6"),
+    "smt+dmt-dmt300": ("s", "C8"),
     "smt+dmt-dmt450": ("s", "C2"),
     "smt+dmt-dmt600": ("s", "C3"),
     "tbptt-64": ("v", "k"),

@@ -30,8 +30,10 @@ from smtrnn.train import TrainConfig
 TITLE = "Real data: BPTT against SMT->DMT"
 
 
-# SMT's horizon before the real data's settings took 64 (the default): the rows measured with it
-HORIZON16 = {"smt.horizon": 16}
+# DMT's pull towards the teacher before the real data's settings dropped it: the rows measured with it
+PULL = {"dmt.c_dyn": 0.1}
+# SMT's horizon before the real data's settings took 64 (the default), and the pull: the rows measured so
+HORIZON16 = {"smt.horizon": 16, **PULL}
 
 
 def _screen(name: str, description: str, overrides: dict, **options) -> Variant:
@@ -50,14 +52,22 @@ VARIANTS = [
     # the task's settings, as `smtrnn train --task T` gets them: stack's and a teacher twice as wide
     # (tasks/streams.py, REAL_DATA_SETTINGS), and DMT over whole crops (DMT's default, rollout 0): the
     # rollout starts from m*_0 and runs every token, as the RNN alone does when it is scored
-    # 450 SMT + 300 DMT steps of the study's 750 (the budget's share, 150, is the rows before: dmt150)
+    # 150 SMT + 600 DMT steps of the study's 750 (the budget's share, 150, is smt+dmt-dmt150), DMT
+    # without the pull (the settings since the screen of that split without it)
     Variant(
         "smt+dmt",
-        "windowed SMT, then DMT over whole crops from m*_0, the task's settings, 450 SMT + 300 DMT steps",
+        "windowed SMT, then DMT over whole crops from m*_0, the task's settings, 150 SMT + 600 DMT steps",
         {"dmt.rollout": 0},
+        dmt_steps=600,
+    ),
+    # the settings before, with DMT's pull of 0.1: 450 SMT + 300 DMT steps, and 600 + 150
+    Variant(
+        "smt+dmt-dmt300",
+        "the task's settings with the pull, 450 SMT + 300 DMT steps",
+        {"dmt.rollout": 0, **PULL},
         dmt_steps=300,
     ),
-    Variant("smt+dmt-dmt150", "the task's settings, 600 SMT + 150 DMT steps", {"dmt.rollout": 0}),
+    Variant("smt+dmt-dmt150", "the task's settings with the pull, 600 SMT + 150 DMT steps", {"dmt.rollout": 0, **PULL}),
     # the same with SMT's horizon of 16 (the default; the settings before they took 64): the settings'
     # rows before, and the SMT phase of the screens below that keep it
     Variant("smt+dmt-horizon16", "the task's settings with SMT's horizon 16", {"dmt.rollout": 0, **HORIZON16}),
@@ -104,10 +114,20 @@ VARIANTS = [
         "the task's settings with horizon 16, DMT rolls out 512 tokens",
         {"dmt.rollout": 512, **HORIZON16},
     ),
-    # the RNN alone after 450 SMT + 300 DMT steps (smt+dmt) ends below its teacher (1.10-1.11 bits against
+    # the RNN alone after 450 SMT + 300 DMT steps (smt+dmt-dmt300) ends below its teacher (1.10-1.11 bits against
     # 1.15-1.16): DMT's label terms learn from the data beyond the teacher's memories; a larger share again
-    Variant("smt+dmt-dmt450", "the task's settings, 300 SMT + 450 DMT steps", {"dmt.rollout": 0}, dmt_steps=450),
-    Variant("smt+dmt-dmt600", "the task's settings, 150 SMT + 600 DMT steps", {"dmt.rollout": 0}, dmt_steps=600),
+    Variant(
+        "smt+dmt-dmt450",
+        "the task's settings with the pull, 300 SMT + 450 DMT steps",
+        {"dmt.rollout": 0, **PULL},
+        dmt_steps=450,
+    ),
+    Variant(
+        "smt+dmt-dmt600",
+        "the task's settings with the pull, 150 SMT + 600 DMT steps",
+        {"dmt.rollout": 0, **PULL},
+        dmt_steps=600,
+    ),
     # the teacher of 4 encoder layers, whose every rung is at or below BPTT's RNN but whose memories the
     # cell followed worse (horizon 16), and with SMT's horizon of 64 (the settings') and 128
     Variant(
@@ -118,12 +138,12 @@ VARIANTS = [
     Variant(
         "smt+dmt-deep-horizon64",
         "the task's settings, 4 encoder layers and SMT's horizon 64",
-        {"dmt.rollout": 0, "model.teacher_layers": 4, "smt.horizon": 64},
+        {"dmt.rollout": 0, "model.teacher_layers": 4, "smt.horizon": 64, **PULL},
     ),
     Variant(
         "smt+dmt-deep-horizon128",
         "the task's settings, 4 encoder layers and SMT's horizon 128",
-        {"dmt.rollout": 0, "model.teacher_layers": 4, "smt.horizon": 128},
+        {"dmt.rollout": 0, "model.teacher_layers": 4, "smt.horizon": 128, **PULL},
     ),
     # BPTT with the memory of a plain RNN (its default): the grid is there for SMT's rollouts, and BPTT's
     # RNN need not pay for it (the page shows both: the same model, and BPTT at its best)
@@ -145,7 +165,7 @@ FEW_SEEDS = {
     "smt+dmt-deep-horizon64": (0, 1),
     "smt+dmt-deep-horizon128": (0,),
     "smt+dmt-dmt450": (0, 1, 2),
-    "smt+dmt-dmt600": (0, 1, 2),
+    "smt+dmt-dmt600": (0, 1),
 }
 SEEDS = {"mnist": (0, 1, 2), "brown": (0, 1, 2)}  # MNIST and Brown (cheap) three seeds, Quick, Draw! one
 FUTURE = 16
@@ -182,7 +202,9 @@ def _study(preset: str, plans: dict[str, dict], future: int = FUTURE) -> Study:
         if "mnist" in plans
     ]
     points += [
-        at(variant, dataset) for variant in ("smt+dmt-dmt150", "bptt-continuous", "tbptt-64") for dataset in plans
+        at(variant, dataset)
+        for variant in ("smt+dmt-dmt150", "smt+dmt-dmt300", "bptt-continuous", "tbptt-64")
+        for dataset in plans
     ]
     overrides = {
         name: {key: value for key, value in plan.items() if key != "task_options"} for name, plan in plans.items()
@@ -290,7 +312,7 @@ def _folder(result: dict, row: dict) -> Path:
 
 
 # the methods whose curves a dataset's figure draws (the screens' rungs are in the page's tables)
-CURVES = ("bptt", "bptt-continuous", "tbptt-64", "smt+dmt", "smt+dmt-dmt150", "smt+dmt-horizon16", "smt+dmt-shared")
+CURVES = ("bptt", "bptt-continuous", "tbptt-64", "smt+dmt", "smt+dmt-dmt300", "smt+dmt-dmt150", "smt+dmt-shared")
 
 
 def curves(rows: list[dict], path: Path) -> Path:
