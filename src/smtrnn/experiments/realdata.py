@@ -30,6 +30,7 @@ from smtrnn.train import TrainConfig
 TITLE = "Real data: BPTT against SMT->DMT"
 
 
+STEPS = 750  # every method's optimiser steps, at every length (the study's budget)
 # DMT's pull towards the teacher before the real data's settings dropped it: the rows measured with it
 PULL = {"dmt.c_dyn": 0.1}
 # SMT's horizon before the real data's settings took 64 (the default), and the pull: the rows measured so
@@ -40,6 +41,17 @@ def _screen(name: str, description: str, overrides: dict, **options) -> Variant:
     """A screen on the shared recipe (one change on it, or on the screen before), without the task's
     settings: the screens that chose them."""
     return Variant(name, description, overrides, task_settings=False, **options)
+
+
+def _pulled(dmt_steps: int) -> Variant:
+    """The task's settings with DMT's pull, ``dmt_steps`` of the study's steps in DMT: smt+dmt-dmtN."""
+    smt_steps = STEPS - dmt_steps
+    return Variant(
+        f"smt+dmt-dmt{dmt_steps}",
+        f"the task's settings with the pull, {smt_steps} SMT + {dmt_steps} DMT steps",
+        {"dmt.rollout": 0, **PULL},
+        dmt_steps=dmt_steps,
+    )
 
 
 VARIANTS = [
@@ -60,14 +72,9 @@ VARIANTS = [
         {"dmt.rollout": 0},
         dmt_steps=600,
     ),
-    # the settings before, with DMT's pull of 0.1: 450 SMT + 300 DMT steps, and 600 + 150
-    Variant(
-        "smt+dmt-dmt300",
-        "the task's settings with the pull, 450 SMT + 300 DMT steps",
-        {"dmt.rollout": 0, **PULL},
-        dmt_steps=300,
-    ),
-    Variant("smt+dmt-dmt150", "the task's settings with the pull, 600 SMT + 150 DMT steps", {"dmt.rollout": 0, **PULL}),
+    # the settings before, with DMT's pull of 0.1: 450 SMT + 300 DMT steps, and 600 + 150 (the budget's)
+    _pulled(300),
+    _pulled(150),
     # the same with SMT's horizon of 16 (the default; the settings before they took 64): the settings'
     # rows before, and the SMT phase of the screens below that keep it
     Variant("smt+dmt-horizon16", "the task's settings with SMT's horizon 16", {"dmt.rollout": 0, **HORIZON16}),
@@ -116,18 +123,8 @@ VARIANTS = [
     ),
     # the RNN alone after 450 SMT + 300 DMT steps (smt+dmt-dmt300) ends below its teacher (1.10-1.11 bits against
     # 1.15-1.16): DMT's label terms learn from the data beyond the teacher's memories; a larger share again
-    Variant(
-        "smt+dmt-dmt450",
-        "the task's settings with the pull, 300 SMT + 450 DMT steps",
-        {"dmt.rollout": 0, **PULL},
-        dmt_steps=450,
-    ),
-    Variant(
-        "smt+dmt-dmt600",
-        "the task's settings with the pull, 150 SMT + 600 DMT steps",
-        {"dmt.rollout": 0, **PULL},
-        dmt_steps=600,
-    ),
+    _pulled(450),
+    _pulled(600),
     # the teacher of 4 encoder layers, whose every rung is at or below BPTT's RNN but whose memories the
     # cell followed worse (horizon 16), and with SMT's horizon of 64 (the settings') and 128
     Variant(
@@ -216,7 +213,7 @@ def _study(preset: str, plans: dict[str, dict], future: int = FUTURE) -> Study:
         VARIANTS,
         points,
         [0],
-        {10**6: Budget(750, 150)},  # every length: 600 SMT + 150 DMT steps, BPTT 750
+        {10**6: Budget(STEPS, 150)},  # every length: 600 SMT + 150 DMT steps, BPTT 750
         tasks={name: plan["task_options"] for name, plan in plans.items()},
         task_overrides=overrides,
         measurements=["curve", "bytes"],
