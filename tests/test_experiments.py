@@ -160,6 +160,9 @@ def test_the_real_data_study_races_the_tasks_settings_beside_the_shared_recipe()
         assert replace(other.dmt, c_dyn=0.0) == taken.dmt  # the pull alone
     control = run("tbptt-64")
     assert (control.method, control.bptt.truncate, control.train.steps) == ("tbptt", 64, 750)
+    # the race runs 3 seeds on every dataset (Quick, Draw!'s other rows one)
+    race = {p.variant: p.seeds for p in study.points if p.task == "quickdraw" and p.seeds}
+    assert race == {variant: (0, 1, 2) for variant in ("smt+dmt", "bptt-continuous", "tbptt-64")}
 
 
 def test_a_studys_runs_take_their_tasks_settings_under_the_studys_own_choices(monkeypatch):
@@ -211,6 +214,10 @@ def test_the_grids_smt_points_are_smtrnn_train_with_no_other_option():
             assert config.to_dict() == expected.to_dict(), point
         else:
             assert planned_steps(config) == budget.steps * (10 if point.variant == "bptt-10x" else 1)
+        if point.variant == "smt+dmt-nopull":  # the same runs as smt+dmt's, DMT without the teacher's pull
+            pulled = run_config(study, replace(point, variant="smt+dmt"), 1)
+            assert pulled.dmt.c_dyn == 0.1 and replace(pulled, dmt=config.dmt).to_dict() == config.to_dict()
+            assert replace(config.dmt, c_dyn=0.1) == pulled.dmt
     assert study.budget(64, "copy") == Budget(9000, 4000) and study.budget(16, "copy") == Budget(2300, 300)
     assert study.budget(64, "stack") == Budget(2300, 300) and study.budget(16, "parity") == Budget(4000, 2000)
     parity = RunConfig(task="parity", length=64)

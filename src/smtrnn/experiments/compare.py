@@ -32,6 +32,9 @@ VARIANTS = [
     Variant("smt+dmt", "SMT then DMT"),
     # an SMT step with the horizon costs about ten BPTT steps at T <= 64: the equal-wall-time baseline
     Variant("bptt-10x", "BPTT with ten times the steps", {"method": "bptt"}, steps=10),
+    # the families whose DMT is stack's long one (LONG_DMT: 64 cell steps, the teacher's pull at 0.1),
+    # without the pull, as parity's and the real data's: does one DMT serve every family?
+    Variant("smt+dmt-nopull", "SMT then DMT, DMT without the teacher's pull", {"dmt.c_dyn": 0.0}),
 ]
 TASKS = {
     "retrieval": {"values": 8},
@@ -56,6 +59,8 @@ TASK_BUDGETS = {
     "modular": {256: Budget(4000, 2000)},
 }
 LONG = ("copy", "stack", "parity")  # the families run at T=256 too: where BPTT is ahead at T=64
+# the no-pull screen's points: every length of stack and modular, copy where a run is minutes (T=16)
+NOPULL = {"stack": (16, 64, 256), "modular": (16, 64), "copy": (16,)}
 
 
 def _grid(include) -> Study:
@@ -68,6 +73,7 @@ def _grid(include) -> Study:
         for length in lengths
         if include(task, cell, method, length)
     ]
+    points += [Point("smt+dmt-nopull", task, "tanh", length) for task, at in NOPULL.items() for length in at]
     base = RunConfig(length_generalisation=True)
     return Study(
         "compare",

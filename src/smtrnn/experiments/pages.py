@@ -56,6 +56,7 @@ STYLE = {
     "smt+dmt-dmt450": ("s", "C2"),
     "smt+dmt-dmt600": ("s", "C3"),
     "tbptt-64": ("v", "k"),
+    "smt+dmt-nopull": ("s", "C9"),
     "smt+dmt-deep": ("D", "C8"),
     "smt+dmt-deep-horizon64": ("D", "C9"),
     "smt+dmt-deep-horizon128": ("D", "C6"),
