@@ -57,6 +57,7 @@ STYLE = {
     "smt+dmt-dmt600": ("s", "C3"),
     "tbptt-64": ("v", "k"),
     "smt+dmt-nopull": ("s", "C9"),
+    "smt+dmt-pull": ("s", "C8"),
     "smt+dmt-deep": ("D", "C8"),
     "smt+dmt-deep-horizon64": ("D", "C9"),
     "smt+dmt-deep-horizon128": ("D", "C6"),
