@@ -87,7 +87,7 @@ class StringCopy(Task):
     # 0.751 / 0.607 against 0.500 / 0.489 with 64); stack's DMT, whose labels, longer gradient and weak
     # pull take the RNN to its teacher over a long fine-tune (0.885 / 0.937 / 0.858 after 2,300 steps).
     # The window is cut to the sequence where T < 32 (config.with_task_settings). DMT keeps the pull at
-    # 0.1 that stack's DMT had when copy took it: without it copy at T=16 ties (0.9999 / 1.000 / 1.000,
+    # 0.1 that stack's DMT had when copy took it: without it copy at T=16 ties (0.9997 / 1.000 / 1.000,
     # smt+dmt-nopull), and at T=64 and 256 (runs of an hour and more) it is not yet measured.
     settings = {
         "model.teacher_positions": "rotary",
