@@ -56,7 +56,6 @@ STYLE = {
     "smt+dmt-dmt450": ("s", "C2"),
     "smt+dmt-dmt600": ("s", "C3"),
     "tbptt-64": ("v", "k"),
-    "smt+dmt-nopull": ("s", "C9"),
     "smt+dmt-pull": ("s", "C8"),
     "smt+dmt-deep": ("D", "C8"),
     "smt+dmt-deep-horizon64": ("D", "C9"),
