@@ -219,7 +219,12 @@ def test_the_grids_smt_points_are_smtrnn_train_with_no_other_option():
             assert (taken.dmt.c_dyn, config.dmt.c_dyn) == (0.0, 0.1)
             assert replace(config, dmt=replace(config.dmt, c_dyn=taken.dmt.c_dyn)).to_dict() == taken.to_dict()
     others = {(point.cell, point.task, point.length, point.variant) for point in study.points if point.cell != "tanh"}
-    assert others == {("gru", task, 64, variant) for task in ("stack", "parity") for variant in ("bptt", "smt+dmt")}
+    assert others == {
+        (cell, task, 64, variant)
+        for cell in ("gru", "mlp")
+        for task in ("stack", "parity")
+        for variant in ("bptt", "smt+dmt")
+    }
     assert study.budget(64, "copy") == Budget(9000, 4000) and study.budget(16, "copy") == Budget(2300, 300)
     assert study.budget(64, "stack") == Budget(2300, 300) and study.budget(16, "parity") == Budget(4000, 2000)
     # one long DMT, without the pull, for every family that has one (copy, stack, modular, parity, the real data)

@@ -63,9 +63,11 @@ LONG = ("copy", "stack", "parity")  # the families run at T=256 too: where BPTT 
 PULL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
     "smt+dmt-pull": {"stack": (16, 64, 256), "modular": (16, 64), "copy": (16, 64)},
 }
-# the other cells, where BPTT is ahead of the tanh cell at T=64 and a run is minutes: the GRU cell with
-# the recipe the tanh cell takes, SMT->DMT and BPTT (the rest of the cells' grid is the `full` preset)
-CELL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {"gru": {"stack": (64,), "parity": (64,)}}
+# the other cells, where BPTT is ahead of the tanh cell at T=64 and a run is minutes: the GRU and MLP
+# cells with the recipe the tanh cell takes, SMT->DMT and BPTT (the rest of the cells' grid is `full`)
+CELL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
+    cell: {"stack": (64,), "parity": (64,)} for cell in ("gru", "mlp")
+}
 
 
 def _grid(include) -> Study:
@@ -102,8 +104,8 @@ def _grid(include) -> Study:
 
 def cpu() -> Study:
     """The committed grid: the tanh cell on every family at T=16 and 64, and on copy, stack and parity at
-    T=256; BPTT with ten times the steps beside it at T=64 on those three; the GRU cell where CELL_SCREEN
-    says. About 11 h of single-thread
+    T=256; BPTT with ten times the steps beside it at T=64 on those three; the GRU and MLP cells where
+    CELL_SCREEN says. About 11 h of single-thread
     training, estimated from the teacher and length studies (an SMT run 5-10 min at T <= 64 and 25 min
     at T=256; a BPTT run 1 min, 4 at T=256, 12 with ten times the steps): more than one sitting on two
     cores, so `--keep-rows` adds runs to the committed page."""
