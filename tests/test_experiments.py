@@ -221,8 +221,8 @@ def test_the_grids_smt_points_are_smtrnn_train_with_no_other_option():
     others = {(point.cell, point.task, point.length, point.variant) for point in study.points if point.cell != "tanh"}
     assert others == {
         (cell, task, length, variant)
-        for cell, task, length in [(c, t, 64) for c in ("gru", "mlp") for t in ("stack", "parity")]
-        + [("gru", "kv", 16), ("gru", "kv", 64)]
+        for cell, task, length in [(c, t, 64) for c in ("gru", "mlp") for t in ("stack", "parity", "kv", "modular")]
+        + [("gru", "kv", 16), ("mlp", "kv", 16)]
         for variant in ("bptt", "smt+dmt")
     }
     assert study.budget(64, "copy") == Budget(9000, 4000) and study.budget(16, "copy") == Budget(2300, 300)

@@ -64,11 +64,12 @@ PULL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
     "smt+dmt-pull": {"stack": (16, 64, 256), "modular": (16, 64), "copy": (16, 64)},
 }
 # the other cells with the recipe the tanh cell takes, SMT->DMT and BPTT, where a run is minutes: the GRU
-# and MLP cells where BPTT is ahead of the tanh cell at T=64 (stack, parity), and the GRU's gates on
-# key-value, where one tanh step cannot look the query up (the rest of the cells' grid is `full`)
+# and MLP cells where BPTT is ahead of the tanh cell at T=64 (stack, parity), and where one tanh step
+# cannot follow the teacher (key-value's lookup, modular's sum at T=64): do gates or a deeper step take
+# it? (the rest of the cells' grid is `full`)
 CELL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
-    "gru": {"stack": (64,), "parity": (64,), "kv": (16, 64)},
-    "mlp": {"stack": (64,), "parity": (64,)},
+    "gru": {"stack": (64,), "parity": (64,), "kv": (16, 64), "modular": (64,)},
+    "mlp": {"stack": (64,), "parity": (64,), "kv": (16, 64), "modular": (64,)},
 }
 
 
