@@ -66,10 +66,11 @@ PULL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
 # the other cells with the recipe the tanh cell takes, SMT->DMT and BPTT, where a run is minutes: the GRU
 # and MLP cells where BPTT is ahead of the tanh cell at T=64 (stack, parity), and where one tanh step
 # cannot follow the teacher (key-value's lookup, modular's sum at T=64): do gates or a deeper step take
-# it? (the rest of the cells' grid is `full`)
+# it? And parity at T=256, where the tanh cell's BPTT fails: do gates or depth give BPTT the length?
+# (the rest of the cells' grid is `full`)
 CELL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
-    "gru": {"stack": (64,), "parity": (64,), "kv": (16, 64), "modular": (64,)},
-    "mlp": {"stack": (64,), "parity": (64,), "kv": (16, 64), "modular": (64,)},
+    "gru": {"stack": (64,), "parity": (64, 256), "kv": (16, 64), "modular": (64,)},
+    "mlp": {"stack": (64,), "parity": (64, 256), "kv": (16, 64), "modular": (64,)},
 }
 
 
