@@ -67,10 +67,11 @@ PULL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
 # and MLP cells where BPTT is ahead of the tanh cell at T=64 (stack, parity), and where one tanh step
 # cannot follow the teacher (key-value's lookup, modular's sum at T=64): do gates or a deeper step take
 # it? And parity at T=256, where the tanh cell's BPTT fails: do gates or depth give BPTT the length?
-# (the rest of the cells' grid is `full`)
+# Copy at T=16 (minutes; at T=64 an hour a run) so that every family has the three cells; retrieval's
+# are on the length page. The rest of the cells' grid is `full`.
 CELL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
-    "gru": {"stack": (64,), "parity": (64, 256), "kv": (16, 64), "modular": (64,)},
-    "mlp": {"stack": (64,), "parity": (64, 256), "kv": (16, 64), "modular": (64,)},
+    "gru": {"copy": (16,), "stack": (64,), "parity": (64, 256), "kv": (16, 64), "modular": (64,)},
+    "mlp": {"copy": (16,), "stack": (64,), "parity": (64, 256), "kv": (16, 64), "modular": (64,)},
 }
 
 
