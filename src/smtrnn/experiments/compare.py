@@ -396,6 +396,10 @@ def figures(result: dict, folder: Path) -> list[Path]:
                     marker, color = STYLE.get(variant, ("x", "k"))
                     axis.plot(lengths, means, marker=marker, color=color, label=variant)
                     axis.fill_between(lengths, lows, highs, color=color, alpha=0.2, linewidth=0)
+                    if len(points) == 1:  # a band of one length has no width: the seeds' range as a bar
+                        axis.errorbar(
+                            lengths, means, [[means[0] - lows[0]], [highs[0] - means[0]]], color=color, capsize=4
+                        )
             chance = mean(row["chance"] for row in cell_rows)
             if chance is not None:
                 axis.axhline(chance, color="gray", linestyle="--", linewidth=1, label="chance")
