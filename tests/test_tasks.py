@@ -373,6 +373,27 @@ def test_modular_pairs_follow_one_affine_map(seed, length, modulus):
         assert any(all((w * a + b) % modulus == c for a, c in zip(xs, ys)) for w, b in maps)
 
 
+def test_modular_ceilings_equal_a_reader_of_each_prefix():
+    task, length, sequences = ModularArithmetic(modulus=5), 12, 60
+    batch = task.sample(sequences, length, torch.Generator().manual_seed(3))
+    maps = [(w, b) for w in task.units for b in range(5)]
+    lookup = bayes = 0.0
+    for xs, ys in zip(batch["x"][:, 0::2].tolist(), batch["y"][:, 0::2].tolist()):
+        pairs: dict[int, int] = {}
+        consistent = list(maps)
+        for x, y in zip(xs, ys):
+            lookup += 1.0 if x in pairs else 1 / 5
+            answers = [(w * x + b) % 5 for w, b in consistent]
+            bayes += max(answers.count(a) for a in range(5)) / len(consistent)
+            pairs[x] = y
+            consistent = [m for m, a in zip(consistent, answers) if a == y]
+    labels = sequences * len(batch["x"][0, 0::2])
+    ceilings = task.ceilings(length, sequences, seed=3)
+    assert ceilings["lookup"] == pytest.approx(lookup / labels)
+    assert ceilings["bayes"] == pytest.approx(bayes / labels)
+    assert ModularArithmetic().ceilings(2) == pytest.approx({"lookup": 1 / 7, "bayes": 1 / 7})  # one guess
+
+
 def test_modular_maps_vary_across_sequences():
     batch = draw(ModularArithmetic(modulus=7), 64, 40, 0)
     x = batch["x"]

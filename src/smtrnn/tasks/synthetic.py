@@ -296,6 +296,29 @@ class ModularArithmetic(Task):
         y[:, 0::2] = ys
         return {"x": x, "y": y}
 
+    def ceilings(self, length: int, sequences: int = 4000, seed: int = 0) -> dict[str, float]:
+        """Two reference accuracies over the labels of ``sequences`` drawn sequences, next to which a
+        network's score says what it learned: ``lookup`` answers an x seen earlier in the sequence with
+        its y and guesses uniformly otherwise (a memory that stores pairs); ``bayes`` predicts the y that
+        most of the maps consistent with the pairs so far give (the best any reader of the prefix can
+        do: two pairs with distinct x determine the map)."""
+        self.check_length(length)
+        maps = torch.tensor([(w, b) for w in self.units for b in range(self.modulus)])
+        batch = self.sample(sequences, length, torch.Generator().manual_seed(seed))
+        xs, ys = batch["x"][:, 0::2], batch["y"][:, 0::2]
+        consistent = torch.ones(sequences, len(maps), dtype=torch.bool)
+        seen = torch.zeros(sequences, self.modulus, dtype=torch.bool)
+        lookup = bayes = 0.0
+        for x, y in zip(xs.T, ys.T):
+            lookup += torch.where(seen[torch.arange(sequences), x], 1.0, 1.0 / self.modulus).sum().item()
+            answers = (maps[:, 0] * x[:, None] + maps[:, 1]) % self.modulus  # (sequences, maps)
+            votes = torch.zeros(sequences, self.modulus).scatter_add_(1, answers, consistent.float())
+            bayes += (votes.max(dim=1).values / consistent.sum(dim=1)).sum().item()
+            seen[torch.arange(sequences), x] = True
+            consistent &= answers == y[:, None]
+        labels = xs.numel()
+        return {"lookup": lookup / labels, "bayes": bayes / labels}
+
 
 # ---------------------------------------------------------------------------------------------
 # recency / primacy
