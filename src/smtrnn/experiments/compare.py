@@ -70,8 +70,8 @@ PULL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
 # Copy at T=16 (minutes; at T=64 an hour a run) so that every family has the three cells; retrieval's
 # are on the length page. The rest of the cells' grid is `full`.
 CELL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
-    "gru": {"copy": (16,), "stack": (64,), "parity": (64, 256), "kv": (16, 64), "modular": (64,)},
-    "mlp": {"copy": (16,), "stack": (64,), "parity": (64, 256), "kv": (16, 64), "modular": (64,)},
+    cell: {"copy": (16,), "stack": (64,), "parity": (64, 256), "kv": (16, 64), "modular": (64,)}
+    for cell in ("gru", "mlp")
 }
 
 

@@ -308,13 +308,13 @@ class ModularArithmetic(Task):
         xs, ys = batch["x"][:, 0::2], batch["y"][:, 0::2]
         consistent = torch.ones(sequences, len(maps), dtype=torch.bool)
         seen = torch.zeros(sequences, self.modulus, dtype=torch.bool)
-        lookup = bayes = 0.0
+        rows, lookup, bayes = torch.arange(sequences), 0.0, 0.0
         for x, y in zip(xs.T, ys.T):
-            lookup += torch.where(seen[torch.arange(sequences), x], 1.0, 1.0 / self.modulus).sum().item()
+            lookup += torch.where(seen[rows, x], 1.0, 1.0 / self.modulus).sum().item()
             answers = (maps[:, 0] * x[:, None] + maps[:, 1]) % self.modulus  # (sequences, maps)
             votes = torch.zeros(sequences, self.modulus).scatter_add_(1, answers, consistent.float())
             bayes += (votes.max(dim=1).values / consistent.sum(dim=1)).sum().item()
-            seen[torch.arange(sequences), x] = True
+            seen[rows, x] = True
             consistent &= answers == y[:, None]
         labels = xs.numel()
         return {"lookup": lookup / labels, "bayes": bayes / labels}
