@@ -232,6 +232,9 @@ def test_the_grids_smt_points_are_smtrnn_train_with_no_other_option():
         config = RunConfig(task=task, length=64)
         with_task_settings(config)
         assert (config.dmt.truncate, config.dmt.c_dyn, config.dmt_train.lr) == (64, 0.0, 2e-3), task
+    modular = RunConfig(task="modular", length=64)
+    with_task_settings(modular)
+    assert modular.model.memory_size == 256  # modular's own memory, for every cell and method
     parity = RunConfig(task="parity", length=64)
     with_task_settings(parity)
     assert (parity.train.steps, parity.dmt_train.steps) == (2000, 2000)  # the grid's budget is parity's default

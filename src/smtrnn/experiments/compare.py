@@ -59,9 +59,10 @@ TASK_BUDGETS = {
     "modular": {256: Budget(4000, 2000)},
 }
 LONG = ("copy", "stack", "parity")  # the families run at T=256 too: where BPTT is ahead at T=64
-# the pull's screen: every length of stack and modular, copy at T=16 and 64 (an hour a run at 64)
+# the pull's screen: every length of stack, copy at T=16 and 64 (an hour a run at 64); modular's ran with
+# its memory of 64, before its memory of 256 (docs/results.md quotes it), and is not rerun
 PULL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
-    "smt+dmt-pull": {"stack": (16, 64, 256), "modular": (16, 64), "copy": (16, 64)},
+    "smt+dmt-pull": {"stack": (16, 64, 256), "copy": (16, 64)},
 }
 # the other cells with the recipe the tanh cell takes, SMT->DMT and BPTT, where a run is minutes: the GRU
 # and MLP cells where BPTT is ahead of the tanh cell at T=64 (stack, parity), and where one tanh step
