@@ -222,7 +222,11 @@ def test_the_grids_smt_points_are_smtrnn_train_with_no_other_option():
     assert others == {
         (cell, task, length, variant)
         for cell, task, length in [(c, t, 64) for c in ("gru", "mlp") for t in ("stack", "parity", "kv", "modular")]
-        + [(c, t, length) for c in ("gru", "mlp") for t, length in (("kv", 16), ("parity", 256), ("stack", 256), ("copy", 16))]
+        + [
+            (c, t, length)
+            for c in ("gru", "mlp")
+            for t, length in (("kv", 16), ("parity", 256), ("stack", 256), ("copy", 16))
+        ]
         for variant in ("bptt", "smt+dmt")
     }
     assert study.budget(64, "copy") == Budget(9000, 4000) and study.budget(16, "copy") == Budget(2300, 300)
