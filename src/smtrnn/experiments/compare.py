@@ -68,7 +68,7 @@ PULL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
 # and MLP cells where BPTT is ahead of the tanh cell at T=64 (stack, parity), and where one tanh step
 # cannot follow the teacher (key-value's lookup, modular's sum at T=64): do gates or a deeper step take
 # it? And parity at T=256, where the tanh cell's BPTT fails: do gates or depth give BPTT the length?
-# Stack at T=256 too (20-30 min an SMT run): the longest length where the tanh cell's two methods tie.
+# Stack at T=256 too (an SMT->DMT run 13-14 min, two on two cores): where both tanh methods just pass.
 # Copy at T=16 (minutes; at T=64 an hour a run) so that every family has the three cells; retrieval's
 # are on the length page. The rest of the cells' grid is `full`.
 CELL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
