@@ -200,8 +200,8 @@ def test_a_studys_runs_take_their_tasks_settings_under_the_studys_own_choices(mo
 def test_the_grids_smt_points_are_smtrnn_train_with_no_other_option():
     """docs/results.md's SMT->DMT points are `smtrnn train --task TASK --length T --seed S` (and --cell,
     the grid's task options), scored at 2T-8T too, with --steps and --dmt-steps where the task has a
-    budget of its own (copy beyond T=16; parity's is its own settings' 2,000 + 2,000); BPTT trains the
-    same steps, or ten times them."""
+    budget of its own (copy beyond T=16; parity's and modular's are their own settings', 2,000 + 2,000 and
+    2,000 + 4,000); BPTT trains the same steps, or ten times them."""
     study = experiments.study("compare", "cpu")
     for point in study.points:
         config, budget = run_config(study, point, 1), study.budget(point.length, point.task)
@@ -239,6 +239,8 @@ def test_the_grids_smt_points_are_smtrnn_train_with_no_other_option():
     modular = RunConfig(task="modular", length=64)
     with_task_settings(modular)
     assert modular.model.memory_size == 256  # modular's own memory, for every cell and method
+    assert (modular.train.steps, modular.dmt_train.steps) == (2000, 4000)  # the grid's modular budget is its default
+    assert study.budget(64, "modular") == study.budget(16, "modular") == Budget(6000, 4000)
     parity = RunConfig(task="parity", length=64)
     with_task_settings(parity)
     assert (parity.train.steps, parity.dmt_train.steps) == (2000, 2000)  # the grid's budget is parity's default
