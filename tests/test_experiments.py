@@ -221,7 +221,9 @@ def test_the_grids_smt_points_are_smtrnn_train_with_no_other_option():
     others = {(point.cell, point.task, point.length, point.variant) for point in study.points if point.cell != "tanh"}
     assert others == {
         (cell, task, length, variant)
-        for cell, task, length in [(c, t, 64) for c in ("gru", "mlp") for t in ("stack", "parity", "kv", "modular")]
+        for cell, task, length in [
+            (c, t, 64) for c in ("gru", "mlp") for t in ("copy", "stack", "parity", "kv", "modular")
+        ]
         + [
             (c, t, length)
             for c in ("gru", "mlp")
@@ -560,5 +562,9 @@ def test_the_threshold_table_leaves_out_a_teacher_at_chance_unless_its_rnn_solve
     rows = [row("bptt", 16, 1.0), row("bptt", 64, 0.6), row("smt+dmt", 16, 1.0, 0.99)]
     rows += [row("smt+dmt", 64, 0.99, 0.52)]  # a teacher trained on 16 tokens, scored at T: its RNN counts
     rows += [row("smt+dmt", 256, 0.51, 0.50), row("smt+dmt", 256, 0.99, 0.5)]  # one failed run: not counted
-    assert "| parity | tanh | 16 / 64 / 256 | 16 | 256 |" in threshold_table(rows)
-    assert "| parity | tanh | 16 / 64 / 256 | 16 | 64 |" in threshold_table(rows[:-1])
+    assert "| parity | tanh | 16 / 64 / 256 | 16 (256 not run) | 256 |" in threshold_table(rows)
+    assert "| parity | tanh | 16 / 64 / 256 | 16 (256 not run) | 64 |" in threshold_table(rows[:-1])
+    # a length only one variant ran is marked where the other stops, not read as the other's failure
+    assert "| parity | tanh | 16 / 64 | 16 | 16 (64 not run) |" in threshold_table(rows[:2] + rows[2:3])
+    # a variant run only at the longer length (BPTT with ten times the steps) has nothing beyond it
+    assert "| parity | tanh | 16 / 64 | < 64 | 64 |" in threshold_table([row("bptt", 64, 0.6)] + rows[2:4])

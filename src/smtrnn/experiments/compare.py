@@ -71,10 +71,11 @@ PULL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
 # cannot follow the teacher (key-value's lookup, modular's sum at T=64): do gates or a deeper step take
 # it? And parity at T=256, where the tanh cell's BPTT fails: do gates or depth give BPTT the length?
 # Stack at T=256 too (an SMT->DMT run 13-14 min, two on two cores): where both tanh methods just pass.
-# Copy at T=16 (minutes; at T=64 an hour a run) so that every family has the three cells; retrieval's
-# are on the length page. The rest of the cells' grid is `full`.
+# Copy at T=16 (minutes) so that every family has the three cells, and at T=64, where the tanh cell's BPTT
+# is at chance (an SMT->DMT run 1.5 h, three on two cores): do gates or depth give BPTT copy's length?
+# Retrieval's cells are on the length page. The rest of the cells' grid is `full`.
 CELL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
-    cell: {"copy": (16,), "stack": (64, 256), "parity": (64, 256), "kv": (16, 64), "modular": (64,)}
+    cell: {"copy": (16, 64), "stack": (64, 256), "parity": (64, 256), "kv": (16, 64), "modular": (64,)}
     for cell in ("gru", "mlp")
 }
 
@@ -174,14 +175,18 @@ def counted(rows: list[dict]) -> list[dict]:
 
 def threshold_table(rows: list[dict]) -> list[str]:
     """Per task and cell, the longest length at which each variant's mean accuracy over seeds (counted
-    rows only) is at least THRESHOLD of the way from chance to 1; '< T' when no tested length reaches it."""
+    rows only) is at least THRESHOLD of the way from chance to 1; '< T' when no tested length reaches it;
+    and the lengths beyond a variant's longest run that another variant of the row ran, as not run (a
+    missing run must not read as a failed one)."""
     variants = list(dict.fromkeys(row["variant"] for row in rows))
     lines = []
     for (task, cell), group in groups(rows, "task", "cell").items():
         entries = []
+        all_lengths = sorted({row["length"] for row in group})
         for variant in variants:
             solved, tested = [], []
-            for (length,), at in sorted(groups([row for row in group if row["variant"] == variant], "length").items()):
+            by_length = groups([row for row in group if row["variant"] == variant], "length")
+            for (length,), at in sorted(by_length.items()):
                 kept = counted(at)
                 if not kept:
                     continue
@@ -189,8 +194,12 @@ def threshold_table(rows: list[dict]) -> list[str]:
                 reached = progress(mean(row["accuracy"] for row in kept), mean(row["chance"] for row in kept))
                 if reached is not None and reached >= THRESHOLD:
                     solved.append(length)
-            entries.append("not run" if not tested else str(max(solved)) if solved else f"< {min(tested)}")
-        lengths = " / ".join(str(length) for length in sorted({row["length"] for row in group}))
+            entry = "not run" if not tested else str(max(solved)) if solved else f"< {min(tested)}"
+            ran = [length for (length,) in by_length]
+            if beyond := [length for length in all_lengths if ran and length > max(ran)]:
+                entry += f" ({' / '.join(map(str, beyond))} not run)"
+            entries.append(entry)
+        lengths = " / ".join(map(str, all_lengths))
         lines.append([task, cell, lengths, *entries])
     return table(["task", "cell", "lengths tested", *variants], lines)
 
