@@ -72,7 +72,7 @@ PULL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
 # it? And parity at T=256, where the tanh cell's BPTT fails: do gates or depth give BPTT the length?
 # Stack at T=256 too (an SMT->DMT run 13-14 min, two on two cores): where both tanh methods just pass.
 # Copy at T=16 (minutes) so that every family has the three cells, and at T=64, where the tanh cell's BPTT
-# is at chance (an SMT->DMT run 1.5 h, three on two cores): do gates or depth give BPTT copy's length?
+# is at chance (an SMT->DMT run about 2 h, three on two cores): do gates or depth give BPTT copy's length?
 # Retrieval's cells are on the length page. The rest of the cells' grid is `full`.
 CELL_SCREEN: dict[str, dict[str, tuple[int, ...]]] = {
     cell: {"copy": (16, 64), "stack": (64, 256), "parity": (64, 256), "kv": (16, 64), "modular": (64,)}
