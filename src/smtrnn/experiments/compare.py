@@ -115,10 +115,10 @@ def _grid(include) -> Study:
 def cpu() -> Study:
     """The committed grid: the tanh cell on every family at T=16 and 64, and on copy, stack and parity at
     T=256; BPTT with ten times the steps beside it at T=64 on those three; the GRU and MLP cells where
-    CELL_SCREEN says. Its 210 finished runs sum to about 30 h of training on one thread each (the page's
-    header; an SMT->DMT run 5-20 min at T <= 64 but for copy, 1.5-2 h on copy at T=64, the runs at
-    T=256 13 min to several hours), copy at T=256 about 12 h more: many sittings on two cores, so
-    `--keep-rows` adds runs to the committed page and an interrupted run resumes from its checkpoint."""
+    CELL_SCREEN says. Its runs sum to tens of hours of training on one thread each (the page's header
+    gives the measured sum; an SMT->DMT run 5-20 min at T <= 64 but for copy, about 2 h on copy at
+    T=64, the runs at T=256 13 min to several hours): many sittings on two cores, so `--keep-rows`
+    adds runs to the committed page and an interrupted run resumes from its checkpoint."""
 
     def include(task: str, cell: str, method: str, length: int) -> bool:
         if cell != "tanh":
