@@ -6,7 +6,9 @@ returns over the parameters it is given.
 
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +51,36 @@ class TrainConfig:
 
 class Diverged(UserError):
     """The loss became NaN or infinite."""
+
+
+# glibc's heap, handed back every this many steps (``release_freed_memory``)
+RELEASE_EVERY = 25
+
+
+def _c_library():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        library = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return library if hasattr(library, "malloc_trim") else None  # glibc only (not musl)
+
+
+_LIBC = _c_library()
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    When a step's tensor shapes change from step to step (SMT's horizon starts, the decoder's positions)
+    the heap fragments: freed blocks are reused only in part and stay resident, so a long run's memory
+    grows without bound although nothing is held. Measured on copy at T=256 (`smtrnn train --task copy
+    --length 256 --method smt`, one thread, schedules off): 13 MB a step, 0.9 to 1.7 GB over 80 steps,
+    8.7 GB in a run killed for memory after 700; with this every 25 steps it stays at 0.9-1.3 GB, at no
+    measurable cost in steps per second."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -173,6 +205,8 @@ def train(
         optimizer.step()
         step += 1
         bar.update(1)
+        if step % RELEASE_EVERY == 0:
+            release_freed_memory()
         evaluating = evaluate is not None and config.eval_every and step % config.eval_every == 0
         if step % config.log_every == 0 or step == config.steps or evaluating:
             last = {
