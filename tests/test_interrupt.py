@@ -93,6 +93,7 @@ from dataclasses import dataclass
 from smtrnn.config import RunConfig
 from smtrnn.experiments.runner import run_study
 from smtrnn.experiments.spec import Budget, Point, Study, Variant
+from smtrnn.errors import WorkerDied
 from smtrnn.interrupt import Interrupted
 from smtrnn.models import tiny_model
 from smtrnn.tasks import TASKS
@@ -125,6 +126,9 @@ if __name__ == "__main__":
     except Interrupted as error:
         print(error, file=sys.stderr)
         sys.exit(error.exit_code)
+    except WorkerDied as error:
+        print(error, file=sys.stderr)
+        sys.exit(1)
     print(len(result["rows"]), result["trained"])
 """
 
@@ -159,6 +163,45 @@ def test_a_signal_to_a_study_stops_its_workers_runs_with_a_checkpoint_and_starts
     for pid in workers:  # no worker trains on after the study is gone
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.split() == ["3", "3"], done.stderr
+
+
+def test_a_worker_killed_in_a_run_stops_the_study_in_one_line_and_the_others_save(tmp_path):
+    """The system's out-of-memory killer (SIGKILL) takes one worker: the study says so in one line, exit 1,
+    no traceback; the other run under way saves a checkpoint (the broken pool signals it), the queued run
+    does not start, and the same command then finishes all three."""
+    script, gate, out = tmp_path / "study.py", tmp_path / "gate", tmp_path / "runs"
+    script.write_text(STUDY_SCRIPT)
+    command = [sys.executable, str(script), str(gate), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    gate.touch()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    held = lambda: sorted(int(path.suffix[1:]) for path in tmp_path.glob("gate.*"))
+    try:
+        wait_until(process, lambda: len(held()) == 2)
+        killed, other = held()
+        os.kill(killed, signal.SIGKILL)
+        time.sleep(1)
+        gate.unlink()
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, err
+    assert err.splitlines() == [
+        "a worker of the study died in a run (killed from outside, most often by the system for want of memory: "
+        "fewer --jobs need less); the other runs under way saved a checkpoint, and the same command resumes every "
+        "run from its last checkpoint"
+    ]
+    runs = {seed: out / "bptt" / "held" / "tanh" / "T8" / f"seed{seed}" for seed in range(3)}
+    started = [seed for seed, run in runs.items() if run.exists()]
+    assert len(started) == 2 and not runs[2].exists()  # the queued run did not start
+    saved = [seed for seed in started if checkpoint.latest_checkpoint(runs[seed]) is not None]
+    assert len(saved) == 1 and not (runs[saved[0]] / "result.json").exists()  # the killed one had none yet
+    with pytest.raises(ProcessLookupError):
+        os.kill(other, 0)
 
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0 and done.stdout.split() == ["3", "3"], done.stderr

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from smtrnn import __version__
-from smtrnn.errors import UserError
+from smtrnn.errors import UserError, WorkerDied
 from smtrnn.interrupt import Interrupted
 from smtrnn.options import add_config_options, check_given, config_from_args, take_settings
 
@@ -408,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         message = " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
         print(f"smtrnn: error: {message}", file=sys.stderr)
         return 2
+    except WorkerDied as error:  # not the user's mistake, but no traceback either
+        print(f"smtrnn: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as error:  # outside training, or a second signal: nothing more was saved
         print(f"smtrnn: interrupted{f' ({error})' if str(error) else ''}", file=sys.stderr)
         return 130

@@ -1,11 +1,17 @@
 """The user's mistakes: ``UserError`` (shown as one line, exit code 2) and the argument checks shared
-by tasks and configs. A leaf module: importing it loads nothing else of smtrnn."""
+by tasks and configs; and ``WorkerDied``, a failure from outside shown the same way (exit code 1). A
+leaf module: importing it loads nothing else of smtrnn."""
 
 from __future__ import annotations
 
 
 class UserError(ValueError):
     """A mistake in what the user asked for: shown as one line, exit code 2."""
+
+
+class WorkerDied(RuntimeError):
+    """A study's worker process died in a run (killed from outside: the system's out-of-memory killer, a
+    SIGKILL); the other runs under way saved a checkpoint, and the same command resumes them all."""
 
 
 def check_int(owner: str, name: str, value, minimum: int) -> None:

@@ -21,6 +21,7 @@ import signal
 import time
 from collections.abc import Generator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing, suppress
 from dataclasses import asdict, replace
 from functools import partial
@@ -40,7 +41,7 @@ from smtrnn.config import (
     with_method_settings,
     with_task_settings,
 )
-from smtrnn.errors import UserError
+from smtrnn.errors import UserError, WorkerDied
 from smtrnn.experiments import measure
 from smtrnn.experiments.spec import Budget, Point, Study
 from smtrnn.methods import planned_steps
@@ -211,7 +212,15 @@ def _execute(work: list, jobs: int, threads: int, measurements: tuple[str, ...])
                         "command resumes the study",
                     )
                 for future in done:
-                    future.result()
+                    try:
+                        future.result()
+                    except BrokenProcessPool:  # the pool sent SIGTERM to the others: each saves, none starts
+                        stopping.set()
+                        raise WorkerDied(
+                            "a worker of the study died in a run (killed from outside, most often by the system "
+                            "for want of memory: fewer --jobs need less); the other runs under way saved a "
+                            "checkpoint, and the same command resumes every run from its last checkpoint"
+                        ) from None
                     yield futures[future]
     except KeyboardInterrupt:  # a second signal: the workers stop at once too, keeping their last checkpoint
         _signal_workers(signal.SIGTERM)
@@ -239,8 +248,14 @@ def _start_worker(threads: int, stopping) -> None:
 
 
 def _train_in_worker(config: RunConfig, folder: str, measurements: tuple[str, ...]) -> None:
-    if _stopping is None or not _stopping.is_set():  # a run queued before the study stopped does not start
+    if _stopping is not None and _stopping.is_set():  # a run queued before the study stopped does not start
+        return
+    try:
         train_run(config, folder, measurements)
+    except interrupt.Interrupted:  # a signal reached the run (from the study, or from a broken pool)
+        if _stopping is not None:
+            _stopping.set()  # so no queued run starts here or in another worker
+        raise
 
 
 def _signal_workers(signum: int) -> None:
