@@ -443,7 +443,8 @@ def test_a_tasks_future_window_is_cut_to_a_shorter_sequence():
         config.validate()
         return config.model.future, "--future" in note and note.split("--future ")[1].split(",")[0]
 
-    assert future("--length", "64") == (32, "32")  # copy's own window
+    assert future("--length", "64") == (32, "32")  # copy's own window: the whole string and the delimiter
+    assert future("--length", "256") == (128, "128")  # follows the string (127 symbols)
     assert future("--length", "16") == (16, "16")  # cut to the sequence, and the note says so
     assert future("--length", "64", "--future", "8") == (8, False)  # the user's choice wins
 
@@ -452,6 +453,8 @@ def test_every_built_in_tasks_settings_name_fields_a_run_reads():
     for name, cls in TASKS.items():
         for dotted, value in cls.settings.items():
             config = RunConfig(task=name)
-            set_field(config, dotted, value)  # a UserError for a field RunConfig lacks
+            set_field(
+                config, dotted, value(config.length) if callable(value) else value
+            )  # a UserError for a field RunConfig lacks
             assert not unread_options(config, [dotted]), f"{name}: the default method never reads {dotted}"
             config.validate()

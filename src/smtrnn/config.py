@@ -245,11 +245,15 @@ def with_task_settings(config: RunConfig, given: Collection[str] = ()) -> dict[s
     """Give ``config`` the settings its task trains best with (``Task.settings``), except those in
     ``given`` (dotted fields the user chose) and those the run does not read; return the ones set. A run
     that starts from another's weights (``init``) takes them too: the run it starts from took the same
-    model settings, and a DMT fine-tune of copy trains the cell on the labels as smt+dmt does. A task's
-    future window is cut to the sequence (copy's 32 tokens on a run of 16)."""
+    model settings, and a DMT fine-tune of copy trains the cell on the labels as smt+dmt does. A setting
+    given as a function takes the run's length (copy's window, the whole string); a task's future window
+    is cut to the sequence (copy's 32 tokens on a run of 16)."""
     from smtrnn.tasks import load_task_class
 
-    chosen = _take(config, getattr(load_task_class(config.task), "settings", {}), given)
+    settings = getattr(load_task_class(config.task), "settings", {})
+    # a setting that follows the sequence's length is a function of it (copy's window: the whole string)
+    settings = {dotted: value(config.length) if callable(value) else value for dotted, value in settings.items()}
+    chosen = _take(config, settings, given)
     if "model.future" in chosen and config.model.future > config.length:
         config.model.future = chosen["model.future"] = config.length
     return chosen

@@ -62,6 +62,19 @@ LABEL_TERMS: dict[str, object] = {"smt.readout_grad": True, "smt.c_horizon_reado
 LONG_DMT: dict[str, object] = {"dmt.truncate": 64, "dmt.c_dyn": 0.0, "dmt_train.lr": 2e-3}
 
 
+def whole_string_window(length: int) -> int:
+    """Copy's decoder window at sequence length T: from a symbol's input to its copy's label, L + 1 =
+    (T + 1) // 2 tokens (the string's length and the delimiter), and at least 32 (cut to T where T < 32).
+
+    The window is what makes the teacher's memory one a cell can follow: a memory must hold what the
+    window's labels need, so with a window shorter than that gap a symbol need not be in memory from
+    when it is read until the label it serves enters the window, and then it must be there: no cell
+    step gives m*_{t+1} from an m*_t without it. At T=64 the gap (32) is the window that let the teacher
+    learn the string at all; at T=256 a window of 32 covers a quarter of the 127 symbols, and the
+    teacher stayed at 0.13-0.20 through 1,822 SMT steps (3 seeds, docs/results.md)."""
+    return max(32, (length + 1) // 2)
+
+
 @dataclass
 class StringCopy(Task):
     """String copy (memory capacity): a random string of L = (T-1)//2 symbols, a delimiter, then
@@ -83,7 +96,8 @@ class StringCopy(Task):
     # symbol of the queue and the rollout keeps the loss (docs/results.md: RNN alone at T=16 0.933 /
     # 0.945 / 0.913 against 0.669 / 0.660 / 0.662 on the grid of 5 levels, 0.768 on 9, seed 0).
     # At T=64 (docs/results.md, "What was tried where a rung fails"): rotary codes and a 32-token window
-    # let the teacher learn the string at all; the dynamics never pull it (any pull we let on lost the
+    # (the string and its delimiter; whole_string_window keeps it so at every length) let the teacher
+    # learn the string at all; the dynamics never pull it (any pull we let on lost the
     # string); a horizon of 64 steps; a memory of 256 that holds a queue of 31 symbols (RNN alone 0.623 /
     # 0.751 / 0.607 against 0.500 / 0.489 with 64); stack's DMT, whose labels, longer gradient and weak
     # pull take the RNN to its teacher over a long fine-tune (0.885 / 0.937 / 0.858 after 2,300 steps).
@@ -96,7 +110,7 @@ class StringCopy(Task):
         **LABEL_TERMS,
         "model.memory_levels": 0,
         "model.memory_size": 256,
-        "model.future": 32,
+        "model.future": whole_string_window,
         "smt.horizon": 64,
         "smt.teacher_pull": False,
         **LONG_DMT,
