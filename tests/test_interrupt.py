@@ -133,7 +133,9 @@ if __name__ == "__main__":
 """
 
 
-def test_a_signal_to_a_study_stops_its_workers_runs_with_a_checkpoint_and_starts_no_other(tmp_path):
+def held_study(tmp_path, stop):
+    """Run STUDY_SCRIPT until both workers hold a run at its third batch, ``stop(process, workers)``, then
+    let them go; the study's process, its stderr, the workers' pids, and the command and env that rerun it."""
     script, gate, out = tmp_path / "study.py", tmp_path / "gate", tmp_path / "runs"
     script.write_text(STUDY_SCRIPT)
     command = [sys.executable, str(script), str(gate), str(out)]
@@ -142,15 +144,22 @@ def test_a_signal_to_a_study_stops_its_workers_runs_with_a_checkpoint_and_starts
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     held = lambda: sorted(int(path.suffix[1:]) for path in tmp_path.glob("gate.*"))
     try:
-        wait_until(process, lambda: len(held()) == 2)  # both workers hold a run at its third batch
+        wait_until(process, lambda: len(held()) == 2)
         workers = held()
-        process.send_signal(signal.SIGTERM)  # the study only: the workers are not signalled by the test
+        stop(process, workers)
         time.sleep(1)
         gate.unlink()
         _, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
+    return process, err, workers, command, env
+
+
+def test_a_signal_to_a_study_stops_its_workers_runs_with_a_checkpoint_and_starts_no_other(tmp_path):
+    # the study only: the workers are not signalled by the test
+    process, err, workers, command, env = held_study(tmp_path, lambda process, _: process.send_signal(signal.SIGTERM))
+    out = tmp_path / "runs"
     assert process.returncode == 128 + signal.SIGTERM, err
     assert err.splitlines() == [
         "interrupted (SIGTERM): the runs under way saved a checkpoint; the same command resumes the study"
@@ -172,23 +181,10 @@ def test_a_worker_killed_in_a_run_stops_the_study_in_one_line_and_the_others_sav
     """The system's out-of-memory killer (SIGKILL) takes one worker: the study says so in one line, exit 1,
     no traceback; the other run under way saves a checkpoint (the broken pool signals it), the queued run
     does not start, and the same command then finishes all three."""
-    script, gate, out = tmp_path / "study.py", tmp_path / "gate", tmp_path / "runs"
-    script.write_text(STUDY_SCRIPT)
-    command = [sys.executable, str(script), str(gate), str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    gate.touch()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    held = lambda: sorted(int(path.suffix[1:]) for path in tmp_path.glob("gate.*"))
-    try:
-        wait_until(process, lambda: len(held()) == 2)
-        killed, other = held()
-        os.kill(killed, signal.SIGKILL)
-        time.sleep(1)
-        gate.unlink()
-        _, err = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    process, err, (killed, other), command, env = held_study(
+        tmp_path, lambda _, workers: os.kill(workers[0], signal.SIGKILL)
+    )
+    out = tmp_path / "runs"
     assert process.returncode == 1, err
     assert err.splitlines() == [
         "a worker of the study died in a run (killed from outside, most often by the system for want of memory: "
