@@ -54,7 +54,7 @@ STUDY = $(BIN)/smtrnn experiment $(1) --preset cpu --jobs 2 --out runs/$(1) --js
 horizon: $(STAMP)
 	$(call STUDY,horizon,horizon)
 
-# the synthetic grid against BPTT (docs/results.md): 234 runs, about 45 h of single-thread training summed over
+# the synthetic grid against BPTT (docs/results.md): 234 runs, about 48 h of single-thread training summed over
 # the runs done (the page's header), many sittings on 2 cores: the committed rows stand in for runs not under runs/compare (--keep-rows)
 results: $(STAMP)
 	$(call STUDY,compare,results) --keep-rows
