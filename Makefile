@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # data/node_modules comes back on the next make
 DATA := data/node_modules/.package-lock.json
 
-.PHONY: demo demo-page test lint bench bench-cuda bench-breakdown horizon results realdata decoder-positions length teacher teacher-long clean
+.PHONY: demo demo-page test lint bench bench-cuda bench-breakdown horizon results realdata decoder-positions length teacher teacher-long teacher-width clean
 
 $(STAMP): pyproject.toml $(DATA)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -79,6 +79,10 @@ teacher: $(STAMP)
 # what makes the teacher learn stack at T=256, and does SMT->DMT gain (docs/teacher-long.md): 2 h on 2 cores
 teacher-long: $(STAMP)
 	$(call STUDY,teacher-long,teacher-long)
+
+# the teacher's width against copy's string at T=64 and 128 (docs/teacher-width.md): 12 runs, about 2 h on 2 cores
+teacher-width: $(STAMP)
+	$(call STUDY,teacher-width,teacher-width)
 
 clean:
 	rm -rf $(VENV) runs

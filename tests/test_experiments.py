@@ -568,3 +568,16 @@ def test_the_threshold_table_leaves_out_a_teacher_at_chance_unless_its_rnn_solve
     assert "| parity | tanh | 16 / 64 | 16 | 16 (64 not run) |" in threshold_table(rows[:3])
     # a variant run only at the longer length (BPTT with ten times the steps) has nothing beyond it
     assert "| parity | tanh | 16 / 64 | < 64 | 64 |" in threshold_table([row("bptt", 64, 0.6)] + rows[2:4])
+
+
+def test_smoke_teacher_width_study_sets_each_width_beside_the_string(tmp_path):
+    from smtrnn.experiments import teacher_width
+
+    result = run_study(experiments.study("teacher-width", "smoke"), tmp_path, progress=False)
+    assert {row["variant"] for row in result["rows"]} == {"teacher", "width-128"}
+    assert all(row["curve"] and row["teacher_accuracy"] is not None for row in result["rows"])
+    lines = dict(teacher_width.blocks(result, "cmd", None))["widths"]
+    widths = {line.split(" | ")[1]: line.split(" | ")[3] for line in lines[2:] if line.startswith("|")}
+    small = result["study"]["base"]["model"]["teacher_width"]  # the smoke study's tiny teacher
+    assert widths == {"`teacher`": f"63 / {small}", "`width-128`": "63 / 128"}
+    assert [path.name for path in teacher_width.figures(result, tmp_path)] == ["teacher-width-curves.png"]

@@ -30,6 +30,7 @@ EXPERIMENTS = {
     "length": ("length", "retrieval at T = 64 to 1,024 against BPTT (docs/length.md)"),
     "teacher": ("teacher", "how fast the teacher learns, beside BPTT (docs/teacher.md)"),
     "teacher-long": ("teacher_long", "what makes the teacher learn stack at T=256 (docs/teacher-long.md)"),
+    "teacher-width": ("teacher_width", "the teacher's width against copy's string (docs/teacher-width.md)"),
 }
 
 
