@@ -449,6 +449,24 @@ def test_a_tasks_future_window_is_cut_to_a_shorter_sequence():
     assert future("--length", "64", "--future", "8") == (8, False)  # the user's choice wins
 
 
+def test_copys_teacher_width_and_decoder_positions_follow_the_string():
+    def teacher(*options):
+        args = build_parser().parse_args(["train", "--out", "x", "--task", "copy", *options])
+        config = config_from_args(args)
+        note = take_settings(config, args) or ""
+        config.validate()
+        return config.model.teacher_width, config.smt.decoder_positions, note
+
+    for length in ("16", "64"):  # T=64's recipe up to T=64
+        assert teacher("--length", length)[:2] == (64, 16), length
+    width, positions, note = teacher("--length", "128")  # 63 symbols: a hidden state of 128
+    assert (width, positions) == (128, 8) and "--teacher-width 128" in note and "--smt-decoder-positions 8" in note
+    assert teacher("--length", "256")[:2] == (256, 4)  # 127 symbols; 4 windows of 128 tokens
+    assert teacher("--length", "100")[:2] == (128, 10)  # 49 symbols, a window of 50, in steps of 64
+    assert teacher("--length", "256", "--teacher-width", "96")[:2] == (96, 4)  # the user's choice wins
+    assert teacher("--length", "256", "--smt-decoder-positions", "16")[:2] == (256, 16)
+
+
 def test_every_built_in_tasks_settings_name_fields_a_run_reads():
     for name, cls in TASKS.items():
         for dotted, value in cls.settings.items():

@@ -573,11 +573,22 @@ def test_the_threshold_table_leaves_out_a_teacher_at_chance_unless_its_rnn_solve
 def test_smoke_teacher_width_study_sets_each_width_beside_the_string(tmp_path):
     from smtrnn.experiments import teacher_width
 
+    study = experiments.study("teacher-width", "cpu")
+    assert [(point.variant, point.length) for point in study.points] == [
+        ("teacher", 128),
+        ("width-128", 128),
+        ("width-128-p8", 128),  # copy's own settings at T=128, which this study made them
+        ("teacher", 64),
+        ("width-128", 64),
+    ]
+    assert (
+        run_config(study, study.points[2], 0).smt.decoder_positions,
+        run_config(study, study.points[0], 0).smt.decoder_positions,
+    ) == (8, 16)
     result = run_study(experiments.study("teacher-width", "smoke"), tmp_path, progress=False)
-    assert {row["variant"] for row in result["rows"]} == {"teacher", "width-128"}
+    assert {row["variant"] for row in result["rows"]} == {"teacher", "width-128", "width-128-p8"}
     assert all(row["curve"] and row["teacher_accuracy"] is not None for row in result["rows"])
     lines = dict(teacher_width.blocks(result, "cmd", None))["widths"]
     widths = {line.split(" | ")[1]: line.split(" | ")[3] for line in lines[2:] if line.startswith("|")}
-    small = result["study"]["base"]["model"]["teacher_width"]  # the smoke study's tiny teacher
-    assert widths == {"`teacher`": f"63 / {small}", "`width-128`": "63 / 128"}
+    assert widths == {"`teacher`": "63 / 64", "`width-128`": "63 / 128", "`width-128-p8`": "63 / 128"}
     assert [path.name for path in teacher_width.figures(result, tmp_path)] == ["teacher-width-curves.png"]

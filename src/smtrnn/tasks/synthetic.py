@@ -75,6 +75,26 @@ def whole_string_window(length: int) -> int:
     return max(32, (length + 1) // 2)
 
 
+def whole_string_width(length: int) -> int:
+    """Copy's teacher width at sequence length T: two per token of the decoder's window
+    (whole_string_window), in steps of 64, so 64 up to T=64, 128 at T=128 and 256 at T=256.
+
+    The teacher's memory is a linear map of the encoder's hidden state at t, squashed elementwise: it
+    has at most as many degrees of freedom as that state's width, whatever the memory's size. With 64,
+    the width that learns copy's 31 symbols at T=64, the teacher alone stayed at 0.240 held-out on the
+    63 symbols of T=128 and at 0.13-0.19 on the 127 of T=256; with 128 at T=128 it reached 0.945
+    (docs/teacher-width.md)."""
+    return 64 * math.ceil(whole_string_window(length) / 32)
+
+
+def whole_string_positions(length: int) -> int:
+    """Copy's decoder positions (memories per sequence the decoder reads from) at sequence length T:
+    512 tokens of decoder window per sequence, as at T=64 (16 windows of 32), so 8 at T=128 and 4 at
+    T=256. With the window and the width that follow the string, 16 positions make a teacher step at
+    T=256 cost 5.6 s on one thread against 2.0 s with 4 (docs/teacher-width.md)."""
+    return max(1, 512 // whole_string_window(length))
+
+
 @dataclass
 class StringCopy(Task):
     """String copy (memory capacity): a random string of L = (T-1)//2 symbols, a delimiter, then
@@ -101,6 +121,9 @@ class StringCopy(Task):
     # string); a horizon of 64 steps; a memory of 256 that holds a queue of 31 symbols (RNN alone 0.623 /
     # 0.751 / 0.607 against 0.500 / 0.489 with 64); stack's DMT, whose labels, longer gradient and weak
     # pull take the RNN to its teacher over a long fine-tune (0.885 / 0.937 / 0.858 after 2,300 steps).
+    # Beyond T=64 the teacher's width follows the string (a memory read off a hidden state of width 64
+    # holds 31 symbols, not 63) and its decoder reads fewer, longer windows: whole_string_width and
+    # whole_string_positions, docs/teacher-width.md; both are T=64's values up to T=64.
     # The window is cut to the sequence where T < 32 (config.with_task_settings). DMT's pull at 0.1,
     # which stack's DMT had when copy took it, is gone as from the other families: without it copy ties
     # (T=16 0.9997 / 1.000 / 1.000, T=64 0.949 / 0.981 / 0.977 against 1.000 x 3 and 0.968 / 0.982 /
@@ -111,6 +134,8 @@ class StringCopy(Task):
         "model.memory_levels": 0,
         "model.memory_size": 256,
         "model.future": whole_string_window,
+        "model.teacher_width": whole_string_width,
+        "smt.decoder_positions": whole_string_positions,
         "smt.horizon": 64,
         "smt.teacher_pull": False,
         **LONG_DMT,
