@@ -435,12 +435,18 @@ def test_copy_and_stack_train_on_a_continuous_memory_and_retrieval_on_the_grid()
     assert levels("retrieval") == (5, "") and levels("parity")[0] == 5  # the families the grid serves keep it
 
 
+def copy_run(*options):
+    """The config `smtrnn train --task copy OPTIONS` trains with, and the note that names the task's settings."""
+    args = build_parser().parse_args(["train", "--out", "x", "--task", "copy", *options])
+    config = config_from_args(args)
+    note = take_settings(config, args) or ""
+    config.validate()
+    return config, note
+
+
 def test_a_tasks_future_window_is_cut_to_a_shorter_sequence():
     def future(*options):
-        args = build_parser().parse_args(["train", "--out", "x", "--task", "copy", *options])
-        config = config_from_args(args)
-        note = take_settings(config, args) or ""
-        config.validate()
+        config, note = copy_run(*options)
         return config.model.future, "--future" in note and note.split("--future ")[1].split(",")[0]
 
     assert future("--length", "64") == (32, "32")  # copy's own window: the whole string and the delimiter
@@ -451,10 +457,7 @@ def test_a_tasks_future_window_is_cut_to_a_shorter_sequence():
 
 def test_copys_teacher_width_and_decoder_positions_follow_the_string():
     def teacher(*options):
-        args = build_parser().parse_args(["train", "--out", "x", "--task", "copy", *options])
-        config = config_from_args(args)
-        note = take_settings(config, args) or ""
-        config.validate()
+        config, note = copy_run(*options)
         return config.model.teacher_width, config.smt.decoder_positions, note
 
     for length in ("16", "64"):  # T=64's recipe up to T=64
