@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,21 @@ def test_truncated_state_file_is_a_user_error(tmp_path):
     (folder / "state.json").write_text('{"meta": ')
     with pytest.raises(UserError):
         checkpoint.read_json(folder / "state.json")
+
+
+@pytest.mark.parametrize("pointer", ["removed", "empty"])
+def test_a_lost_latest_pointer_falls_back_to_the_newest_complete_folder(tmp_path, pointer):
+    """A kill between a folder's rename and the pointer's write leaves complete folders and no pointer:
+    they are the run's checkpoints still, not a run that never saved one (whose folder a fresh start
+    would overwrite)."""
+    models, rng = tiny_models(), rng_state(torch.Generator())
+    checkpoint.save_checkpoint(tmp_path, "smt-00000004", models, None, rng, {"step": 4})
+    time.sleep(0.01)  # distinct modification times on any file system's clock
+    newest = checkpoint.save_checkpoint(tmp_path, "dmt-00000002", models, None, rng, {"step": 2})
+    (tmp_path / "checkpoints" / ".staging-x").mkdir()  # a writer killed mid-checkpoint: not a checkpoint
+    latest = tmp_path / "checkpoints" / "latest"
+    latest.unlink() if pointer == "removed" else latest.write_text("")
+    assert checkpoint.latest_checkpoint(tmp_path) == newest
 
 
 def test_missing_checkpoint_named_by_latest_is_a_user_error(tmp_path):

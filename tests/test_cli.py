@@ -64,12 +64,23 @@ def user_task(tmp_path) -> Path:
         (["--method", "dmt"], "--init"),
         (["--steps", "-1"], "steps"),
         (["--smt-detach-target", "maybe"], "maybe"),
-        (["--smt-max-length=-1"], "max length"),
+        (["--smt-max-length=-1"], "--smt-max-length must be at least 0"),
         (["--no-such-option", "1"], "no-such-option"),
         (["--steps", "three"], "three"),
         (["--task-option", "novalue"], "KEY=VALUE"),
         (["--task", "retrieval", "--task-option", "values=1"], "values"),
         (["--task", "retrieval", "--task-option", "colour=3"], "colour"),
+        (["--task", "retrieval", "--task-option", "values=1.5"], "values must be an integer"),
+        (["--task-option", "=3"], "the key is empty"),
+        # numbers out of range: a negative clip would turn every update into gradient ascent, a bad DMT
+        # setting would fail with a traceback once SMT has trained
+        (["--clip=-1"], "--clip must be at least 0"),
+        (["--min-lr-ratio", "2"], "--min-lr-ratio must be at most 1"),
+        (["--dmt-weight-decay=-1"], "--dmt-weight-decay must be at least 0"),
+        (["--dmt-rollout=-1"], "--dmt-rollout must be at least 0"),
+        (["--smt-horizon", "0"], "--smt-horizon must be at least 1"),
+        (["--smt-uniformity-samples", "1"], "--smt-uniformity-samples must be at least 2"),
+        (["--cell", "transformer", "--memory-tokens", "0"], "--memory-tokens must be at least 1"),
     ],
 )
 def test_train_mistakes_are_one_line_errors(argv, fragment, tmp_path, capsys):
@@ -113,6 +124,21 @@ def test_a_refused_run_says_only_its_error_not_the_settings_it_took(tmp_path, ca
     regular.write_text("not a directory")
     out = str(regular / "run")
     assert_user_error(main(["train", *tiny_args(), "--task", "stack", "--length", "8", "--out", out]), capsys)
+
+
+def test_out_must_name_a_run_directory_or_a_new_or_empty_one(tmp_path, capsys):
+    assert_user_error(main(["train", *TINY, "--out", ""]), capsys, "--out is empty")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "paper.txt").write_text("mine")
+    assert_user_error(main(["train", *TINY, "--out", str(tmp_path / "notes")]), capsys, "holds no smtrnn run")
+    assert sorted(path.name for path in (tmp_path / "notes").iterdir()) == ["paper.txt"]
+    assert_user_error(main(["train", *TINY, "--out", str(tmp_path / "notes" / "paper.txt")]), capsys, "is a file")
+    (tmp_path / "empty").mkdir()
+    assert main(["train", *TINY, "--out", str(tmp_path / "empty")]) == 0
+
+
+def test_a_folder_that_is_not_a_run_is_named_as_such(tmp_path, capsys):
+    assert_user_error(main(["eval", str(tmp_path)]), capsys, "not an smtrnn run directory")
 
 
 def test_missing_run_directory_for_eval(tmp_path, capsys):

@@ -32,6 +32,11 @@ PNG = b"\x89PNG\r\n\x1a\n"
 LIBRARY = Path(smtrnn.__file__).parent
 
 
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+# the committed pages that a study writes (the others are benchmarks' and figures' data)
+PAGE_STUDIES = {"demo", "horizon", "length", "realdata", "results", "teacher", "teacher-long", "teacher-width"}
+
+
 def every_preset():
     return [(name, preset) for name in experiments.EXPERIMENTS for preset in experiments.module(name).PRESETS]
 
@@ -501,6 +506,31 @@ def test_earlier_rows_outlive_a_setting_added_since(tmp_path, monkeypatch):
         run_study(study, tmp_path / "new", progress=False, train=False, earlier=rows, earlier_fields=older)["carried"]
         == 0
     )
+
+
+def test_report_only_never_shrinks_a_page_it_cannot_fill(tmp_path, capsys):
+    """A mistyped --out finds no runs: the page and JSON of the runs it would have reported stay."""
+    pages = tmp_path / "pages"
+    assert run_cli("demo", tmp_path / "runs", pages) == 0
+    before = {path.name: path.read_bytes() for path in pages.iterdir()}
+    assert_user_error(run_cli("demo", tmp_path / "typo", pages, "--report-only"), capsys, "nothing written", "--out")
+    assert {path.name: path.read_bytes() for path in pages.iterdir()} == before
+    assert run_cli("demo", tmp_path / "typo", pages, "--report-only", "--keep-rows") == 0  # the JSON's own rows
+
+
+@pytest.mark.parametrize("page", sorted(path.stem for path in DOCS.glob("*.json") if path.stem in PAGE_STUDIES))
+def test_every_row_of_a_committed_page_is_what_its_command_asks_for_today(page, tmp_path):
+    """`--keep-rows` keeps a committed row only where today's config of its run is the one it was trained
+    with: a default moved since would retrain it. So every row a page shows is what its command asks for
+    now (retrain or drop the rows a changed default touches), and the README's `--keep-rows` commands
+    train only the runs a page lacks."""
+    written = json.loads((DOCS / f"{page}.json").read_text())
+    assert written.get("config_fields"), f"docs/{page}.json does not say which settings its digests cover"
+    study = experiments.study(written["study"]["name"], written["study"]["preset"])
+    kept = run_study(
+        study, tmp_path, progress=False, train=False, earlier=written["rows"], earlier_fields=written["config_fields"]
+    )
+    assert kept["carried"] == len(written["rows"]), f"docs/{page}.json: rows trained with another config"
 
 
 def test_keep_rows_wants_the_json_it_keeps(tmp_path, capsys):

@@ -241,6 +241,8 @@ def test_missing_file_names_the_path(tmp_path, form):
     assert str(missing) in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(UserError, match="give a path"):
         make_task(f"{form}:")
+    with pytest.raises(UserError, match="is a directory"):
+        make_task(f"{form}:{tmp_path}")
 
 
 def test_rebuilt_from_its_spec_and_options(sequence_file, text_file):

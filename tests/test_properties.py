@@ -125,6 +125,27 @@ def test_from_dict_refuses_unknown_keys(key, section, value):
 
 
 @FAST
+@given(index=st.sampled_from(range(len(OPTIONS))), value=json_values())
+def test_from_dict_takes_a_setting_only_of_its_defaults_type(index, value):
+    """A config.json edited by hand ("memory_size": "big") is one line, not a traceback at build time;
+    an integer stands for a float, a string or null for a setting whose default is null (--init)."""
+    _, section, name, default = OPTIONS[index]
+    values = copy.deepcopy(DEFAULT.to_dict())
+    (values if section is None else values[section])[name] = value
+    fits = type(value) is type(default) or (isinstance(default, float) and type(value) is int)
+    if fits or (default is None and isinstance(value, str)):
+        RunConfig.from_dict(values)
+    else:
+        with pytest.raises(UserError, match=name):
+            RunConfig.from_dict(values)
+
+
+def test_from_dict_refuses_a_config_that_is_not_an_object():
+    with pytest.raises(UserError, match="JSON object"):
+        RunConfig.from_dict([1, 2])  # type: ignore[arg-type]
+
+
+@FAST
 @given(section=st.sampled_from([name for name, _, _ in SECTIONS]), value=json_values())
 def test_from_dict_refuses_a_section_that_is_not_an_object(section, value):
     if isinstance(value, dict) and set(value) <= {f.name for f in fields(getattr(DEFAULT, section))}:

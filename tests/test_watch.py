@@ -44,6 +44,16 @@ def test_plot_writes_a_png_of_several_runs(finished, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_writes_the_format_its_suffix_names_and_png_without_one(finished, tmp_path, capsys):
+    assert plot_runs([finished], tmp_path / "curves") == tmp_path / "curves.png"
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_runs([finished], tmp_path / "curves.pdf").read_bytes()[:4] == b"%PDF"
+    assert main(["plot", str(finished), "--out", str(tmp_path / "curves.txt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ".png" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "curves.txt").exists()
+
+
 def test_plot_of_a_directory_without_metrics_is_one_line(tmp_path, capsys):
     with pytest.raises(UserError, match="no metrics.jsonl"):
         plot_runs([tmp_path], tmp_path / "x.png")

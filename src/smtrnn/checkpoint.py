@@ -162,10 +162,21 @@ def save_checkpoint(
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint folder ``checkpoints/latest`` names; None when the run has none. Where the pointer
+    is missing or empty but complete folders are there (a kill between a folder's rename and the
+    pointer's write, or a pointer removed by hand), the newest of them: the one it would name, since
+    every folder is complete before the pointer moves to it. So finished checkpoints are never taken
+    for a run that never saved one, and never overwritten by a fresh start."""
     pointer = Path(run_dir) / "checkpoints" / "latest"
-    if not pointer.exists():
-        return None
-    folder = pointer.parent / pointer.read_text().strip()
+    name = pointer.read_text().strip() if pointer.is_file() else ""
+    if not name:
+        complete = [
+            folder
+            for folder in pointer.parent.glob("*-*")
+            if folder.is_dir() and not folder.name.startswith(".") and (folder / "state.json").is_file()
+        ]
+        return max(complete, key=os.path.getmtime) if complete else None
+    folder = pointer.parent / name
     if not (folder / "model.safetensors").exists():
         raise UserError(f"checkpoint {folder} named by {pointer} is missing")
     return folder

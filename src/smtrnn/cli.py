@@ -77,6 +77,8 @@ def cmd_train(args) -> None:
     from smtrnn import distributed
     from smtrnn.run import run
 
+    if not args.out.strip():
+        raise UserError("--out is empty: give the run directory")
     config = config_from_args(args)
     check_given(config, args)
     check_writable(args.json)
@@ -223,6 +225,11 @@ def cmd_experiment(args) -> None:
         earlier=earlier,
         earlier_fields=fields,
     )
+    if args.report_only and args.json and len(result["rows"]) < len(written := _json_rows(args.json)[0]):
+        raise UserError(
+            f"--report-only would replace the {len(written)} rows of {args.json} with {len(result['rows'])}: "
+            f"nothing written (is --out {out} the study's folder? --keep-rows keeps that JSON's rows)"
+        )
     print(
         f"{len(result['rows'])} of {result['planned']} runs finished ({result['trained']} trained now); rows from {out}"
         + (f" and {result['carried']} kept from {args.json}" if result["carried"] else "")

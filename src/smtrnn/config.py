@@ -63,6 +63,7 @@ class RunConfig:
             )
         check_device(self.device)
         check_finite(self)
+        check_bounds(self)
         self.model.validate(teacher=uses_teacher(self))
         for section in (self.train, self.dmt_train):
             section.validate()
@@ -72,17 +73,11 @@ class RunConfig:
     def _validate_teacher(self) -> None:
         if self.model.future > self.length:
             raise UserError(f"--future {self.model.future} is longer than the sequence (--length {self.length})")
-        if self.smt.context < 0:
-            raise UserError(f"smt context must be 0 (all prefixes) or positive, got {self.smt.context}")
         if self.smt.context and self.length < self.smt.context + self.model.future - 1:
             raise UserError(
                 f"smt context {self.smt.context} with future {self.model.future} needs crops of length >= "
                 f"{self.smt.context + self.model.future - 1} (context + future - 1), got {self.length}"
             )
-        if self.smt.max_length < 0:
-            raise UserError(f"smt max length must be 0 (the whole sequence) or positive, got {self.smt.max_length}")
-        if self.dmt.every < 1 or self.dmt.truncate < 1:
-            raise UserError("dmt every and truncate must be positive")
         if self.smt.grid_error not in ("rounded", "update"):
             raise UserError(f"smt grid error must be rounded or update, got {self.smt.grid_error!r}")
         if self.smt.horizon_starts_at not in ("uniform", "changes"):
@@ -95,6 +90,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> RunConfig:
+        if not isinstance(values, dict):
+            raise UserError(f"a config is a JSON object of settings, got {type(values).__name__}")
         values = _without_retired(values)
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
@@ -107,10 +104,31 @@ class RunConfig:
                 sub_known = {f.name for f in fields(sub_type)}
                 if not isinstance(value, dict) or set(value) - sub_known:
                     raise UserError(f"bad config section {key!r}: {value}")
+                defaults = sub_type()
+                for name, item in value.items():
+                    _check_type(f"{key}.{name}", item, getattr(defaults, name))
                 kwargs[key] = sub_type(**value)
             else:
+                _check_type(key, value, getattr(cls(), key))
                 kwargs[key] = value
         return cls(**kwargs)
+
+
+def _check_type(dotted: str, value, default) -> None:
+    """A setting read from JSON has its default's type (an int where a float is wanted, and a string or
+    nothing where the default is None, as for --init)."""
+    if default is None:
+        wanted, fits = "a string or null", value is None or isinstance(value, str)
+    elif isinstance(default, bool):
+        wanted, fits = "true or false", isinstance(value, bool)
+    elif isinstance(default, int):
+        wanted, fits = "an integer", isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        wanted, fits = "a number", isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        wanted, fits = f"a JSON {type(default).__name__}", isinstance(value, type(default))
+    if not fits:
+        raise UserError(f"config setting {dotted} must be {wanted}, got {value!r}")
 
 
 # settings smtrnn no longer has, with the value that meant "off": a config.json written before they were
@@ -291,6 +309,39 @@ def check_finite(config: RunConfig) -> None:
             value = getattr(getattr(config, section), item.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"{option_name(section + '.' + item.name)} must be a finite number, got {value}")
+
+
+# every number of a section is at least 0 (a weight, a count, a step, a rate), these at least this; a
+# bound that depends on another setting (heads dividing the width, context and future inside the
+# length) is checked where the pair is read
+MINIMUM = {
+    "model.memory_tokens": 1,
+    "model.cell_layers": 1,
+    "model.cell_heads": 1,
+    "model.teacher_heads": 1,
+    "smt.horizon": 1,
+    "smt.horizon_starts": 1,
+    "smt.uniformity_samples": 2,
+    "dmt.every": 1,
+    "dmt.truncate": 1,
+}
+# fractions: the learning rate's floor is a share of its peak
+MAXIMUM = {"train.min_lr_ratio": 1, "dmt_train.min_lr_ratio": 1}
+
+
+def check_bounds(config: RunConfig) -> None:
+    """Every number of the config's sections within its range (MINIMUM, MAXIMUM, else at least 0): a
+    negative clip or weight decay, say, would train without a word (a negative clip turns every update
+    into gradient ascent) or fail with a traceback hours into a run."""
+    for section, _, _ in SECTIONS:
+        for item in fields(getattr(config, section)):
+            value, dotted = getattr(getattr(config, section), item.name), f"{section}.{item.name}"
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if value < (low := MINIMUM.get(dotted, 0)):
+                raise UserError(f"{option_name(dotted)} must be at least {low}, got {value}")
+            if dotted in MAXIMUM and value > MAXIMUM[dotted]:
+                raise UserError(f"{option_name(dotted)} must be at most {MAXIMUM[dotted]}, got {value}")
 
 
 def check_learning_rates(config: RunConfig) -> None:

@@ -106,6 +106,8 @@ def _parse_task_options(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise UserError(f"--task-option wants KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
+        if not key.strip():
+            raise UserError(f"--task-option wants KEY=VALUE, got {pair!r}: the key is empty")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:

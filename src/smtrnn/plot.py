@@ -36,12 +36,17 @@ def curves(run_dir: str | Path) -> tuple[dict[str, list[tuple[int, float]]], lis
 
 
 def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
-    """Draw the curves of ``run_dirs`` to the PNG ``out`` and return its path."""
+    """Draw the curves of ``run_dirs`` to ``out`` (a PNG where its name has no suffix; the suffix chooses
+    the format, e.g. .pdf or .svg) and return the path written."""
+    out = Path(out)
+    out = out if out.suffix else out.with_name(out.name + ".png")
     figure = draw(run_dirs)
     import matplotlib.pyplot as plt  # after draw() chose the Agg backend
 
-    out = Path(out)
+    formats = figure.canvas.get_supported_filetypes()
     try:
+        if out.suffix[1:].lower() not in formats:
+            raise UserError(f"cannot write {out}: plots are written as {', '.join('.' + kind for kind in formats)}")
         out.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(out, dpi=110)
     except OSError as error:

@@ -109,6 +109,8 @@ def read_run(run_dir: str | Path, device: str = "cpu", data: str | None = None) 
     check_device(device)
     if not run_dir.is_dir():
         raise UserError(f"no run directory {run_dir}")
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"{run_dir} is not an smtrnn run directory (it has no config.json)")
     config = RunConfig.from_dict(checkpoint.read_json(run_dir / "config.json"))
     config.device = device
     record = task_record.read(run_dir)

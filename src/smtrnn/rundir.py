@@ -33,7 +33,14 @@ EXTENSIBLE = ("train.steps", "dmt_train.steps")
 
 
 def create(run_dir: Path) -> None:
-    """Create ``run_dir`` and check that it takes files; a one-line UserError otherwise."""
+    """Create ``run_dir`` and check that it takes files; a one-line UserError otherwise, and for a
+    directory that holds files but no run (a run's files would be mixed into it, or a run nested in
+    another run's checkpoints)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"cannot use {run_dir} as a run directory: it is a file")
+    if run_dir.is_dir() and not (run_dir / CONFIG_FILE).exists():
+        if any(not entry.name.startswith(".") for entry in run_dir.iterdir()):
+            raise UserError(f"{run_dir} is not empty and holds no smtrnn run: choose a new or empty directory")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         handle, probe = tempfile.mkstemp(dir=run_dir, prefix=".write-test-")  # unique: ranks probe at once

@@ -3,6 +3,7 @@ user's data from ``text:PATH``, ``tokens:PATH.npy`` or ``sequences:PATH.npz`` (s
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
 from pathlib import Path
@@ -65,6 +66,27 @@ def task_options(cls: type, form: bool = False) -> list[str] | None:
     return [p.name for p in parameters if p.kind in kinds and not (form and p.name == "path")]
 
 
+def _check_option_types(spec: str, cls: type, params: dict) -> None:
+    """A task's option has its default's type where the task is a dataclass with a plain default: an
+    integer where the default is one (values=1.5 is refused as such, not as "at least 2"), a number
+    where it is a float, true or false where it is a bool."""
+    if not dataclasses.is_dataclass(cls):
+        return
+    defaults = {item.name: item.default for item in dataclasses.fields(cls)}
+    for name, value in params.items():
+        default = defaults.get(name, dataclasses.MISSING)
+        if isinstance(default, bool):
+            wanted, fits = "true or false", isinstance(value, bool)
+        elif isinstance(default, int):
+            wanted, fits = "an integer", isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            wanted, fits = "a number", isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            continue
+        if not fits:
+            raise UserError(f"task {spec}: option {name} must be {wanted}, got {value!r}")
+
+
 def make_task(spec: str, **params) -> Task:
     """Instantiate a task from its name (or file spec) and keyword parameters."""
     cls = load_task_class(spec)
@@ -75,6 +97,7 @@ def make_task(spec: str, **params) -> Task:
         shown = [name for name in known if name != "name"]  # a task's label, not something to tune
         takes = f"its options (--task-option KEY=VALUE): {', '.join(shown)}" if shown else "it takes no --task-option"
         raise UserError(f"task {spec} has no option {', '.join(unknown)}; {takes}")
+    _check_option_types(spec, cls, params)
     try:
         task = cls(**params) if form is None else cls(path=form[1], **params)  # type: ignore[call-arg]
     except TypeError as error:

@@ -51,8 +51,11 @@ def _existing(form: str, path: str) -> Path:
     if not path:
         raise UserError(f"{form}: give a path after the colon, as in {form}:data/FILE")
     file = Path(path)
+    if file.is_dir():
+        raise UserError(f"{form}:{path}: {path} is a directory; give a file")
     if not file.is_file():
-        raise UserError(f"{form}:{path}: file not found: {path}")
+        why = "not a regular file" if file.exists() else "file not found"
+        raise UserError(f"{form}:{path}: {why}: {path}")
     return file
 
 
