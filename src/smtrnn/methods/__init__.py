@@ -1,5 +1,5 @@
 """Training methods: each a pure loss function ``loss(models, batch, config, step) -> (loss, metrics)``
-with its config dataclass, and the table of phases that says what every method is (phases.py)."""
+with its config dataclass, and the table of phases that says what every method is (table.py)."""
 
 from smtrnn.methods.bptt import BPTTConfig, bptt_loss
 from smtrnn.methods.dmt import DMTConfig, dmt_loss
