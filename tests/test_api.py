@@ -205,7 +205,7 @@ def test_greedy_generation_equals_stepping_the_rnn(runs):
         ("text", {"prompt": "the", "temperature": -1.0}, "temperature"),
         ("text", {"prompt": "the", "count": 0}, "count"),
         ("text", {"prompt": [300]}, "outside the vocabulary"),
-        ("retrieval", {"prompt": "1 2"}, "classes"),
+        ("retrieval", {"prompt": "1 2"}, "next input token"),
     ],
 )
 def test_generation_mistakes_are_user_errors(runs, name, kwargs, fragment):

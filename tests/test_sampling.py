@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import assert_user_error
+from smtrnn import task_record
 from smtrnn.cli import main
 from smtrnn.config import RunConfig
 from smtrnn.errors import UserError
@@ -32,6 +33,8 @@ from smtrnn.sampling import (
     sample_sequences,
     save_png,
 )
+from smtrnn.tasks import make_task
+from smtrnn.tasks.base import predicts_next_token
 from smtrnn.tasks.synthetic import Retrieval
 
 HERE = Path(__file__).resolve()
@@ -226,6 +229,20 @@ def test_token_id_tasks_take_and_print_ids(runs):
     classes_only = SimpleNamespace(task="retrieval", method="smt")
     with pytest.raises(UserError, match="next-token"):
         check_generation(classes_only, Retrieval(), "rnn")
+
+
+@pytest.mark.parametrize("name", ["parity", "stack", "modular", "recency"])
+def test_a_task_whose_labels_are_not_its_next_token_cannot_generate_however_many_classes(name):
+    """Parity's two labels are its two tokens, and still no draw of a label is an input: only a task
+    that says its labels are its next tokens (text, pixels, token streams) generates."""
+    task = make_task(name)
+    assert task.num_classes == task.vocab_size and not predicts_next_token(task)
+    with pytest.raises(UserError, match="next input token"):
+        check_generation(SimpleNamespace(task=name, method="smt"), task, "rnn")
+    record = task_record.describe(name, task)
+    assert record["next_token"] is False and task_record.RecordedTask(record, {}).next_token is False
+    before_the_key = {key: value for key, value in record.items() if key != "next_token"}
+    assert task_record.RecordedTask(before_the_key, {}).next_token is True  # as generation judged then
 
 
 def test_images_from_a_black_first_pixel_and_half_completions(runs):

@@ -38,7 +38,16 @@ from smtrnn.config import check_device
 from smtrnn.errors import UserError
 from smtrnn.models import ModelConfig, cell_options
 from smtrnn.rnn import RNN
-from smtrnn.sampling import TEXT_STEPS, check_temperature, decode_text, generate_tokens, parse_token_ids, text_tokens
+from smtrnn.sampling import (
+    TEXT_STEPS,
+    cannot_generate,
+    check_temperature,
+    decode_text,
+    generate_tokens,
+    parse_token_ids,
+    text_tokens,
+)
+from smtrnn.tasks.base import predicts_next_token
 
 EXPORT_FORMAT = "smtrnn-rnn"  # the "format" of an export's config.json
 EXPORT_VERSION = 1
@@ -71,6 +80,8 @@ class TrainedRNN(RNN):
         self.vocab_size: int = spec["vocab_size"]
         self.num_classes: int = spec["num_classes"]
         self.text: bool = spec["text"]  # tokens are UTF-8 bytes: ``encode`` and ``decode`` apply
+        # labels are the next input token, so it can generate (an export from before the key: classes = tokens)
+        self.next_token: bool = bool(spec.get("next_token", self.num_classes == self.vocab_size))
 
     @property
     def device(self) -> torch.device:
@@ -159,6 +170,7 @@ def _spec(config, task) -> dict:
         "task": config.task,
         "task_options": config.task_options,
         "text": bool(getattr(task, "text", False)),
+        "next_token": predicts_next_token(task),
         "image_shape": list(image_shape) if image_shape is not None else None,
         "method": config.method,
         "length": config.length,
@@ -245,11 +257,8 @@ def generate(
         raise UserError(f"count must be positive, got {count}")
     if steps < 1:
         raise UserError(f"steps must be positive, got {steps}")
-    if rnn.num_classes != rnn.vocab_size:
-        raise UserError(
-            f"task {rnn.spec.get('task')} labels {rnn.num_classes} classes, not its {rnn.vocab_size} "
-            "tokens: only next-token tasks (text, pixels) can generate"
-        )
+    if not rnn.next_token:
+        raise UserError(cannot_generate(rnn.spec.get("task")))
     ids = _prompt_ids(rnn, prompt)
     prompts = torch.tensor(ids, dtype=torch.long, device=rnn.device).reshape(1, -1).expand(count, -1)
     generator = torch.Generator().manual_seed(seed)

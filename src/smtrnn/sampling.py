@@ -29,6 +29,7 @@ import torch
 
 from smtrnn.errors import UserError
 from smtrnn.methods import uses_teacher
+from smtrnn.tasks.base import predicts_next_token
 
 MODES = ("rnn", "teacher")
 TEXT_STEPS = 200  # continuation length of text and token-id samples when none is given
@@ -280,11 +281,15 @@ def check_generation(config, task, mode: str) -> None:
     check_mode(mode)
     if mode == "teacher" and not uses_teacher(config):
         raise UserError(f"this run was trained with {config.method}: it has no trained teacher; use --mode rnn")
-    if task.num_classes != task.vocab_size:
-        raise UserError(
-            f"task {config.task} labels {task.num_classes} classes, not its {task.vocab_size} tokens: "
-            "only next-token tasks (text, pixels) can generate"
-        )
+    if not predicts_next_token(task):
+        raise UserError(cannot_generate(config.task))
+
+
+def cannot_generate(task: str | None) -> str:
+    return (
+        f"task {task} labels something other than its next input token: only next-token tasks (text, "
+        "pixels, token streams) can generate"
+    )
 
 
 def _blocks(samples: list[str]) -> str:

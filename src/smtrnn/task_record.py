@@ -1,7 +1,7 @@
 """A run's task.json: what its RNN needs without the data, and which data file it was trained on.
 
     {"task": "text:/home/me/a.txt", "vocab_size": 256, "num_classes": 256, "text": true,
-     "image_shape": null, "chance": 0.0039, "data": {"path": "/home/me/a.txt", "size": 5120, "sha256": "..."}}
+     "next_token": true, "image_shape": null, "chance": 0.0039, "data": {"path": "/home/me/a.txt", "size": 5120, "sha256": "..."}}
 
 Building a run's models (export, ``smtrnn.load``, generation) reads only this file: ``RecordedTask``
 stands for the task and builds the real one, which reads the data, when a sequence is first drawn
@@ -19,6 +19,7 @@ from pathlib import Path
 from smtrnn import checkpoint
 from smtrnn.errors import UserError
 from smtrnn.tasks import make_task
+from smtrnn.tasks.base import predicts_next_token
 from smtrnn.tasks.files import file_form
 
 FILE = "task.json"
@@ -49,6 +50,7 @@ def describe(spec: str, task) -> dict:
         "vocab_size": int(task.vocab_size),
         "num_classes": int(task.num_classes),
         "text": bool(getattr(task, "text", False)),
+        "next_token": predicts_next_token(task),
         "image_shape": [int(size) for size in image_shape] if image_shape is not None else None,
         "chance": float(chance) if chance is not None else None,
         "data": data_file(Path(form[1])) if form is not None else None,
@@ -119,6 +121,8 @@ class RecordedTask:
         self.vocab_size: int = record["vocab_size"]
         self.num_classes: int = record["num_classes"]
         self.text: bool = bool(record.get("text"))
+        # a task.json from before the key: its classes against its tokens, as generation then judged
+        self.next_token: bool = bool(record.get("next_token", self.num_classes == self.vocab_size))
         shape = record.get("image_shape")
         self.image_shape: tuple[int, ...] | None = tuple(shape) if shape else None
         self.chance_accuracy: float | None = record.get("chance")

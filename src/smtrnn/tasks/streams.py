@@ -104,6 +104,7 @@ class StreamTask(Task):
     split: str = "train"
     vocab_size = 256
     num_classes = 256
+    next_token = True
     _stream: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
