@@ -202,6 +202,12 @@ def test_a_lost_latest_pointer_falls_back_to_the_newest_complete_folder(tmp_path
     latest = tmp_path / "checkpoints" / "latest"
     latest.unlink() if pointer == "removed" else latest.write_text("")
     assert checkpoint.latest_checkpoint(tmp_path) == newest
+    # a prune killed part-way through an older folder: incomplete, and newer by the folder's own time
+    time.sleep(0.01)
+    older = checkpoint.save_checkpoint(tmp_path, "smt-00000008", models, None, rng, {"step": 8}, keep=2)
+    latest.unlink() if pointer == "removed" else latest.write_text("")
+    (older / "model.safetensors").unlink()
+    assert checkpoint.latest_checkpoint(tmp_path) == newest
 
 
 def test_missing_checkpoint_named_by_latest_is_a_user_error(tmp_path):

@@ -75,6 +75,8 @@ def user_task(tmp_path) -> Path:
         # numbers out of range: a negative clip would turn every update into gradient ascent, a bad DMT
         # setting would fail with a traceback once SMT has trained
         (["--clip=-1"], "--clip must be at least 0"),
+        (["--memory-size=-1"], "memory-size must be positive"),
+        (["--lr=-0.1"], "learning rate must be positive"),
         (["--min-lr-ratio", "2"], "--min-lr-ratio must be at most 1"),
         (["--dmt-weight-decay=-1"], "--dmt-weight-decay must be at least 0"),
         (["--dmt-rollout=-1"], "--dmt-rollout must be at least 0"),

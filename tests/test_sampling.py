@@ -34,7 +34,7 @@ from smtrnn.sampling import (
     save_png,
 )
 from smtrnn.tasks import make_task
-from smtrnn.tasks.base import predicts_next_token
+from smtrnn.tasks.base import Task, predicts_next_token
 from smtrnn.tasks.synthetic import Retrieval
 
 HERE = Path(__file__).resolve()
@@ -242,7 +242,22 @@ def test_a_task_whose_labels_are_not_its_next_token_cannot_generate_however_many
     record = task_record.describe(name, task)
     assert record["next_token"] is False and task_record.RecordedTask(record, {}).next_token is False
     before_the_key = {key: value for key, value in record.items() if key != "next_token"}
-    assert task_record.RecordedTask(before_the_key, {}).next_token is True  # as generation judged then
+    assert task_record.RecordedTask(before_the_key, {}).next_token is False  # its class says, no data read
+
+
+def test_a_task_that_does_not_say_generates_where_its_classes_are_its_tokens():
+    """A user's task class, Task or not, that leaves ``next_token`` unset keeps the rule it had."""
+
+    class Words(Task):
+        vocab_size = num_classes = 50
+
+    class Labels(Task):
+        vocab_size, num_classes = 50, 3
+
+    assert predicts_next_token(Words()) and not predicts_next_token(Labels())
+    assert predicts_next_token(SimpleNamespace(vocab_size=5, num_classes=5))
+    record = {"task": "mine.py:Words", "vocab_size": 50, "num_classes": 50}  # a task.json from before
+    assert task_record.RecordedTask(record, {}).next_token is True
 
 
 def test_images_from_a_black_first_pixel_and_half_completions(runs):

@@ -47,6 +47,7 @@ from smtrnn.sampling import (
     parse_token_ids,
     text_tokens,
 )
+from smtrnn.tasks import recorded_next_token
 from smtrnn.tasks.base import predicts_next_token
 
 EXPORT_FORMAT = "smtrnn-rnn"  # the "format" of an export's config.json
@@ -80,8 +81,12 @@ class TrainedRNN(RNN):
         self.vocab_size: int = spec["vocab_size"]
         self.num_classes: int = spec["num_classes"]
         self.text: bool = spec["text"]  # tokens are UTF-8 bytes: ``encode`` and ``decode`` apply
-        # labels are the next input token, so it can generate (an export from before the key: classes = tokens)
-        self.next_token: bool = bool(spec.get("next_token", self.num_classes == self.vocab_size))
+        # labels are the next input token, so it can generate
+        self.next_token: bool = (
+            bool(spec["next_token"])
+            if "next_token" in spec
+            else recorded_next_token(spec.get("task"), self.vocab_size, self.num_classes)  # an export from before
+        )
 
     @property
     def device(self) -> torch.device:

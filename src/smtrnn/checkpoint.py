@@ -161,6 +161,10 @@ def save_checkpoint(
     return final
 
 
+# what a complete checkpoint folder holds (state.json written last, before the folder is renamed in)
+CHECKPOINT_FILES = ("model.safetensors", "state.safetensors", "state.json")
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint folder ``checkpoints/latest`` names; None when the run has none. Where the pointer
     is missing or empty but complete folders are there (a kill between a folder's rename and the
@@ -173,9 +177,10 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
         complete = [
             folder
             for folder in pointer.parent.glob("*-*")
-            if folder.is_dir() and not folder.name.startswith(".") and (folder / "state.json").is_file()
+            if not folder.name.startswith(".") and all((folder / file).is_file() for file in CHECKPOINT_FILES)
         ]
-        return max(complete, key=os.path.getmtime) if complete else None
+        # a file's time, not the folder's: a prune killed part-way changes an older folder's time
+        return max(complete, key=lambda folder: (folder / "state.json").stat().st_mtime_ns) if complete else None
     folder = pointer.parent / name
     if not (folder / "model.safetensors").exists():
         raise UserError(f"checkpoint {folder} named by {pointer} is missing")

@@ -225,11 +225,15 @@ def cmd_experiment(args) -> None:
         earlier=earlier,
         earlier_fields=fields,
     )
-    if args.report_only and args.json and len(result["rows"]) < len(written := _json_rows(args.json)[0]):
-        raise UserError(
-            f"--report-only would replace the {len(written)} rows of {args.json} with {len(result['rows'])}: "
-            f"nothing written (is --out {out} the study's folder? --keep-rows keeps that JSON's rows)"
-        )
+    if args.report_only:
+        written = _json_rows(args.json)[0] if args.json else []
+        if not result["rows"] or len(result["rows"]) < len(written):
+            hint = "" if args.keep_rows or not args.json else f"; --keep-rows keeps the rows of {args.json}"
+            raise UserError(
+                f"--report-only found {len(result['rows'])} finished runs of {result['planned']}"
+                + (f", fewer than the {len(written)} rows of {args.json}" if written else "")
+                + f": nothing written (is --out {out} the study's folder?{hint})"
+            )
     print(
         f"{len(result['rows'])} of {result['planned']} runs finished ({result['trained']} trained now); rows from {out}"
         + (f" and {result['carried']} kept from {args.json}" if result["carried"] else "")

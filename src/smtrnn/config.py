@@ -315,6 +315,10 @@ def check_finite(config: RunConfig) -> None:
 # bound that depends on another setting (heads dividing the width, context and future inside the
 # length) is checked where the pair is read
 MINIMUM = {
+    **{f"model.{name}": 1 for name in ("memory_size", "embed_dim", "readout_hidden", "teacher_width")},
+    **{f"model.{name}": 1 for name in ("teacher_layers", "future")},
+    **{f"{section}.{name}": 1 for section in ("train", "dmt_train") for name in ("batch_size", "log_every")},
+    **{f"{section}.checkpoint_every": 1 for section in ("train", "dmt_train")},
     "model.memory_tokens": 1,
     "model.cell_layers": 1,
     "model.cell_heads": 1,
@@ -336,8 +340,8 @@ def check_bounds(config: RunConfig) -> None:
     for section, _, _ in SECTIONS:
         for item in fields(getattr(config, section)):
             value, dotted = getattr(getattr(config, section), item.name), f"{section}.{item.name}"
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or item.name == "lr":
+                continue  # a learning rate must be above 0, not at 0: TrainConfig.validate says so
             if value < (low := MINIMUM.get(dotted, 0)):
                 raise UserError(f"{option_name(dotted)} must be at least {low}, got {value}")
             if dotted in MAXIMUM and value > MAXIMUM[dotted]:

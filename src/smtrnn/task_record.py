@@ -18,7 +18,7 @@ from pathlib import Path
 
 from smtrnn import checkpoint
 from smtrnn.errors import UserError
-from smtrnn.tasks import make_task
+from smtrnn.tasks import make_task, recorded_next_token
 from smtrnn.tasks.base import predicts_next_token
 from smtrnn.tasks.files import file_form
 
@@ -121,8 +121,11 @@ class RecordedTask:
         self.vocab_size: int = record["vocab_size"]
         self.num_classes: int = record["num_classes"]
         self.text: bool = bool(record.get("text"))
-        # a task.json from before the key: its classes against its tokens, as generation then judged
-        self.next_token: bool = bool(record.get("next_token", self.num_classes == self.vocab_size))
+        self.next_token: bool = (
+            bool(record["next_token"])
+            if "next_token" in record
+            else recorded_next_token(self.name, self.vocab_size, self.num_classes)  # a task.json from before
+        )
         shape = record.get("image_shape")
         self.image_shape: tuple[int, ...] | None = tuple(shape) if shape else None
         self.chance_accuracy: float | None = record.get("chance")

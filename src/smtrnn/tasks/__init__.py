@@ -66,6 +66,21 @@ def task_options(cls: type, form: bool = False) -> list[str] | None:
     return [p.name for p in parameters if p.kind in kinds and not (form and p.name == "path")]
 
 
+def recorded_next_token(spec: str | None, vocab_size: int, num_classes: int) -> bool:
+    """Whether a task whose record (a task.json or an export written before records said) names it
+    ``spec`` predicts its next token: its class's own answer where ``spec`` is a built-in task or a data
+    file form (no data read), else whether its classes are its tokens (a user's FILE.py:Class is not
+    imported for this)."""
+    if spec and not (":" in spec and spec.split(":", 1)[0].endswith(".py")):
+        try:
+            flag = getattr(load_task_class(spec), "next_token", None)
+        except UserError:  # a task this version no longer has
+            flag = None
+        if flag is not None:
+            return bool(flag)
+    return num_classes == vocab_size
+
+
 def _check_option_types(spec: str, cls: type, params: dict) -> None:
     """A task's option has its default's type where the task is a dataclass with a plain default: an
     integer where the default is one (values=1.5 is refused as such, not as "at least 2"), a number

@@ -23,8 +23,10 @@ class Task:
     vocab_size: int
     num_classes: int
     # whether each label is the next input token (text, pixels, a token stream): only then can the RNN
-    # generate, feeding its draws back in; a task of other labels says False however many classes it has
-    next_token: ClassVar[bool] = False
+    # generate, feeding its draws back in. None (a task that does not say): whether its classes are its
+    # tokens. Every built-in task says; one whose labels are not its next tokens says False however many
+    # classes it has (parity's two labels are its two tokens)
+    next_token: ClassVar[bool | None] = None
     # settings this task trains best with, by dotted config field ({"model.future": 1}): a run takes them
     # where its user chose nothing else (config.with_task_settings); each one has a page that shows why
     settings: ClassVar[dict[str, object]] = {}
@@ -55,7 +57,7 @@ class Task:
 
 
 def predicts_next_token(task) -> bool:
-    """Whether ``task``'s labels are its next input tokens: its ``next_token``, and for a user's class
-    that is not a Task (and has none) whether its classes are its tokens."""
+    """Whether ``task``'s labels are its next input tokens: its ``next_token``, and for a task that
+    does not say (a user's class) whether its classes are its tokens."""
     flag = getattr(task, "next_token", None)
     return bool(flag) if flag is not None else task.num_classes == task.vocab_size

@@ -245,6 +245,8 @@ class TokenFile(FileStream):
 class SequenceFile(Task):
     """Rows of a .npz file's ``x`` and ``y`` [N, T]; the last ``heldout`` fraction of rows is the test split."""
 
+    next_token = False  # labels, not the next input
+
     path: str = ""
     heldout: float = 0.1
     split: str = "train"

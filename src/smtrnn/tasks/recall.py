@@ -70,6 +70,8 @@ class KeysValues(Task):
     Classes: the value tokens (class id = token id).
     """
 
+    next_token = False  # labels, not the next input
+
     pairs: int = 4
     key_vocab: int = 16
     value_vocab: int = 16
@@ -135,6 +137,8 @@ class MQAR(Task):
     Tokens: values 0..value_vocab-1, keys value_vocab..value_vocab+key_vocab-1, noise after that.
     Classes: the value tokens (class id = token id). Values may repeat across keys.
     """
+
+    next_token = False  # labels, not the next input
 
     pairs: int = 4
     key_vocab: int = 16

@@ -21,6 +21,8 @@ class Retrieval(Task):
     Tokens: values 0..values-1, marker = values, query = values + 1.
     """
 
+    next_token = False  # labels, not the next input
+
     values: int = 8
     name: str = "retrieval"
     min_length = 4
@@ -108,6 +110,8 @@ class StringCopy(Task):
     Tokens: symbols 0..values-1, delimiter = values, pad = values + 1. Classes: the symbols.
     """
 
+    next_token = False  # labels, not the next input
+
     values: int = 8
     reverse: bool = False
     name: str = "copy"
@@ -178,6 +182,8 @@ class Stack(Task):
     symbols + 1 so that class ids equal token ids (class 0 is never a label), and chance accuracy
     is 1/symbols.
     """
+
+    next_token = False  # labels, not the next input
 
     symbols: int = 4
     capacity: int = 10
@@ -263,6 +269,8 @@ class Parity(Task):
     """Running parity (state tracking): random bits; y_t = (x_0 + ... + x_t) mod 2 at every step.
     Meant to be trained short and tested long (length generalisation)."""
 
+    next_token = False  # labels, not the next input
+
     name: str = "parity"
     # the label at each step is the whole state, so the decoder need only read y_t from m_t; with a
     # longer window it must itself count the future's bits (docs/teacher.md: teacher at T=16 0.992
@@ -306,6 +314,8 @@ class ModularArithmetic(Task):
     x_i position is y_i (-1 at y positions). The first labels are guesses; the map is learnable
     in context from earlier pairs. Tokens and classes are 0..modulus-1 (x and y share ids).
     """
+
+    next_token = False  # labels, not the next input
 
     modulus: int = 7
     name: str = "modular"
@@ -385,6 +395,8 @@ class Recency(Task):
     primacy (``primacy=True``): y[t] = x[lag - 1] (the lag-th token from the start) for t >= lag.
     Tokens and classes: 0..values-1.
     """
+
+    next_token = False  # labels, not the next input
 
     values: int = 8
     lag: int = 4
