@@ -22,7 +22,7 @@ from functools import cache
 
 import torch
 
-from smtrnn.errors import UserError
+from smtrnn.errors import UserError, type_mismatch
 from smtrnn.methods import METHODS, BPTTConfig, DMTConfig, SMTConfig, phases, uses_teacher
 from smtrnn.models import CELL_OPTIONS, TEACHER_FIELDS, ModelConfig
 from smtrnn.train import TrainConfig
@@ -118,16 +118,12 @@ def _check_type(dotted: str, value, default) -> None:
     """A setting read from JSON has its default's type (an int where a float is wanted, and a string or
     nothing where the default is None, as for --init)."""
     if default is None:
-        wanted, fits = "a string or null", value is None or isinstance(value, str)
-    elif isinstance(default, bool):
-        wanted, fits = "true or false", isinstance(value, bool)
-    elif isinstance(default, int):
-        wanted, fits = "an integer", isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        wanted, fits = "a number", isinstance(value, int | float) and not isinstance(value, bool)
+        wanted = None if value is None or isinstance(value, str) else "a string or null"
+    elif isinstance(default, bool | int | float):
+        wanted = type_mismatch(value, default)
     else:
-        wanted, fits = f"a JSON {type(default).__name__}", isinstance(value, type(default))
-    if not fits:
+        wanted = None if isinstance(value, type(default)) else f"a JSON {type(default).__name__}"
+    if wanted:
         raise UserError(f"config setting {dotted} must be {wanted}, got {value!r}")
 
 

@@ -38,3 +38,17 @@ def check_bool(owner: str, name: str, value) -> None:
     """One-line UserError unless ``value`` is a bool."""
     if not isinstance(value, bool):
         raise UserError(f"{owner}: {name} must be true or false, got {value!r}")
+
+
+def type_mismatch(value, default) -> str | None:
+    """What a setting whose default is the bool or number ``default`` must be where ``value`` (read from
+    JSON or a command line) is not that ("an integer" for 1.5 where the default is 8; an integer does
+    for a float); None where it fits or ``default`` is neither."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return None if number and isinstance(value, int) else "an integer"
+    if isinstance(default, float):
+        return None if number else "a number"
+    return None

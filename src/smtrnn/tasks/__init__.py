@@ -8,7 +8,7 @@ import importlib.util
 import inspect
 from pathlib import Path
 
-from smtrnn.errors import UserError
+from smtrnn.errors import UserError, type_mismatch
 from smtrnn.tasks import files, pixels, synthetic, text
 from smtrnn.tasks.base import IGNORE, Task
 
@@ -89,16 +89,7 @@ def _check_option_types(spec: str, cls: type, params: dict) -> None:
         return
     defaults = {item.name: item.default for item in dataclasses.fields(cls)}
     for name, value in params.items():
-        default = defaults.get(name, dataclasses.MISSING)
-        if isinstance(default, bool):
-            wanted, fits = "true or false", isinstance(value, bool)
-        elif isinstance(default, int):
-            wanted, fits = "an integer", isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            wanted, fits = "a number", isinstance(value, int | float) and not isinstance(value, bool)
-        else:
-            continue
-        if not fits:
+        if wanted := type_mismatch(value, defaults.get(name)):
             raise UserError(f"task {spec}: option {name} must be {wanted}, got {value!r}")
 
 
