@@ -226,7 +226,7 @@ def cmd_experiment(args) -> None:
         earlier_fields=fields,
     )
     if args.report_only:
-        written = _json_rows(args.json)[0] if args.json else []
+        written = earlier if earlier is not None else _json_rows(args.json)[0] if args.json else []
         if not result["rows"] or len(result["rows"]) < len(written):
             hint = "" if args.keep_rows or not args.json else f"; --keep-rows keeps the rows of {args.json}"
             raise UserError(
