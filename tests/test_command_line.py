@@ -1,7 +1,8 @@
 """The command line as a user meets it, through `python -m smtrnn`: a mistake is one line and exit code 2
 before anything is written (a device this machine lacks, a task option the task has not, a learning rate
 that is a typo, SMT->DMT without SMT, an unwritable --json); BPTT is not held to the teacher's settings;
---json - prints the JSON; the help explains every option; a phase logged once still shows on a plot."""
+--json - prints the JSON; the help explains every option; a phase logged once still shows on a plot, whose
+loss axis has labelled ticks within the curves."""
 
 from __future__ import annotations
 
@@ -82,5 +83,30 @@ def test_a_phase_logged_once_shows_on_the_plot(tmp_path):
     try:
         lines = [line for axis in figure.axes for line in axis.get_lines() if len(line.get_xdata()) == 1]
         assert lines and all(line.get_marker() not in (None, "None", "") for line in lines)
+    finally:
+        plt.close(figure)
+
+
+@pytest.mark.parametrize(
+    "losses",
+    [[2.1, 2.0, 1.9, 1.8], [0.5, 0.2, -0.05, -0.1], [3.0, 1.0, -1.0, -3.0]],
+    ids=["within a decade", "crossing zero", "many decades"],
+)
+def test_the_loss_axis_has_labelled_ticks_within_the_curves(losses, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"phase": "smt", "step": 10 * (i + 1), "loss": loss} for i, loss in enumerate(losses)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    figure = draw([run])
+    try:
+        figure.canvas.draw()
+        loss_axis = figure.axes[0]
+        low, high = min(losses), max(losses)
+        labelled = [
+            tick.get_loc()
+            for tick in [*loss_axis.yaxis.get_major_ticks(), *loss_axis.yaxis.get_minor_ticks()]
+            if tick.label1.get_visible() and tick.label1.get_text() and low <= tick.get_loc() <= high
+        ]
+        assert len(labelled) >= 2, labelled
     finally:
         plt.close(figure)

@@ -10,6 +10,7 @@ hand-over.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from smtrnn import metrics
@@ -84,14 +85,30 @@ def draw(run_dirs: list[str | Path]):
             for axis in (loss_axis, accuracy_axis):
                 axis.axvline(boundary, color=color, linestyle=":", linewidth=1)
     loss_axis.set(xlabel="optimiser step", ylabel="training loss", title="loss")
-    if any(
-        value > 0
+    losses = [
+        value
         for _, series, _ in loaded
         for key, points in series.items()
         if key.endswith(" loss")
         for _, value in points
-    ):
-        loss_axis.set_yscale("symlog", linthresh=1e-2)  # SMT's loss can be negative (uniformity term)
+    ]
+    if losses and min(losses) > 0:
+        loss_axis.set_yscale("log")  # labels the minor ticks where the curves span less than a decade
+    elif any(value > 0 for value in losses):
+        # SMT's loss can be negative (the uniformity term): symmetric log. Its default ticks are the powers
+        # of ten, none of which may fall within a curve's range: where the axis spans two decades or
+        # fewer, ticks at 1, 2 and 5 times each power label it
+        from matplotlib.ticker import ScalarFormatter, SymmetricalLogLocator
+
+        linthresh = 1e-2
+
+        def decades(value: float) -> float:
+            return math.copysign(math.log10(max(abs(value) / linthresh, 1.0)), value)
+
+        subs = [1.0, 2.0, 5.0] if decades(max(losses)) - decades(min(losses)) <= 2 else [1.0]
+        loss_axis.set_yscale("symlog", linthresh=linthresh)
+        loss_axis.yaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=linthresh, subs=subs))
+        loss_axis.yaxis.set_major_formatter(ScalarFormatter())
     accuracy_axis.set(xlabel="optimiser step", ylabel="accuracy", title="accuracies", ylim=(-0.02, 1.02))
     for axis in (loss_axis, accuracy_axis):
         axis.grid(True, alpha=0.3)
