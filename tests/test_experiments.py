@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 import smtrnn
 import smtrnn.experiments.runner as runner_module
@@ -626,3 +627,55 @@ def test_smoke_teacher_width_study_sets_each_width_beside_the_string(tmp_path):
     widths = {line.split(" | ")[1]: line.split(" | ")[3] for line in lines[2:] if line.startswith("|")}
     assert widths == {"`teacher`": "63 / 64", "`width-128`": "63 / 128", "`width-128-p8`": "63 / 128"}
     assert [path.name for path in teacher_width.figures(result, tmp_path)] == ["teacher-width-curves.png"]
+
+
+def test_smoke_kv_step_study_probes_every_run_with_a_teacher(tmp_path):
+    from smtrnn.experiments import kv_step
+
+    study = experiments.study("kv-step", "cpu")
+    assert {(point.variant, point.cell, point.length) for point in study.points} == set(kv_step.POINTS)
+    assert run_config(study, study.points[-1], 0).model.cell == "transformer"
+    result = run_study(experiments.study("kv-step", "smoke"), tmp_path, progress=False)
+    assert len(result["rows"]) == len(kv_step.POINTS)
+    for row in result["rows"]:
+        assert set(row["lookup"]) == {"teacher", "by position", "by key", "after query", "decoder before"}
+        assert set(row["lookup"]["teacher"]) == set(kv_step.READERS)
+    lines = dict(kv_step.blocks(result, "cmd", None))["rungs"]
+    teacher_alone = [line for line in lines if "`teacher`" in line][0].split(" | ")
+    assert teacher_alone[6:8] == ["–", "–"]  # no RNN trained: no one-step or RNN-alone score
+
+
+class _KeyedTeacher:
+    """A stand-in teacher whose memory of every prefix is key-value's pairs, one slot per key."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def encode(self, x):
+        from smtrnn.probe import _layouts
+
+        memory = _layouts(self.task, x)["by key"]
+        return memory[:, None].expand(len(x), x.shape[1] + 1, memory.shape[-1])
+
+    def decode(self, memory, future):
+        """Reads the slot of the key that comes next: logits for the label before it and at it."""
+        slots = memory.view(len(memory), self.task.key_vocab, self.task.value_vocab)
+        read = slots[torch.arange(len(memory)), future[:, 0] - self.task.value_vocab]
+        return torch.stack([torch.zeros_like(read), read], 1)
+
+
+def test_the_lookup_probe_tells_a_keyed_memory_read_by_the_query_from_one_read_beside_it():
+    """A memory with one slot per key is read exactly by a linear map the query chooses (bilinear), and
+    not by a linear reader that sees memory and query side by side; the probe reads the memory before
+    the query, and the hand-written layouts agree."""
+    from types import SimpleNamespace
+
+    from smtrnn.probe import lookup_probe
+    from smtrnn.tasks import make_task
+
+    task = make_task("kv", pairs=4, key_vocab=16, value_vocab=16)
+    models = SimpleNamespace(teacher=_KeyedTeacher(task), eval=lambda: None)
+    scores = lookup_probe(models, task, 16, train=16384, test=512, steps=400, hidden=(16,))
+    assert scores["teacher"]["bilinear"] > 0.9 and scores["by key"]["bilinear"] > 0.9, scores
+    assert scores["teacher"]["linear"] < 0.5 and scores["by key"]["linear"] < 0.5, scores
+    assert set(scores["teacher"]) == {"linear", "mlp-16", "bilinear"} and scores["decoder before"] == 1.0

@@ -11,6 +11,10 @@
   a small error in it grows at every step of the RNN's own rollout.
 
 Needle retrieval only (the task of the horizon study): the needle is the token after the marker.
+
+- ``lookup_probe``: key-value's one-step rung as a probe (docs/kv-step.md). Readers of several kinds
+  are fitted to name the query's value from the teacher's memory before the query, m*_{T-1}, and the
+  query key: what a step from those memories would have to compute, and which kind of step can.
 """
 
 from __future__ import annotations
@@ -131,3 +135,139 @@ def needle_stability(models, task, length: int, count: int = 16, top: int = 3, d
         real = vectors[:, order].real
         shares.append((basis.T @ (real / real.norm(dim=0))).pow(2).sum(0))
     return {"moduli": torch.stack(moduli).mean(0).tolist(), "needle_share": torch.stack(shares).mean(0).tolist()}
+
+
+# the readers of key-value's lookup: ``additive`` ones see the memory and the query side by side (a cell
+# step that adds the token's embedding to a map of the memory, then a readout: the tanh and MLP cells),
+# ``bilinear`` applies a linear map of the memory chosen by the query key (a step whose transition the
+# token picks); "mlp-H" has H hidden units
+LOOKUP_HIDDEN = (64, 256, 1024)
+LOOKUP_STEPS, LOOKUP_BATCH, LOOKUP_LR = 2000, 512, 3e-3
+
+
+def _kv(task) -> None:
+    if getattr(task, "name", None) != "kv" or task.key_tokens != 1 or task.value_tokens != 1:
+        raise UserError("the lookup probe needs the key-value task with one token per key and per value")
+
+
+def _fit_reader(reader: torch.nn.Module, train: tuple, test: tuple, steps: int, generator: torch.Generator) -> float:
+    """Test accuracy of ``reader(memory, query)`` fitted with Adam on minibatches of ``train``."""
+    memories, queries, labels = train
+    with torch.enable_grad():
+        optimizer = torch.optim.Adam(reader.parameters(), LOOKUP_LR)
+        for _ in range(steps):
+            pick = torch.randint(0, len(labels), (LOOKUP_BATCH,), generator=generator)
+            loss = torch.nn.functional.cross_entropy(reader(memories[pick], queries[pick]), labels[pick])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        return (reader(test[0], test[1]).argmax(-1) == test[2]).float().mean().item()
+
+
+class _Additive(torch.nn.Module):
+    def __init__(self, memory_size: int, keys: int, classes: int, hidden: int):
+        super().__init__()
+        self.keys = keys
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(memory_size + keys, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, classes)
+        )
+
+    def forward(self, memory, query):
+        return self.net(torch.cat([memory, torch.nn.functional.one_hot(query, self.keys).to(memory)], -1))
+
+
+class _Linear(_Additive):
+    def __init__(self, memory_size: int, keys: int, classes: int):
+        torch.nn.Module.__init__(self)
+        self.keys = keys
+        self.net = torch.nn.Linear(memory_size + keys, classes)
+
+
+class _Bilinear(torch.nn.Module):
+    def __init__(self, memory_size: int, keys: int, classes: int):
+        super().__init__()
+        self.maps = torch.nn.Embedding(keys, (memory_size + 1) * classes)
+        torch.nn.init.normal_(self.maps.weight, std=memory_size**-0.5)
+        self.shape = (memory_size + 1, classes)
+
+    def forward(self, memory, query):
+        extended = torch.cat([memory, torch.ones_like(memory[:, :1])], -1)
+        return torch.einsum("bm,bmc->bc", extended, self.maps(query).view(-1, *self.shape))
+
+
+def _layouts(task, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Two memories written by hand from the pairs, as references: ``by position``, the pairs in order
+    (one-hot key and value of each), and ``by key``, one slot per key holding its value (one-hot; empty
+    for a key not in the sequence)."""
+    count, rows = task.pairs, torch.arange(len(x))
+    keys, values = x[:, 0 : 2 * count : 2] - task.value_vocab, x[:, 1 : 2 * count : 2]
+    one_hot = torch.nn.functional.one_hot
+    by_position = torch.cat([one_hot(keys, task.key_vocab), one_hot(values, task.value_vocab)], -1).flatten(1)
+    by_key = torch.zeros(len(x), task.key_vocab, task.value_vocab)
+    for pair in range(count):
+        by_key[rows, keys[:, pair]] = one_hot(values[:, pair], task.value_vocab).float()
+    return {"by position": by_position.float(), "by key": by_key.flatten(1)}
+
+
+@torch.no_grad()
+def lookup_probe(
+    models,
+    task,
+    length: int,
+    train: int = 32768,
+    test: int = 4096,
+    steps: int = LOOKUP_STEPS,
+    hidden: tuple[int, ...] = LOOKUP_HIDDEN,
+    device="cpu",
+) -> dict:
+    """Held-out accuracy of readers fitted to name the query's value (key-value, one-token keys and
+    values): ``{"teacher": {reader: accuracy}, "by position": {...}, "by key": {...}, "after query":
+    accuracy, "decoder before": accuracy}``. "teacher" reads m*_{T-1}, the teacher's memory before the
+    query, beside the query key; "by position" and "by key" read the hand-written layouts of
+    ``_layouts``; "after query" is a linear reader of m*_T, the teacher's memory after the query (its
+    own step); "decoder before" is the teacher's decoder reading m*_{T-1} with the query key as the next
+    input. Readers: "linear", "mlp-H" (H hidden units, for each H of ``hidden``) and "bilinear" (a linear
+    map of the memory per query key)."""
+    _kv(task)
+    models.eval()
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    sets = []
+    for count in (train, test):
+        x = task.sample(count, length, generator)["x"].to(device)
+        before, after = [], []
+        for chunk in x.split(1024):
+            memories = models.teacher.encode(chunk)
+            before.append(memories[:, length - 1])
+            after.append(memories[:, length])
+        query = x[:, length - 1] - task.value_vocab
+        rows = torch.arange(count, device=x.device)
+        stored = x[:, 0 : 2 * task.pairs : 2] == x[:, length - 1 : length]  # the pair the query names
+        label = x[:, 1 : 2 * task.pairs : 2][rows, stored.float().argmax(1)]
+        sets.append({"teacher": torch.cat(before), **_layouts(task, x.cpu()), "after": torch.cat(after)})
+        sets[-1].update(query=query, label=label)
+    train_set, test_set = sets
+    result: dict = {}
+    fit_generator = torch.Generator().manual_seed(PROBE_SEED)
+    for memory in ("teacher", "by position", "by key"):
+        inputs = [one[memory].to(device) for one in sets]
+        mean, std = inputs[0].mean(0), inputs[0].std(0) + 1e-6
+        train_in = ((inputs[0] - mean) / std, train_set["query"], train_set["label"])
+        test_in = ((inputs[1] - mean) / std, test_set["query"], test_set["label"])
+        size, scores = inputs[0].shape[-1], {}
+        torch.manual_seed(PROBE_SEED)
+        readers = {"linear": _Linear(size, task.key_vocab, task.num_classes)}
+        readers.update(
+            {f"mlp-{h}": _Additive(size, task.key_vocab, task.num_classes, h) for h in hidden},
+            bilinear=_Bilinear(size, task.key_vocab, task.num_classes),
+        )
+        for name, reader in readers.items():
+            scores[name] = _fit_reader(reader.to(device), train_in, test_in, steps, fit_generator)
+        result[memory] = scores
+    after = [one["after"] for one in sets]
+    result["after query"] = _fit_probe(after[0], train_set["label"], after[1], test_set["label"], task.num_classes)
+    # the teacher's own decoder from the memory before the query, given the query as the next input (its
+    # second prediction), where its predictive loss asks for the answer when the window reaches the query
+    decoded = models.teacher.decode(test_set["teacher"].to(device), test_set["query"][:, None] + task.value_vocab)
+    result["decoder before"] = (decoded[:, 1].argmax(-1) == test_set["label"]).float().mean().item()
+    return result

@@ -31,6 +31,7 @@ EXPERIMENTS = {
     "teacher": ("teacher", "how fast the teacher learns, beside BPTT (docs/teacher.md)"),
     "teacher-long": ("teacher_long", "what makes the teacher learn stack at T=256 (docs/teacher-long.md)"),
     "teacher-width": ("teacher_width", "the teacher's width against copy's string (docs/teacher-width.md)"),
+    "kv-step": ("kv_step", "which step can read key-value's answer from the teacher's memory (docs/kv-step.md)"),
 }
 
 

@@ -8,6 +8,8 @@ files and never need a checkpoint.
 - ``curve``: the periodic held-out scores of training against tokens seen and sequential compute;
 - ``ages``: for a task whose labels were written some steps before they are asked for (stack: the
   popped symbol's push), accuracy by how long the label was held, the RNN alone and the teacher;
+- ``lookup``: for key-value, readers fitted to name the query's value from the teacher's memory before
+  the query (smtrnn.probe.lookup_probe): which kind of step could follow the teacher there;
 - ``bytes``: for byte streams, the teacher's bits per byte from its memory alone, the byte frequencies'
   bits per byte, a text sample of the RNN alone, or images it draws (for image tasks).
 
@@ -56,6 +58,19 @@ def needle(config: RunConfig, folder: Path) -> dict:
         "error_curve": rollout_error_curve(models, task, config.length),
         "stability": needle_stability(models, task, config.length, count=16 if size > 64 else 2),
     }
+
+
+def lookup(config: RunConfig, folder: Path) -> dict:
+    """Key-value's one-step rung as a probe (smtrnn.probe.lookup_probe); {} for other tasks and for a
+    run without a teacher."""
+    from smtrnn.probe import lookup_probe
+
+    if config.task != "kv" or not uses_teacher(config):
+        return {}
+    _, task, models = load_run(folder)
+    if config.model.memory_size <= 8:  # a tiny smoke model: a handful of sequences and steps
+        return {"lookup": lookup_probe(models, task, config.length, train=64, test=16, steps=2)}
+    return {"lookup": lookup_probe(models, task, config.length)}
 
 
 @torch.no_grad()
@@ -187,6 +202,7 @@ def ages(config: RunConfig, folder: Path) -> dict:
 
 MEASUREMENTS = {
     "needle": needle,
+    "lookup": lookup,
     "bytes": byte_stream,
     "curve": training_curve,
     "unrounded": unrounded,
