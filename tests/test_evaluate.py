@@ -290,6 +290,11 @@ def test_an_always_right_rnn_scores_one_when_some_batches_hold_no_label(tmp_path
 # evaluate_teacher
 
 
+def ahead_logits(teacher, memories, x):
+    """The teacher's decoder on each m*_t, t < T, with x_t as its next input: the logits of y_t [B, T, C]."""
+    return torch.stack([teacher.decode(memories[:, t], x[:, t : t + 1])[:, 1] for t in range(x.shape[1])], 1)
+
+
 def test_teacher_rungs_equal_their_hand_computation():
     task = Echo(classes=4)
     models = make_models(task, seed=1)
@@ -308,6 +313,9 @@ def test_teacher_rungs_equal_their_hand_computation():
                 {
                     "teacher_accuracy": first_prediction(teacher, memories, y),
                     "teacher_bits_per_token": first_prediction_bits(teacher, memories, y),
+                    # one token ahead: y_t from m*_{t-1} with x_t as the decoder's next input
+                    "teacher_step_accuracy": scored(ahead_logits(teacher, memories, x), y)[1],
+                    "teacher_step_bits_per_token": scored(ahead_logits(teacher, memories, x), y)[0] / math.log(2),
                     "readout_accuracy": scored(rnn.logits(memories[:, 1:]), y)[1],
                     "readout_bits_per_token": scored(rnn.logits(memories[:, 1:]), y)[0] / math.log(2),
                     "one_step_accuracy": scored(rnn.logits(one_step), y)[1],
@@ -452,6 +460,7 @@ def test_memory_diagnostics_measure_the_rollout_and_the_teacher_memories():
 # evaluate_run
 
 RUNG_KEYS = {"teacher_accuracy", "teacher_bits_per_token", "readout_accuracy", "one_step_accuracy"}
+RUNG_KEYS |= {"teacher_step_accuracy", "teacher_step_bits_per_token"}  # the tiny teacher's window Tf is 2
 RUNG_KEYS |= {"readout_bits_per_token", "one_step_bits_per_token"}
 RUNG_KEYS |= {"drift", "drift_final", "memory_norm"}
 RNN_KEYS = {"accuracy", "loss", "bits_per_token"}
@@ -470,6 +479,15 @@ def test_evaluate_run_reports_teacher_rungs_only_for_methods_that_train_a_teache
     assert set(result) == RNN_KEYS | RUNG_KEYS  # no drift curve
     teacher = evaluate_teacher(models, task, 8, 1, 64, smt.seed)  # half the batches
     assert {key: result[key] for key in RUNG_KEYS} == {key: teacher[key] for key in RUNG_KEYS}
+
+
+def test_a_teacher_with_a_window_of_one_has_no_step_ahead_rung(tiny_config):
+    """With Tf = 1 the decoder is never trained on a next input: no teacher-step rung is reported."""
+    smt = tiny_config(method="smt")
+    smt.model.future = 1
+    task, models = build(smt)
+    result = evaluate_teacher(models, task, 8, 1, 16, smt.seed)
+    assert "teacher_accuracy" in result and "teacher_step_accuracy" not in result
 
 
 def test_evaluate_run_full_adds_chance_diagnostics_and_asked_for_generalisation(tiny_config):

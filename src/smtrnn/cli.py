@@ -64,7 +64,8 @@ def _report(result: dict, json_path: str | None) -> None:
 
 def _print_result(result: dict) -> None:
     keys = ["task", "method", "cell", "length", "checkpoint", "accuracy", "loss", "bits_per_token"]
-    keys += ["teacher_accuracy", "teacher_bits_per_token", "readout_accuracy", "readout_bits_per_token"]
+    keys += ["teacher_accuracy", "teacher_bits_per_token", "teacher_step_accuracy", "teacher_step_bits_per_token"]
+    keys += ["readout_accuracy", "readout_bits_per_token"]
     keys += ["one_step_accuracy", "one_step_bits_per_token", "drift"]
     keys += ["seconds", "steps"]
     for key in keys + ["sequential_depth"]:

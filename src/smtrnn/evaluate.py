@@ -104,6 +104,16 @@ def evaluate_teacher(
             if labelled.any()
             else (memories.new_zeros(()), memories.new_zeros(()))
         )
+        # 1b. the teacher one token ahead: y_t from m*_{t-1} and x_t (its decoder's second prediction), what
+        # one cell step from m*_{t-1} must match; its decoder is trained on it where the window Tf >= 2
+        ahead = {}
+        if teacher.config.future >= 2 and labelled.any():
+            logits = teacher.decode(memories[:, :-1][labelled], x[labelled][:, None])[:, 1]
+            ahead_loss, ahead_accuracy = masked_cross_entropy(logits, y[labelled])
+            ahead = {
+                "teacher_step_accuracy": ahead_accuracy.item(),
+                "teacher_step_bits_per_token": ahead_loss.item() / math.log(2),
+            }
         # 2. RNN readout on teacher memories; 3. on one cell step from teacher memories
         readout_loss, readout_accuracy = masked_cross_entropy(rnn.logits(memories[:, 1:]), y)
         one_step_loss, one_step_accuracy = masked_cross_entropy(rnn.logits(rnn.cell.step(memories[:, :-1], x)), y)
@@ -116,6 +126,7 @@ def evaluate_teacher(
             {
                 "teacher_accuracy": teacher_accuracy.item(),
                 "teacher_bits_per_token": teacher_loss.item() / math.log(2),
+                **ahead,
                 "readout_accuracy": readout_accuracy.item(),
                 "readout_bits_per_token": readout_loss.item() / math.log(2),
                 "one_step_accuracy": one_step_accuracy.item(),
