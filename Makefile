@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # data/node_modules comes back on the next make
 DATA := data/node_modules/.package-lock.json
 
-.PHONY: demo demo-page test lint bench bench-cuda bench-breakdown horizon results realdata decoder-positions length teacher teacher-long teacher-width clean
+.PHONY: demo demo-page test lint bench bench-cuda bench-breakdown horizon results realdata decoder-positions length teacher teacher-long teacher-width kv-step clean
 
 $(STAMP): pyproject.toml $(DATA)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -84,6 +84,10 @@ teacher-long: $(STAMP)
 # the teacher's width against copy's string at T=64 and 128 (docs/teacher-width.md): 15 runs, 5 h 35 min
 teacher-width: $(STAMP)
 	$(call STUDY,teacher-width,teacher-width) --keep-rows
+
+# which step can read key-value's answer from the teacher's memory (docs/kv-step.md): 15 runs, RUNTIME
+kv-step: $(STAMP)
+	$(call STUDY,kv-step,kv-step) --keep-rows
 
 clean:
 	rm -rf $(VENV) runs

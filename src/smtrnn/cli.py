@@ -68,10 +68,11 @@ def _print_result(result: dict) -> None:
     keys += ["readout_accuracy", "readout_bits_per_token"]
     keys += ["one_step_accuracy", "one_step_bits_per_token", "drift"]
     keys += ["seconds", "steps"]
-    for key in keys + ["sequential_depth"]:
-        if key in result:
-            value = result[key]
-            print(f"{key:>23}: {value:.4f}" if isinstance(value, float) else f"{key:>23}: {value}")
+    shown = [key for key in keys + ["sequential_depth"] if key in result]
+    width = max(map(len, shown), default=0)
+    for key in shown:
+        value = result[key]
+        print(f"{key:>{width}}: {value:.4f}" if isinstance(value, float) else f"{key:>{width}}: {value}")
 
 
 def cmd_train(args) -> None:
