@@ -85,7 +85,7 @@ teacher-long: $(STAMP)
 teacher-width: $(STAMP)
 	$(call STUDY,teacher-width,teacher-width) --keep-rows
 
-# which step can read key-value's answer from the teacher's memory (docs/kv-step.md): 15 runs, RUNTIME
+# which step can read key-value's answer from the teacher's memory (docs/kv-step.md): 18 runs, 3 h 22 min
 kv-step: $(STAMP)
 	$(call STUDY,kv-step,kv-step) --keep-rows
 

@@ -36,7 +36,17 @@ LIBRARY = Path(smtrnn.__file__).parent
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 # the committed pages that a study writes and keeps rows in (the benchmarks' pages have no runs; the
 # decoder-positions page is a list from before the studies' JSON and keeps none)
-PAGE_STUDIES = {"demo", "horizon", "length", "realdata", "results", "teacher", "teacher-long", "teacher-width"}
+PAGE_STUDIES = {
+    "demo",
+    "horizon",
+    "kv-step",
+    "length",
+    "realdata",
+    "results",
+    "teacher",
+    "teacher-long",
+    "teacher-width",
+}
 
 
 def every_preset():
@@ -634,7 +644,7 @@ def test_smoke_kv_step_study_probes_every_run_with_a_teacher(tmp_path):
 
     study = experiments.study("kv-step", "cpu")
     assert {(point.variant, point.cell, point.length) for point in study.points} == set(kv_step.POINTS)
-    assert run_config(study, study.points[-1], 0).model.cell == "transformer"
+    assert {run_config(study, point, 0).model.cell for point in study.points} == {"tanh", "transformer"}
     result = run_study(experiments.study("kv-step", "smoke"), tmp_path, progress=False)
     assert len(result["rows"]) == len(kv_step.POINTS)
     for row in result["rows"]:
@@ -642,7 +652,7 @@ def test_smoke_kv_step_study_probes_every_run_with_a_teacher(tmp_path):
         assert set(row["lookup"]["teacher"]) == set(kv_step.READERS)
     lines = dict(kv_step.blocks(result, "cmd", None))["rungs"]
     teacher_alone = [line for line in lines if "`teacher`" in line][0].split(" | ")
-    assert teacher_alone[6:8] == ["–", "–"]  # no RNN trained: no one-step or RNN-alone score
+    assert teacher_alone[7:9] == ["–", "–"]  # no RNN trained: no one-step or RNN-alone score
 
 
 class _KeyedTeacher:

@@ -166,22 +166,17 @@ def _fit_reader(reader: torch.nn.Module, train: tuple, test: tuple, steps: int, 
 
 
 class _Additive(torch.nn.Module):
-    def __init__(self, memory_size: int, keys: int, classes: int, hidden: int):
+    """Memory and one-hot query side by side: a softmax of them (``hidden`` 0) or one GELU layer first."""
+
+    def __init__(self, memory_size: int, keys: int, classes: int, hidden: int = 0):
         super().__init__()
         self.keys = keys
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(memory_size + keys, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, classes)
-        )
+        inputs = memory_size + keys
+        layers = [torch.nn.Linear(inputs, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, classes)]
+        self.net = torch.nn.Sequential(*layers) if hidden else torch.nn.Sequential(torch.nn.Linear(inputs, classes))
 
     def forward(self, memory, query):
         return self.net(torch.cat([memory, torch.nn.functional.one_hot(query, self.keys).to(memory)], -1))
-
-
-class _Linear(_Additive):
-    def __init__(self, memory_size: int, keys: int, classes: int):
-        torch.nn.Module.__init__(self)
-        self.keys = keys
-        self.net = torch.nn.Linear(memory_size + keys, classes)
 
 
 class _Bilinear(torch.nn.Module):
@@ -256,7 +251,7 @@ def lookup_probe(
         test_in = ((inputs[1] - mean) / std, test_set["query"], test_set["label"])
         size, scores = inputs[0].shape[-1], {}
         torch.manual_seed(PROBE_SEED)
-        readers = {"linear": _Linear(size, task.key_vocab, task.num_classes)}
+        readers: dict[str, torch.nn.Module] = {"linear": _Additive(size, task.key_vocab, task.num_classes)}
         readers.update(
             {f"mlp-{h}": _Additive(size, task.key_vocab, task.num_classes, h) for h in hidden},
             bilinear=_Bilinear(size, task.key_vocab, task.num_classes),

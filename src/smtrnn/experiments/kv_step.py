@@ -25,6 +25,7 @@ VARIANTS = [
     Variant("smt+dmt", "SMT then DMT, the grid's run (`smtrnn train --task kv`)"),
     Variant("teacher", "the teacher alone (`--method teacher`): a memory no RNN pulls", {"method": "teacher"}),
     Variant("teacher-4x", "the teacher alone, four times the steps (9,200)", {"method": "teacher"}, steps=4),
+    Variant("smt+dmt-4x", "SMT then DMT, four times the steps (8,900 SMT + 300 DMT)", steps=4),
 ]
 # (variant, cell, length); the Transformer cell's memory is 4 tokens of 16, and the teacher's decoder
 # attends over the same tokens (so can match the query's key against a stored one), as the cell's step does
@@ -34,14 +35,16 @@ POINTS = [
     ("teacher", "tanh", 16),
     ("teacher-4x", "tanh", 16),
     ("smt+dmt", "transformer", 16),
+    ("smt+dmt-4x", "tanh", 16),
 ]
 READERS = ("linear", *(f"mlp-{hidden}" for hidden in LOOKUP_HIDDEN), "bilinear")
 
 
 def cpu() -> Study:
     """Key-value (the grid's options) at T=16 and 64 with SMT->DMT, at T=16 with the teacher alone (the
-    grid's steps and four times them) and SMT->DMT with the Transformer cell at T=16; the grid's budget (2,300 steps);
-    three seeds: 15 runs of 2-15 minutes each on one thread, and a probe of about a minute after each."""
+    grid's steps and four times them), SMT->DMT with four times them and with the Transformer cell at
+    T=16; the grid's budget (2,300 steps); three seeds: 18 runs of 3-20 minutes each on one thread, and
+    a probe of about a minute after each."""
     points = [Point(variant, "kv", cell, length) for variant, cell, length in POINTS]
     return Study(
         "kv-step",
@@ -89,11 +92,26 @@ def rung_table(rows: list[dict]) -> list[str]:
                 fmt(mean(row["teacher_accuracy"] for row in group)),
                 after,
                 decoder,
+                " / ".join(
+                    fmt(row["lookup"]["decoder before"])
+                    for row in sorted(group, key=lambda r: r["seed"])
+                    if row.get("lookup")
+                ),
                 *(rnn(group, key) for key in ("one_step_accuracy", "accuracy")),
                 *(_scores(group, "teacher", reader) for reader in READERS),
             ]
         )
-    titles = ["T", "cell", "run", "teacher", "linear, after the query", "decoder, before", "one cell step", "RNN alone"]
+    titles = [
+        "T",
+        "cell",
+        "run",
+        "teacher",
+        "linear, after the query",
+        "decoder, before",
+        "per seed",
+        "one cell step",
+        "RNN alone",
+    ]
     return table(titles + [f"{reader}, before" for reader in READERS], lines)
 
 
