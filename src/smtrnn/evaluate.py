@@ -12,7 +12,7 @@ import math
 import torch
 
 from smtrnn.errors import UserError
-from smtrnn.methods.common import first_prediction_logits, masked_cross_entropy
+from smtrnn.methods.common import first_prediction_logits, masked_cross_entropy, next_prediction_logits
 from smtrnn.tasks.base import IGNORE
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation streams never share a seed with training streams
@@ -108,7 +108,7 @@ def evaluate_teacher(
         # one cell step from m*_{t-1} must match; its decoder is trained on it where the window Tf >= 2
         ahead = {}
         if teacher.config.future >= 2 and labelled.any():
-            logits = teacher.decode(memories[:, :-1][labelled], x[labelled][:, None])[:, 1]
+            logits = next_prediction_logits(teacher, memories[:, :-1][labelled], x[labelled])
             ahead_loss, ahead_accuracy = masked_cross_entropy(logits, y[labelled])
             ahead = {
                 "teacher_step_accuracy": ahead_accuracy.item(),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from smtrnn.errors import UserError
-from smtrnn.methods.common import memory_spread
+from smtrnn.methods.common import memory_spread, next_prediction_logits
 
 PROBE_SEED = 5  # probe sequences: a stream apart from training (and from evaluate.py's)
 
@@ -229,16 +229,14 @@ def lookup_probe(
     generator = torch.Generator().manual_seed(PROBE_SEED)
     sets = []
     for count in (train, test):
-        x = task.sample(count, length, generator)["x"].to(device)
+        batch = task.sample(count, length, generator)
+        x, label = batch["x"].to(device), batch["y"][:, length - 1].to(device)  # the query's value
         before, after = [], []
         for chunk in x.split(1024):
             memories = models.teacher.encode(chunk)
             before.append(memories[:, length - 1])
             after.append(memories[:, length])
         query = x[:, length - 1] - task.value_vocab
-        rows = torch.arange(count, device=x.device)
-        stored = x[:, 0 : 2 * task.pairs : 2] == x[:, length - 1 : length]  # the pair the query names
-        label = x[:, 1 : 2 * task.pairs : 2][rows, stored.float().argmax(1)]
         sets.append({"teacher": torch.cat(before), **_layouts(task, x.cpu()), "after": torch.cat(after)})
         sets[-1].update(query=query, label=label)
     train_set, test_set = sets
@@ -263,6 +261,8 @@ def lookup_probe(
     result["after query"] = _fit_probe(after[0], train_set["label"], after[1], test_set["label"], task.num_classes)
     # the teacher's own decoder from the memory before the query, given the query as the next input (its
     # second prediction), where its predictive loss asks for the answer when the window reaches the query
-    decoded = models.teacher.decode(test_set["teacher"].to(device), test_set["query"][:, None] + task.value_vocab)
-    result["decoder before"] = (decoded[:, 1].argmax(-1) == test_set["label"]).float().mean().item()
+    decoded = next_prediction_logits(
+        models.teacher, test_set["teacher"].to(device), test_set["query"] + task.value_vocab
+    )
+    result["decoder before"] = (decoded.argmax(-1) == test_set["label"]).float().mean().item()
     return result

@@ -63,3 +63,10 @@ def first_prediction_logits(teacher, memories: torch.Tensor, y: torch.Tensor) ->
     decoded: far less work on sparse-label tasks."""
     chosen = memories[:, 1:][y != IGNORE]
     return teacher.decode(chosen, y.new_zeros(chosen.shape[0], 0))[:, 0]
+
+
+def next_prediction_logits(teacher, memories: torch.Tensor, next_inputs: torch.Tensor) -> torch.Tensor:
+    """The teacher's second decoder prediction: the label after the next input, from memories [N, M]
+    and those inputs [N], as logits [N, C]. It answers what one cell step from the memory must answer,
+    and the decoder is trained on it where the window Tf >= 2."""
+    return teacher.decode(memories, next_inputs[:, None])[:, 1]
