@@ -244,7 +244,7 @@ def test_the_grids_smt_points_are_smtrnn_train_with_no_other_option():
         + [
             (c, t, length)
             for c in ("gru", "mlp")
-            for t, length in (("kv", 16), ("parity", 256), ("stack", 256), ("copy", 16))
+            for t, length in (("kv", 16), ("kv", 256), ("parity", 256), ("stack", 256), ("copy", 16))
         ]
         for variant in ("bptt", "smt+dmt")
     }
