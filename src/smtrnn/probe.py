@@ -172,8 +172,12 @@ class _Additive(torch.nn.Module):
         super().__init__()
         self.keys = keys
         inputs = memory_size + keys
-        layers = [torch.nn.Linear(inputs, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, classes)]
-        self.net = torch.nn.Sequential(*layers) if hidden else torch.nn.Sequential(torch.nn.Linear(inputs, classes))
+        if hidden:
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(inputs, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, classes)
+            )
+        else:
+            self.net = torch.nn.Sequential(torch.nn.Linear(inputs, classes))
 
     def forward(self, memory, query):
         return self.net(torch.cat([memory, torch.nn.functional.one_hot(query, self.keys).to(memory)], -1))
