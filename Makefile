@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # data/node_modules comes back on the next make
 DATA := data/node_modules/.package-lock.json
 
-.PHONY: demo demo-page test lint bench bench-cuda bench-breakdown horizon results realdata decoder-positions length teacher teacher-long teacher-width kv-step clean
+.PHONY: demo demo-page test lint bench bench-cuda bench-breakdown horizon results realdata decoder-positions length teacher teacher-long teacher-width kv-step kv-recipe clean
 
 $(STAMP): pyproject.toml $(DATA)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -88,6 +88,10 @@ teacher-width: $(STAMP)
 # which step can read key-value's answer from the teacher's memory (docs/kv-step.md): 18 runs, 3 h 22 min
 kv-step: $(STAMP)
 	$(call STUDY,kv-step,kv-step) --keep-rows
+
+# key-value with the GRU at equal steps, SMT->DMT on its own labels against BPTT (docs/kv-recipe.md): 21 runs
+kv-recipe: $(STAMP)
+	$(call STUDY,kv-recipe,kv-recipe) --keep-rows
 
 clean:
 	rm -rf $(VENV) runs

@@ -689,3 +689,35 @@ def test_the_lookup_probe_tells_a_keyed_memory_read_by_the_query_from_one_read_b
     assert scores["teacher"]["bilinear"] > 0.9 and scores["by key"]["bilinear"] > 0.9, scores
     assert scores["teacher"]["linear"] < 0.5 and scores["by key"]["linear"] < 0.5, scores
     assert set(scores["teacher"]) == {"linear", "mlp-16", "bilinear"} and scores["decoder before"] == 1.0
+
+
+def test_kv_recipe_points_are_the_smtrnn_train_commands_its_page_names():
+    """docs/kv-recipe.md's runs are `smtrnn train --task kv --length T --cell C --seed S` with the
+    options the page gives (SMT->DMT: 8,900 + 4,000 steps, no pull, DMT on its own labels; BPTT 12,900)."""
+    from smtrnn.cli import build_parser
+    from smtrnn.experiments import kv_recipe
+    from smtrnn.options import config_from_args, take_settings
+
+    own = "--steps 8900 --smt-teacher-pull no --dmt-truncate 16 --dmt-c-dyn 0 --dmt-lr 2e-3"
+    own += " --dmt-readout-grad yes --dmt-steps 4000"
+    commands = {"smt+dmt-own": own, "smt+dmt-own-future": own + " --future {T}", "bptt": "--method bptt --steps 12900"}
+    study = experiments.study("kv-recipe", "cpu")
+    assert {(point.variant, point.cell, point.length) for point in study.points} == set(kv_recipe.POINTS)
+    for point in study.points:
+        line = f"train --out o --task kv --length {point.length} --cell {point.cell} --seed 2 {commands[point.variant].format(T=point.length)}"
+        args = build_parser().parse_args(line.split())
+        expected = config_from_args(args)
+        take_settings(expected, args)
+        assert run_config(study, point, 2).to_dict() == expected.to_dict(), point
+        assert planned_steps(expected) == 12900
+
+
+def test_smoke_kv_recipe_study_writes_its_race(tmp_path):
+    from smtrnn.experiments import kv_recipe
+
+    result = run_study(experiments.study("kv-recipe", "smoke"), tmp_path, progress=False)
+    assert len(result["rows"]) == len(kv_recipe.POINTS)
+    lines = dict(kv_recipe.blocks(result, "cmd", None))["race"]
+    assert len([line for line in lines if line.startswith("| ")]) == 1 + len(kv_recipe.POINTS)
+    bptt = [line.split(" | ") for line in lines if "`bptt`" in line]
+    assert all(cells[5:9] == ["–"] * 4 for cells in bptt)  # no teacher: no rungs

@@ -32,6 +32,7 @@ EXPERIMENTS = {
     "teacher-long": ("teacher_long", "what makes the teacher learn stack at T=256 (docs/teacher-long.md)"),
     "teacher-width": ("teacher_width", "the teacher's width against copy's string (docs/teacher-width.md)"),
     "kv-step": ("kv_step", "which step can read key-value's answer from the teacher's memory (docs/kv-step.md)"),
+    "kv-recipe": ("kv_recipe", "key-value at equal steps: SMT->DMT on its own labels against BPTT (docs/kv-recipe.md)"),
 }
 
 
