@@ -39,6 +39,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGE_STUDIES = {
     "demo",
     "horizon",
+    "kv-recipe",
     "kv-step",
     "length",
     "realdata",
