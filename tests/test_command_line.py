@@ -34,9 +34,23 @@ def test_a_device_this_machine_lacks_is_one_line(device, tmp_path):
         (["--lr", "1e6"], ["--lr 1000000.0 is above 1"]),
         (["--dmt-lr", "inf"], ["--dmt-lr must be a finite number"]),
         (["--future", "9"], ["--future 9 is longer than the sequence (--length 8)"]),
+        (
+            ["--train-length", "4", "--future", "5"],
+            ["--future 5 is longer than the training sequences (--train-length 4)"],
+        ),
+        (["--train-length", "9"], ["--train-length must be between 0 (T) and --length 8, got 9"]),
         (["--json", "{file}/result.json"], ["--json", "is a file, not a folder"]),
     ],
-    ids=["task option", "smt+dmt without smt", "lr typo", "lr inf", "future", "unwritable json"],
+    ids=[
+        "task option",
+        "smt+dmt without smt",
+        "lr typo",
+        "lr inf",
+        "future",
+        "future, short",
+        "train length",
+        "unwritable json",
+    ],
 )
 def test_mistakes_are_one_line_and_write_nothing(argv, fragments, tmp_path):
     regular = tmp_path / "a-file"

@@ -701,7 +701,15 @@ def test_kv_recipe_points_are_the_smtrnn_train_commands_its_page_names():
 
     own = "--steps 8900 --smt-teacher-pull no --dmt-truncate 16 --dmt-c-dyn 0 --dmt-lr 2e-3"
     own += " --dmt-readout-grad yes --dmt-steps 4000"
-    commands = {"smt+dmt-own": own, "smt+dmt-own-future": own + " --future {T}", "bptt": "--method bptt --steps 12900"}
+    bptt = "--method bptt --steps 12900"
+    commands = {
+        "smt+dmt-own": own,
+        "smt+dmt-own-future": own + " --future {T}",
+        "bptt": bptt,
+        "smt+dmt-own-at16": own + " --train-length 16",
+        "bptt-at16": bptt + " --train-length 16",
+        "bptt-grid-at16": bptt + " --memory-levels 5 --train-length 16",
+    }
     study = experiments.study("kv-recipe", "cpu")
     assert {(point.variant, point.cell, point.length) for point in study.points} == set(kv_recipe.POINTS)
     for point in study.points:

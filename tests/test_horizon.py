@@ -206,6 +206,35 @@ def test_smt_max_length_caps_smts_sequences_and_its_curriculum_not_dmts(tmp_path
     assert seen == [6, 6, 6, 16, 16]
 
 
+@pytest.mark.parametrize("method", ["smt+dmt", "bptt"])
+def test_train_length_trains_every_phase_short_as_a_short_run_does_and_evaluates_at_T(method, tmp_path):
+    """--train-length 6 at --length 16: every phase samples sequences of 6 tokens, and the weights are
+    bitwise those of the same run at --length 6 (same batches, same steps); the scores are at T=16."""
+    from safetensors.torch import load_file
+
+    from conftest import make_tiny_config
+    from smtrnn.checkpoint import latest_checkpoint
+    from smtrnn.run import run
+
+    runs = {}
+    for name, length, train_length in (("short", 6, 0), ("long", 16, 6)):
+        config = make_tiny_config(method=method, steps=3, dmt_steps=2)
+        config.length, config.train_length, config.smt.length_grow, config.model.future = length, train_length, 0, 2
+        seen: list[torch.Tensor] = []
+        result = run(
+            config, tmp_path / name, progress=False, sample_hook=lambda batch: seen.append(batch["x"]) or batch
+        )
+        runs[name] = (config, seen, result)
+    (short, short_seen, short_result), (long, long_seen, long_result) = runs["short"], runs["long"]
+    assert [x.shape[1] for x in long_seen] == [6] * len(short_seen)
+    assert all(torch.equal(a, b) for a, b in zip(short_seen, long_seen, strict=True))
+    weights = [load_file(latest_checkpoint(tmp_path / name) / "model.safetensors") for name in ("short", "long")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    assert (short_result["length"], long_result["length"]) == (6, 16)
+    assert depths(long) == depths(short)  # the gradient path is the training sequences'
+
+
 @pytest.mark.parametrize("cell", ["tanh", "gru", "transformer"])
 def test_horizon_readout_equals_the_readout_on_a_loop_per_start(cell):
     models = make_models(cell)

@@ -39,6 +39,9 @@ class RunConfig:
     task_options: dict = field(default_factory=dict)  # the task's parameters (--task-option KEY=VALUE)
     eval_batches: int = 8  # held-out batches of 64 sequences in the final evaluation
     length_generalisation: bool = False  # also evaluate at 2T, 4T and 8T (into result.json)
+    # every phase trains on sequences this many tokens long (0: T); the evaluation still sees T: train
+    # short, run long (key-value: an RNN trained at 16 on a memory grid keeps its score at 256)
+    train_length: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)  # the main phase (smt, bptt, tbptt; dmt alone)
     # DMT after SMT: four times SMT's batch, so that the readout sees enough labels on the RNN's own memories
@@ -52,6 +55,8 @@ class RunConfig:
             raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.length < 1:
             raise UserError(f"length must be positive, got {self.length}")
+        if not 0 <= self.train_length <= self.length:
+            raise UserError(f"--train-length must be between 0 (T) and --length {self.length}, got {self.train_length}")
         if self.eval_batches < 1:
             raise UserError(f"eval batches must be positive, got {self.eval_batches}")
         if self.method == "dmt" and not self.init:
@@ -71,12 +76,18 @@ class RunConfig:
             self._validate_teacher()
 
     def _validate_teacher(self) -> None:
-        if self.model.future > self.length:
-            raise UserError(f"--future {self.model.future} is longer than the sequence (--length {self.length})")
-        if self.smt.context and self.length < self.smt.context + self.model.future - 1:
+        trained = self.train_length or self.length
+        if self.model.future > trained:
+            what = (
+                f"the training sequences (--train-length {trained})"
+                if self.train_length
+                else f"the sequence (--length {trained})"
+            )
+            raise UserError(f"--future {self.model.future} is longer than {what}")
+        if self.smt.context and trained < self.smt.context + self.model.future - 1:
             raise UserError(
                 f"smt context {self.smt.context} with future {self.model.future} needs crops of length >= "
-                f"{self.smt.context + self.model.future - 1} (context + future - 1), got {self.length}"
+                f"{self.smt.context + self.model.future - 1} (context + future - 1), got {trained}"
             )
         if self.smt.grid_error not in ("rounded", "update"):
             raise UserError(f"smt grid error must be rounded or update, got {self.smt.grid_error!r}")
@@ -158,7 +169,17 @@ SECTIONS: list[tuple[str, type, str]] = [
 ]
 SECTION_TYPES: dict[str, type] = {name: kind for name, kind, _ in SECTIONS}
 # top-level fields that are options (task_options has its own --task-option KEY=VALUE)
-TOP_LEVEL = ["task", "length", "method", "seed", "device", "init", "eval_batches", "length_generalisation"]
+TOP_LEVEL = [
+    "task",
+    "length",
+    "method",
+    "seed",
+    "device",
+    "init",
+    "eval_batches",
+    "length_generalisation",
+    "train_length",
+]
 
 
 def option_name(dotted: str) -> str:

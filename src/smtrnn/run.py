@@ -70,6 +70,7 @@ def build(config: RunConfig):
     task = make_task(config.task, **config.task_options)
     if hasattr(task, "check_length"):
         task.check_length(config.length)
+        task.check_length(config.train_length or config.length)
     return task, build_models(config, task)
 
 
@@ -250,7 +251,8 @@ def _train_phases(config: RunConfig, task, models: Models, run_dir: Path, done_p
 
     def sample(gen: torch.Generator, step: int, batch_size: int, crop: int, grows: bool) -> dict:
         shortest = getattr(task, "min_length", 1)  # a task of the user's need not subclass Task
-        length = sequence_length(config.smt, config.length, step, shortest) if grows else config.length
+        trained = config.train_length or config.length  # every phase trains at this length, evaluates at T
+        length = sequence_length(config.smt, trained, step, shortest) if grows else trained
         batch = task.sample(batch_size, length, gen)
         if sample_hook is not None:
             batch = sample_hook(batch)

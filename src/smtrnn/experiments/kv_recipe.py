@@ -42,6 +42,18 @@ VARIANTS = [
         {**OWN_LABELS, "model.future": 256},  # the runner clips Tf to the length
     ),
     Variant("bptt", "BPTT, its default (a continuous memory)", {"method": "bptt"}),
+    # trained at T=16 and run at T: bitwise the T=16 run's training (tests/test_horizon.py), scored at T
+    Variant(
+        "smt+dmt-own-at16",
+        "`smt+dmt-own` trained on sequences of 16 tokens, run at T",
+        {**OWN_LABELS, "train_length": 16},
+    ),
+    Variant("bptt-at16", "`bptt` trained on sequences of 16 tokens, run at T", {"method": "bptt", "train_length": 16}),
+    Variant(
+        "bptt-grid-at16",
+        "BPTT on SMT's memory grid (5 levels, rounded at run time) trained on sequences of 16 tokens, run at T",
+        {"method": "bptt", "model.memory_levels": 5, "train_length": 16},
+    ),
 ]
 LENGTHS = (16, 64, 256)
 BUDGETS = {max(LENGTHS): Budget(12900, 4000)}  # every length takes the entry at or above it: one budget
@@ -52,6 +64,8 @@ POINTS = [
     ("smt+dmt-own-future", "gru", 64),
     *(("bptt", "gru", length) for length in LENGTHS),
     ("bptt", "tanh", 16),
+    *((variant, "gru", length) for variant in ("smt+dmt-own-at16", "bptt-at16") for length in (64, 256)),
+    *(("bptt-grid-at16", "gru", length) for length in LENGTHS),
 ]
 # a screen of one seed: its teacher no closer to the lookup than the recipe's (the page)
 SEEDS = {"smt+dmt-own-future": (0,)}
