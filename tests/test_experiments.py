@@ -709,6 +709,7 @@ def test_kv_recipe_points_are_the_smtrnn_train_commands_its_page_names():
         "smt+dmt-own-at16": own + " --train-length 16",
         "bptt-at16": bptt + " --train-length 16",
         "bptt-grid-at16": bptt + " --memory-levels 5 --train-length 16",
+        "bptt-grid": bptt + " --memory-levels 5",
     }
     study = experiments.study("kv-recipe", "cpu")
     assert {(point.variant, point.cell, point.length) for point in study.points} == set(kv_recipe.POINTS)
