@@ -117,7 +117,7 @@ def cmd_eval(args) -> None:
     # which weights were scored: a run still training has only its latest checkpoint, not its final model
     named = checkpoint_folder(args.run)[1] is not None  # a checkpoint folder the user chose, e.g. SMT's last
     result["checkpoint"] = used + ("" if loaded.finished or named else " (in progress)")
-    result.update(finished=loaded.finished, trained_length=config.train_length or config.length, length=length)
+    result.update(finished=loaded.finished, trained_length=config.trained_length(), length=length)
     if not loaded.finished and not named:
         print(
             f"smtrnn: {args.run} is still in progress (no result.json): scoring its {used} checkpoint", file=sys.stderr

@@ -50,6 +50,10 @@ class RunConfig:
     dmt: DMTConfig = field(default_factory=DMTConfig)
     bptt: BPTTConfig = field(default_factory=BPTTConfig)
 
+    def trained_length(self) -> int:
+        """T of the training sequences: ``train_length`` where set (train short, evaluate at T), else T."""
+        return self.train_length or self.length
+
     def validate(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
@@ -76,7 +80,7 @@ class RunConfig:
             self._validate_teacher()
 
     def _validate_teacher(self) -> None:
-        trained = self.train_length or self.length
+        trained = self.trained_length()
         if self.model.future > trained:
             what = (
                 f"the training sequences (--train-length {trained})"

@@ -70,7 +70,7 @@ def build(config: RunConfig):
     task = make_task(config.task, **config.task_options)
     if hasattr(task, "check_length"):
         task.check_length(config.length)
-        task.check_length(config.train_length or config.length)
+        task.check_length(config.trained_length())
     return task, build_models(config, task)
 
 
@@ -251,7 +251,7 @@ def _train_phases(config: RunConfig, task, models: Models, run_dir: Path, done_p
 
     def sample(gen: torch.Generator, step: int, batch_size: int, crop: int, grows: bool) -> dict:
         shortest = getattr(task, "min_length", 1)  # a task of the user's need not subclass Task
-        trained = config.train_length or config.length  # every phase trains at this length, evaluates at T
+        trained = config.trained_length()  # every phase trains at this length, the evaluation sees T
         length = sequence_length(config.smt, trained, step, shortest) if grows else trained
         batch = task.sample(batch_size, length, gen)
         if sample_hook is not None:

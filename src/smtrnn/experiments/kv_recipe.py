@@ -85,9 +85,9 @@ def cpu() -> Study:
     """The GRU's SMT->DMT at T = 16 and 64 (and with the whole sequence as the decoder's window at
     T=64, one seed), its BPTT at T = 16, 64 and 256, the tanh cell's BPTT at T=16, and trained at 16
     and run at T: SMT->DMT and BPTT at T = 64 and 256, BPTT on the memory grid at T = 16, 64 and 256,
-    and BPTT on the grid trained at T=256; 12,900 steps (SMT->DMT: 8,900 + 4,000); three seeds: 43 runs, on one thread beside another about
-    30 minutes a run for SMT->DMT (70 with the whole window) and 2 / 6 / 15 for BPTT at T = 16 / 64 /
-    256 (2-3 trained at 16)."""
+    and BPTT on the grid trained at T=256; 12,900 steps (SMT->DMT: 8,900 + 4,000); three seeds: 43
+    runs, on one thread beside another about 30 minutes a run for SMT->DMT (70 with the whole window)
+    and 2 / 6 / 15 for BPTT at T = 16 / 64 / 256 (2-3 trained at 16)."""
     return Study(
         "kv-recipe",
         "cpu",

@@ -61,13 +61,8 @@ class Phase:
         return list(models.parameters() if self.trains_teacher else models.rnn.parameters())
 
 
-def trained_length(config) -> int:
-    """T of the training sequences: ``train_length`` where set (train short, evaluate at T), else T."""
-    return config.train_length or config.length
-
-
 def _smt(config: RunConfig) -> Phase:
-    length = config.smt.context or trained_length(config)  # windowed: the encoder and the cell see the first Tc tokens
+    length = config.smt.context or config.trained_length()  # windowed: the encoder and the cell see the first Tc tokens
     horizon = min(max(1, config.smt.horizon), length)
     burnin = min(config.smt.horizon_burnin, length - horizon)
     return Phase("smt", smt_loss, config.smt, "smt", "train", True, True, 0, horizon, burnin + horizon)
@@ -77,14 +72,14 @@ def _dmt(config: RunConfig, train_section: str) -> Phase:
     # a windowed SMT teacher (context Tc) never encoded a prefix longer than Tc, so its memories further
     # into a crop would be untrained labels: DMT rolls out within the first Tc tokens of each crop
     crop = config.smt.context
-    length = trained_length(config)
+    length = config.trained_length()
     rollout = min(config.dmt.rollout or crop or length, crop or length)
     depth = min(config.dmt.truncate, rollout)
     return Phase("dmt", dmt_loss, config.dmt, "dmt", train_section, False, True, crop, depth, rollout, ("smt.context",))
 
 
 def _bptt(config: RunConfig, name: str, window: int) -> Phase:
-    length = trained_length(config)
+    length = config.trained_length()
     depth = min(window, length) if window else length
     return Phase(name, bptt_loss, BPTTConfig(truncate=window), "bptt", "train", False, False, 0, depth, length)
 
