@@ -463,6 +463,28 @@ def test_copy_and_stack_train_on_a_continuous_memory_and_retrieval_on_the_grid()
     assert levels("retrieval") == (5, "") and levels("parity")[0] == 5  # the families the grid serves keep it
 
 
+def test_key_value_trains_on_16_tokens_on_the_grid_with_either_method():
+    def run(*options):
+        args = build_parser().parse_args(["train", "--out", "x", "--task", "kv", *options])
+        config = config_from_args(args)
+        note = take_settings(config, args) or ""
+        config.validate()
+        return config, note
+
+    config, note = run("--length", "256")  # docs/kv-recipe.md: trained at 16, the RNN holds at 256
+    assert (config.train_length, config.trained_length(), config.model.memory_levels) == (16, 16, 5)
+    assert (config.train.steps, config.dmt_train.steps, config.smt.teacher_pull) == (8900, 4000, False)
+    assert "--train-length 16" in note
+    bptt, _ = run("--length", "64", "--method", "bptt")  # BPTT too, on the grid (its default is continuous)
+    assert (bptt.train_length, bptt.model.memory_levels) == (16, 5)
+    assert run("--length", "16")[0].train_length == 0  # no shorter than T: trained at T, as 16 would be
+    assert run("--length", "12", "--future", "4")[0].train_length == 0
+    wide, _ = run("--length", "64", "--task-option", "pairs=10")  # 21 tokens hold ten pairs: trained at T
+    assert wide.train_length == 0
+    assert run("--length", "64", "--train-length", "32")[0].train_length == 32  # the user's choice wins
+    assert run("--length", "64", "--train-length", "0")[0].train_length == 0
+
+
 def copy_run(*options):
     """The config `smtrnn train --task copy OPTIONS` trains with, and the note that names the task's settings."""
     args = build_parser().parse_args(["train", "--out", "x", "--task", "copy", *options])

@@ -23,7 +23,7 @@ from smtrnn.cli import main
 from smtrnn.config import RunConfig, get_field, with_task_settings
 from smtrnn.errors import UserError
 from smtrnn.experiments.compare import breaks_at
-from smtrnn.experiments.pages import render
+from smtrnn.experiments.pages import header, render
 from smtrnn.experiments.runner import SMT_SCHEDULES, configs, run_config, run_study, smoke
 from smtrnn.experiments.spec import BPTT_ON_GRID, Budget, Point, Study, Variant
 from smtrnn.methods import planned_steps
@@ -463,6 +463,38 @@ def test_rerun_trains_nothing_and_two_jobs_give_the_rows_of_one(tmp_path, monkey
     assert without_time(parallel["rows"]) == without_time(first["rows"])
 
 
+def test_runs_that_train_alike_train_once_and_each_is_scored_at_its_own_length(tmp_path, monkeypatch):
+    """Key-value trains on 16 tokens at every T: its runs at T=16 and 64 are one training (bitwise,
+    tests/test_horizon.py), so the runner trains the shorter and the longer starts from its checkpoints."""
+    study = smoke(experiments.study("compare", "cpu"))
+    study.points = [Point(variant, "kv", "tanh", length) for variant in ("smt+dmt", "bptt") for length in (16, 64)]
+    started = []
+    real_run = runner_module.run
+
+    def run(config, folder, **options):
+        started.append((config.method, config.length, checkpoint.latest_checkpoint(Path(folder)) is not None))
+        return real_run(config, folder, **options)
+
+    monkeypatch.setattr(runner_module, "run", run)
+    result = run_study(study, tmp_path, progress=False)
+    # the T=16 runs train; the T=64 runs find their checkpoints there and only evaluate
+    assert sorted(started) == [("bptt", 16, False), ("bptt", 64, True), ("smt+dmt", 16, False), ("smt+dmt", 64, True)]
+    rows = {(row["method"], row["length"]): row for row in result["rows"]}
+    for method, folder in (("smt+dmt", "smt+dmt"), ("bptt", "bptt")):
+        assert (
+            rows[method, 64]["trained_in"] == f"{folder}/kv/tanh/T16/seed0" and rows[method, 16]["trained_in"] is None
+        )
+        short, long = (tmp_path / folder / "kv" / "tanh" / f"T{length}" / "seed0" for length in (16, 64))
+        weights = lambda run_dir: (checkpoint.latest_checkpoint(run_dir) / "model.safetensors").read_bytes()
+        assert weights(long) == weights(short)
+        assert checkpoint.read_json(long / "result.json")["length"] == 64  # scored at its own T
+    ten_minutes = {**result, "rows": [{**row, "seconds": 600.0} for row in result["rows"]]}
+    line = "\n".join(header(ten_minutes, "title", "command"))
+    assert "2 of them trained once for several lengths" in line and "summed over them: 20 min 00 s;" in line
+    monkeypatch.setattr(runner_module, "run", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    assert run_study(study, tmp_path, progress=False)["rows"] == result["rows"]
+
+
 def test_earlier_rows_stand_in_for_lost_runs_only_where_the_config_is_the_same(tmp_path, monkeypatch):
     first = run_study(small_study(), tmp_path / "gone", progress=False)
     rows = copy.deepcopy(first["rows"])
@@ -702,14 +734,16 @@ def test_kv_recipe_points_are_the_smtrnn_train_commands_its_page_names():
     own = "--steps 8900 --smt-teacher-pull no --dmt-truncate 16 --dmt-c-dyn 0 --dmt-lr 2e-3"
     own += " --dmt-readout-grad yes --dmt-steps 4000"
     bptt = "--method bptt --steps 12900"
+    # key-value's own settings are since what `smt+dmt-own-at16` and `bptt-grid-at16` measured: the other
+    # points say where they leave them (trained at T, BPTT's continuous memory)
     commands = {
-        "smt+dmt-own": own,
-        "smt+dmt-own-future": own + " --future {T}",
-        "bptt": bptt,
+        "smt+dmt-own": own + " --train-length 0",
+        "smt+dmt-own-future": own + " --future {T} --train-length 0",
+        "bptt": bptt + " --memory-levels 0 --train-length 0",
         "smt+dmt-own-at16": own + " --train-length 16",
-        "bptt-at16": bptt + " --train-length 16",
+        "bptt-at16": bptt + " --memory-levels 0 --train-length 16",
         "bptt-grid-at16": bptt + " --memory-levels 5 --train-length 16",
-        "bptt-grid": bptt + " --memory-levels 5",
+        "bptt-grid": bptt + " --memory-levels 5 --train-length 0",
     }
     study = experiments.study("kv-recipe", "cpu")
     assert {(point.variant, point.cell, point.length) for point in study.points} == set(kv_recipe.POINTS)

@@ -292,10 +292,23 @@ def with_task_settings(config: RunConfig, given: Collection[str] = ()) -> dict[s
     settings = getattr(load_task_class(config.task), "settings", {})
     # a setting that follows the sequence's length is a function of it (copy's window: the whole string)
     settings = {dotted: value(config.length) if callable(value) else value for dotted, value in settings.items()}
+    if "train_length" in settings and not _trains_short(config, settings["train_length"]):
+        del settings["train_length"]  # a run no longer than it, or a task that cannot fit it: trained at T
     chosen = _take(config, settings, given)
-    if "model.future" in chosen and config.model.future > config.length:
-        config.model.future = chosen["model.future"] = config.length
+    if "model.future" in chosen and config.model.future > config.trained_length():
+        config.model.future = chosen["model.future"] = config.trained_length()
     return chosen
+
+
+def _trains_short(config: RunConfig, length: object) -> bool:
+    """Whether a task's ``train_length`` setting applies to this run: shorter than T, long enough for one
+    example of the task (key-value with more pairs than 16 tokens hold trains at T)."""
+    from smtrnn.tasks import make_task
+
+    if not isinstance(length, int) or length >= config.length:
+        return False
+    task = make_task(config.task, **config.task_options)
+    return length >= getattr(task, "min_length", 1)
 
 
 def with_method_settings(config: RunConfig, given: Collection[str] = ()) -> dict[str, object]:

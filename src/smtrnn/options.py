@@ -116,8 +116,10 @@ def _parse_task_options(pairs: list[str]) -> dict:
 
 
 def given_fields(args: argparse.Namespace) -> set[str]:
-    """The dotted config fields (``"smt.horizon"``) the user gave an option for."""
-    return {key for key, value in vars(args).items() if "." in key and value is not None}
+    """The config fields (``"smt.horizon"``, ``"train_length"``) the user gave an option for."""
+    from smtrnn.config import TOP_LEVEL
+
+    return {key for key, value in vars(args).items() if ("." in key or key in TOP_LEVEL) and value is not None}
 
 
 def config_from_args(args: argparse.Namespace, base=None):

@@ -98,6 +98,7 @@ def cpu() -> Study:
         BUDGETS,
         # the teacher's decoder naming the answer from the memory before the query (evaluate's rung)
         row_keys=[*ROW_KEYS, "teacher_step_accuracy"],
+        task_settings=False,  # the study of what became key-value's settings: measured without them
     )
 
 

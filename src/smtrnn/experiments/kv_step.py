@@ -57,6 +57,7 @@ def cpu() -> Study:
         tasks={"kv": TASKS["kv"]},
         measurements=["lookup"],
         row_keys=list(ROW_KEYS),
+        task_settings=False,  # the study of what became key-value's settings: measured without them
     )
 
 

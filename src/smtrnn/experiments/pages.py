@@ -150,7 +150,9 @@ def header(result: dict, title: str, command: str) -> list[str]:
     """A page's opening lines: what it is, the command that wrote it, where, when and how long."""
     rows, study = result["rows"], result["study"]
     missing = result["planned"] - len(rows)
-    compute = sum(row.get("seconds") or 0.0 for row in rows)
+    # a run that took another's training (trained_in) only evaluated: its seconds are that run's
+    compute = sum(row.get("seconds") or 0.0 for row in rows if not row.get("trained_in"))
+    shared = sum(bool(row.get("trained_in")) for row in rows)
     return [
         f"# {title}",
         "",
@@ -162,6 +164,11 @@ def header(result: dict, title: str, command: str) -> list[str]:
         + (
             f" ({carried} of them rows of this page's earlier JSON, same configs, their runs not on this machine)"
             if (carried := result.get("carried"))
+            else ""
+        )
+        + (
+            f" ({shared} of them trained once for several lengths: another run's training, evaluated at their own T)"
+            if shared
             else ""
         )
         + f", seeds {', '.join(map(str, study['seeds']))}; training time summed over them: {duration(compute)}; "

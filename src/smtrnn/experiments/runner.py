@@ -5,7 +5,10 @@ measured (experiments/measure.py) and read back as rows.
 A run whose directory holds result.json for the same config is read back, not retrained; an
 interrupted run resumes from its last checkpoint (SIGINT or SIGTERM to a study of several jobs reaches
 each worker once: the runs under way save, no queued run starts); a run that diverges leaves diverged.json (its
-message) and is not retried (delete that file to retry). Rows of an earlier invocation (its JSON) can
+message) and is not retried (delete that file to retry). Runs that train identically, the same config
+trained on sequences of the same length (``train_length``: train at 16, run at 64 and 256), are trained
+once: the shortest of them trains, and each of the others starts from a copy of its checkpoints and
+only evaluates at its own T (trained_in.json names the run it took them from). Rows of an earlier invocation (its JSON) can
 stand in for runs whose directories are gone: only where the config is the same (``config`` digest,
 taken over the settings the JSON's ``config_fields`` lists, so that a setting added to RunConfig later,
 left at its default, does not orphan them).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import signal
 import time
 from collections.abc import Generator
@@ -31,7 +35,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from smtrnn import checkpoint, interrupt
+from smtrnn import checkpoint, interrupt, metrics
 from smtrnn.config import (
     RunConfig,
     changed_fields,
@@ -47,10 +51,11 @@ from smtrnn.experiments.spec import Budget, Point, Study
 from smtrnn.methods import planned_steps
 from smtrnn.models import TINY_SIZES, tiny_model
 from smtrnn.run import build, run
-from smtrnn.rundir import config_digest, config_fields, saved_config_matches
+from smtrnn.rundir import CONFIG_FILE, config_digest, config_fields, saved_config_matches
 from smtrnn.train import Diverged
 
 DIVERGED_FILE = "diverged.json"  # marks a finished run whose training diverged: {"note": message}
+TRAINED_IN_FILE = "trained_in.json"  # a run that took its training from another's checkpoints: {"run": folder}
 # at most half of SMT's steps: the dynamics warm-up, the teacher's delay, the horizon's and the length's growth
 SMT_SCHEDULES = ("smt.dyn_warmup", "smt.teacher_delay", "smt.horizon_grow", "smt.length_grow")
 
@@ -154,6 +159,47 @@ def train_run(config: RunConfig, folder: str, measurements: tuple[str, ...] = ()
         checkpoint.write_json(Path(folder) / DIVERGED_FILE, {"note": f"diverged: {error}"})
         return
     measure.take(config, Path(folder), measurements)
+
+
+def training_key(config: RunConfig) -> str:
+    """Runs with the same key train bitwise alike (tests/test_horizon.py): the same config trained on
+    sequences of the same length, whatever T their evaluation sees."""
+    trained = copy.deepcopy(config)
+    trained.length, trained.train_length = config.trained_length(), 0
+    return config_digest(trained)  # type: ignore[return-value]  # None only for an earlier version's fields
+
+
+def shared_training(table: dict, finished: dict, pending: list) -> dict[tuple, tuple]:
+    """{pending key: key of the run it takes its training from}: among runs with one training key, a
+    finished run (not diverged) or else the pending one of the shortest T trains; the rest follow it."""
+    by_training: dict[str, list] = {}
+    for key, (config, _) in table.items():
+        by_training.setdefault(training_key(config), []).append(key)
+    followers = {}
+    for keys in by_training.values():
+        done = [key for key in keys if finished[key] is not None and "diverged" not in finished[key]]
+        waiting = [key for key in keys if key in pending]
+        if len(keys) < 2 or not waiting:
+            continue
+        leader = done[0] if done else min(waiting, key=lambda key: table[key][0].length)
+        followers.update({key: leader for key in waiting if key != leader})
+    return followers
+
+
+def take_training(source: Path, folder: Path, name: str, config: RunConfig) -> None:
+    """Make ``folder`` the run of ``config`` with the checkpoints and training log of ``source`` (``name``:
+    its place in the study), whose training is this run's; the run then only evaluates. A folder that
+    already holds a checkpoint keeps it."""
+    if checkpoint.latest_checkpoint(folder) is not None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_json(folder / CONFIG_FILE, config.to_dict())  # the folder is this run's
+    staging = folder / ".checkpoints.copy"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source / "checkpoints", staging)
+    shutil.copyfile(source / metrics.FILE, folder / metrics.FILE)  # the training's log and its seconds
+    checkpoint.write_json(folder / TRAINED_IN_FILE, {"run": name})
+    staging.rename(folder / "checkpoints")  # last: a copy cut short leaves no checkpoint behind
 
 
 def _check(table: dict, out: Path) -> None:
@@ -297,21 +343,37 @@ def run_study(
     )
     started = time.perf_counter()
     if train and pending:
-        weights = {key: _work(table[key][0]) for key in pending}
+        followers = shared_training(table, finished, pending)
+        # a follower only evaluates
+        weights = {key: 1 if key in followers else _work(table[key][0]) for key in pending}
         bar = tqdm(
             total=sum(weights.values()),
             disable=not progress,
             dynamic_ncols=True,
             bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
         )
-        work = [(key, table[key][0], folders[key]) for key in pending]
-        with bar, closing(_execute(work, jobs, study.threads_per_job, tuple(study.measurements))) as done:
-            for count, key in enumerate(done, 1):
-                bar.update(weights[key])
-                bar.set_description_str(f"{study.name}: {count}/{len(pending)} runs")
-                finished[key] = outcome(table[key][0], folders[key])
-                if progress:
-                    bar.write(describe(key, finished[key] or {}))
+        leaders = [key for key in pending if key not in followers]
+        count = 0
+        with bar:
+            for wave in (leaders, [key for key in pending if key in followers]):
+                work = []
+                for key in wave:
+                    source = followers.get(key)
+                    led = finished[source] if source is not None else None
+                    # a leader that diverged leaves nothing to take: the run trains (and diverges) itself
+                    if source is not None and led is not None and "diverged" not in led:
+                        take_training(
+                            folders[source], folders[key], str(folders[source].relative_to(out)), table[key][0]
+                        )
+                    work.append((key, table[key][0], folders[key]))
+                with closing(_execute(work, jobs, study.threads_per_job, tuple(study.measurements))) as done:
+                    for key in done:
+                        count += 1
+                        bar.update(weights[key])
+                        bar.set_description_str(f"{study.name}: {count}/{len(pending)} runs")
+                        finished[key] = outcome(table[key][0], folders[key])
+                        if progress:
+                            bar.write(describe(key, finished[key] or {}))
     if train:  # runs finished by an earlier invocation that was stopped before measuring
         for key, result in finished.items():
             if result is not None and "diverged" not in result:
@@ -368,4 +430,6 @@ def row(study: Study, key: tuple, config: RunConfig, result: dict, folder: Path)
     entry["steps"] = result.get("steps", planned_steps(config))
     entry.update(measure.read(folder, tuple(study.measurements)))
     entry["note"] = result.get("diverged")
+    shared = folder / TRAINED_IN_FILE
+    entry["trained_in"] = checkpoint.read_json(shared)["run"] if shared.exists() else None
     return entry
