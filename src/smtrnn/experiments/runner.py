@@ -188,8 +188,8 @@ def shared_training(table: dict, finished: dict, pending: list) -> dict[tuple, t
 
 def take_training(source: Path, folder: Path, name: str, config: RunConfig) -> None:
     """Make ``folder`` the run of ``config`` with the checkpoints and training log of ``source`` (``name``:
-    its place in the study), whose training is this run's; the run then only evaluates. A folder that
-    already holds a checkpoint keeps it."""
+    its place in the study), whose training is this run's; the run then only evaluates (the evaluations
+    logged during training are the source's, at its T). A folder that already holds a checkpoint keeps it."""
     if checkpoint.latest_checkpoint(folder) is not None:
         return
     folder.mkdir(parents=True, exist_ok=True)
