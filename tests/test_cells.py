@@ -239,3 +239,18 @@ def test_invalid_sizes_are_user_errors(name, memory_size, options):
 def test_unknown_cell_is_a_user_error():
     with pytest.raises(UserError, match="unknown cell"):
         make_cell("elman", VOCAB, 8)
+
+
+def test_the_mlp_cells_depth_adds_hidden_layers_and_one_layer_is_the_papers_cell():
+    from smtrnn.models import ModelConfig, build_rnn
+
+    torch.manual_seed(0)
+    shallow, deep = make_cell("mlp", 10, 16, embed_dim=4), make_cell("mlp", 10, 16, embed_dim=4, layers=3)
+    linear = lambda cell: [module for module in cell.mlp if isinstance(module, torch.nn.Linear)]
+    assert len(linear(shallow)) == 2 and len(linear(deep)) == 4  # input, 2 more hidden, output
+    # one hidden layer keeps the parameter names checkpoints written before the option hold
+    assert {"mlp.0.weight", "mlp.2.weight"} <= set(shallow.state_dict())
+    memory = deep.step(deep.initial_memory(3), torch.tensor([1, 2, 3]))
+    assert memory.shape == (3, 16) and torch.isfinite(memory).all()
+    rnn = build_rnn(ModelConfig(cell="mlp", memory_size=16, mlp_layers=2), 10, 10)
+    assert len(linear(rnn.cell)) == 3

@@ -744,6 +744,8 @@ def test_kv_recipe_points_are_the_smtrnn_train_commands_its_page_names():
         "bptt-at16": bptt + " --memory-levels 0 --train-length 16",
         "bptt-grid-at16": bptt + " --memory-levels 5 --train-length 16",
         "bptt-grid": bptt + " --memory-levels 5 --train-length 0",
+        "smt+dmt-own-deep": own + " --train-length 0 --mlp-layers 2",
+        "bptt-grid-deep": bptt + " --memory-levels 5 --train-length 0 --mlp-layers 2",
     }
     study = experiments.study("kv-recipe", "cpu")
     assert {(point.variant, point.cell, point.length) for point in study.points} == set(kv_recipe.POINTS)

@@ -241,10 +241,15 @@ class MLPCell(Cell):
 
     memory_space = "rms"
 
-    def __init__(self, vocab_size: int, memory_size: int, embed_dim: int = 32, hidden: int | None = None):
+    def __init__(
+        self, vocab_size: int, memory_size: int, embed_dim: int = 32, hidden: int | None = None, layers: int = 1
+    ):
         super().__init__(vocab_size, memory_size, embed_dim)
         hidden = hidden or 2 * memory_size
-        self.mlp = nn.Sequential(nn.Linear(memory_size + embed_dim, hidden), nn.GELU(), nn.Linear(hidden, memory_size))
+        deeper = [module for _ in range(layers - 1) for module in (nn.Linear(hidden, hidden), nn.GELU())]
+        self.mlp = nn.Sequential(
+            nn.Linear(memory_size + embed_dim, hidden), nn.GELU(), *deeper, nn.Linear(hidden, memory_size)
+        )
         self.reset_initial()
 
     def update(self, memory, token):

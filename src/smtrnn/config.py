@@ -350,7 +350,7 @@ def check_finite(config: RunConfig) -> None:
 # length) is checked where the pair is read
 MINIMUM = {
     **{f"model.{name}": 1 for name in ("memory_size", "embed_dim", "readout_hidden", "teacher_width")},
-    **{f"model.{name}": 1 for name in ("teacher_layers", "future")},
+    **{f"model.{name}": 1 for name in ("teacher_layers", "future", "mlp_layers")},
     **{f"{section}.{name}": 1 for section in ("train", "dmt_train") for name in ("batch_size", "log_every")},
     **{f"{section}.checkpoint_every": 1 for section in ("train", "dmt_train")},
     "model.memory_tokens": 1,

@@ -21,6 +21,7 @@ class ModelConfig:
     memory_tokens: int = 4  # transformer cell: the memory is this many tokens of M / K each
     cell_layers: int = 2  # transformer cell: layers
     cell_heads: int = 2  # transformer cell: attention heads
+    mlp_layers: int = 1  # mlp cell: hidden layers of its update MLP (GELU after each)
     readout_hidden: int = 128  # hidden width of the readout MLP (memory -> logits)
     teacher_width: int = 64  # Transformer width of the teacher's encoder and decoder
     teacher_layers: int = 2  # teacher encoder layers
@@ -75,12 +76,19 @@ CELL_OPTIONS = {
     "memory_tokens": ("transformer",),
     "cell_layers": ("transformer",),
     "cell_heads": ("transformer",),
+    "mlp_layers": ("mlp",),
 }
 
 
 def cell_options(config: ModelConfig) -> dict:
     """The keyword arguments of ``config.cell``'s constructor besides vocabulary and memory size."""
-    names = {"memory_tokens": "memory_tokens", "cell_layers": "layers", "cell_heads": "heads", "embed_dim": "embed_dim"}
+    names = {
+        "memory_tokens": "memory_tokens",
+        "cell_layers": "layers",
+        "cell_heads": "heads",
+        "embed_dim": "embed_dim",
+        "mlp_layers": "layers",
+    }
     return {names[name]: getattr(config, name) for name, cells in CELL_OPTIONS.items() if config.cell in cells}
 
 
