@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -464,12 +465,7 @@ def test_copy_and_stack_train_on_a_continuous_memory_and_retrieval_on_the_grid()
 
 
 def test_key_value_trains_on_16_tokens_on_the_grid_with_either_method():
-    def run(*options):
-        args = build_parser().parse_args(["train", "--out", "x", "--task", "kv", *options])
-        config = config_from_args(args)
-        note = take_settings(config, args) or ""
-        config.validate()
-        return config, note
+    run = partial(task_run, "kv")
 
     config, note = run("--length", "256")  # docs/kv-recipe.md: trained at 16, the RNN holds at 256
     assert (config.train_length, config.trained_length(), config.model.memory_levels) == (16, 16, 5)
@@ -485,13 +481,16 @@ def test_key_value_trains_on_16_tokens_on_the_grid_with_either_method():
     assert run("--length", "64", "--train-length", "0")[0].train_length == 0
 
 
-def copy_run(*options):
-    """The config `smtrnn train --task copy OPTIONS` trains with, and the note that names the task's settings."""
-    args = build_parser().parse_args(["train", "--out", "x", "--task", "copy", *options])
+def task_run(task, *options):
+    """The config `smtrnn train --task TASK OPTIONS` trains with, and the note that names the task's settings."""
+    args = build_parser().parse_args(["train", "--out", "x", "--task", task, *options])
     config = config_from_args(args)
     note = take_settings(config, args) or ""
     config.validate()
     return config, note
+
+
+copy_run = partial(task_run, "copy")
 
 
 def test_a_tasks_future_window_is_cut_to_a_shorter_sequence():
