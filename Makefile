@@ -89,7 +89,7 @@ teacher-width: $(STAMP)
 kv-step: $(STAMP)
 	$(call STUDY,kv-step,kv-step) --keep-rows
 
-# key-value with the GRU at equal steps, SMT->DMT on its own labels against BPTT, trained at T and at 16, and the MLP cell with a deeper step (docs/kv-recipe.md): 55 runs
+# key-value with the GRU at equal steps, SMT->DMT on its own labels against BPTT, trained at T and at 16, the MLP cell with a deeper step, the cells without gates with a memory of 256 (docs/kv-recipe.md): 76 runs
 kv-recipe: $(STAMP)
 	$(call STUDY,kv-recipe,kv-recipe) --keep-rows
 

@@ -746,6 +746,9 @@ def test_kv_recipe_points_are_the_smtrnn_train_commands_its_page_names():
         "bptt-grid": bptt + " --memory-levels 5 --train-length 0",
         "smt+dmt-own-deep": own + " --train-length 0 --mlp-layers 2",
         "bptt-grid-deep": bptt + " --memory-levels 5 --train-length 0 --mlp-layers 2",
+        "smt+dmt-own-m256": own + " --train-length 0 --memory-size 256",
+        "bptt-grid-m256": bptt + " --memory-levels 5 --train-length 0 --memory-size 256",
+        "bptt-grid-m256-e256": bptt + " --memory-levels 5 --train-length 0 --memory-size 256 --embed-dim 256",
     }
     study = experiments.study("kv-recipe", "cpu")
     assert {(point.variant, point.cell, point.length) for point in study.points} == set(kv_recipe.POINTS)
@@ -766,4 +769,13 @@ def test_smoke_kv_recipe_study_writes_its_race(tmp_path):
     lines = dict(kv_recipe.blocks(result, "cmd", None))["race"]
     assert len([line for line in lines if line.startswith("| ")]) == 1 + len(kv_recipe.POINTS)
     bptt = [line.split(" | ") for line in lines if "`bptt`" in line]
-    assert all(cells[5:9] == ["–"] * 4 for cells in bptt)  # no teacher: no rungs
+    assert all(cells[5:11] == ["–"] * 6 for cells in bptt)  # no teacher: no rungs, no SMT phase
+    # what DMT started from: SMT's last checkpoint, scored at the run's T as `smtrnn eval` scores it
+    from smtrnn.run import evaluate_run, read_run
+
+    row = next(row for row in result["rows"] if row["method"] == "smt+dmt" and row["length"] == 64)
+    folder = tmp_path / row["variant"] / "kv" / row["cell"] / "T64" / "seed0"
+    loaded = read_run(sorted(folder.glob("checkpoints/smt-*"))[-1])
+    scores = evaluate_run(loaded.config, loaded.task, loaded.models)
+    assert row["smt_accuracy"] == scores["accuracy"] and row["smt_one_step_accuracy"] == scores["one_step_accuracy"]
+    assert all("smt_accuracy" not in row for row in result["rows"] if row["method"] == "bptt")

@@ -19,7 +19,10 @@ BPTT is ahead at T=16 and 64, where the recipe stops at the teacher (its decoder
 T=16 score (0.715) at 64 and 256 while its teacher does not, and so does BPTT's on the memory grid
 (0.750), not BPTT's on a continuous memory; on the grid BPTT trained at T=256 learns it too (0.671).
 The MLP cell's update one hidden layer deeper helps neither method at T=16 (SMT->DMT 0.277 against
-0.387, BPTT 0.308 against 0.311)."""
+0.387, BPTT 0.308 against 0.311). With a memory of 256 the tanh and MLP cells' RNNs are better after
+SMT (tanh 0.374 against 0.286 on the mean, MLP 0.46 against 0.31), and DMT at key-value's rate (2e-3,
+chosen on the GRU) takes it back (0.272, 0.18); BPTT with 256 units learns nothing with either cell.
+The measurement ``after_smt`` scores each run's last SMT checkpoint, what DMT started from."""
 
 from __future__ import annotations
 
@@ -77,6 +80,25 @@ VARIANTS = [
         "`bptt-grid`, the MLP cell's update with two hidden layers",
         {"method": "bptt", "model.memory_levels": 5, "model.mlp_layers": 2},
     ),
+    # a memory four times as large for the cells without gates (one step from the teacher's memories before
+    # the query: 0.32-0.35 with 64 units), the teacher's width unchanged, each method on the grid at T=16
+    Variant(
+        "smt+dmt-own-m256",
+        "`smt+dmt-own` with a memory of 256 units",
+        {**OWN_LABELS, "model.memory_size": 256},
+    ),
+    Variant(
+        "bptt-grid-m256",
+        "`bptt-grid` with a memory of 256 units",
+        {"method": "bptt", "model.memory_levels": 5, "model.memory_size": 256},
+    ),
+    # the MLP cell's update reads [m, e(x)] through one layer: with 256 memory units beside 32 of the
+    # token's embedding the token is an eighth of its input (a third with 64); the embedding as wide as the memory
+    Variant(
+        "bptt-grid-m256-e256",
+        "`bptt-grid-m256` with a token embedding of 256",
+        {"method": "bptt", "model.memory_levels": 5, "model.memory_size": 256, "model.embed_dim": 256},
+    ),
 ]
 LENGTHS = (16, 64, 256)
 BUDGETS = {max(LENGTHS): Budget(12900, 4000)}  # every length takes the entry at or above it: one budget
@@ -92,6 +114,10 @@ POINTS = [
     ("bptt-grid", "gru", 256),  # the grid without training short, where BPTT trained at T stays near chance
     # the MLP cell at T=16: key-value's settings (the grid's rows) beside the same with a deeper step
     *((variant, "mlp", 16) for variant in ("smt+dmt-own", "smt+dmt-own-deep", "bptt-grid-at16", "bptt-grid-deep")),
+    # the cells without gates at T=16 with a memory of 256 beside key-value's settings (64 units)
+    *((variant, "tanh", 16) for variant in ("smt+dmt-own", "bptt-grid-at16")),
+    *((variant, cell, 16) for variant in ("smt+dmt-own-m256", "bptt-grid-m256") for cell in ("tanh", "mlp")),
+    ("bptt-grid-m256-e256", "mlp", 16),
 ]
 # a screen of one seed: its teacher no closer to the lookup than the recipe's (the page)
 SEEDS = {"smt+dmt-own-future": (0,)}
@@ -102,9 +128,11 @@ def cpu() -> Study:
     T=64, one seed), its BPTT at T = 16, 64 and 256, the tanh cell's BPTT at T=16, and trained at 16
     and run at T: SMT->DMT and BPTT at T = 64 and 256, BPTT on the memory grid at T = 16, 64 and 256,
     and BPTT on the grid trained at T=256; the MLP cell at T=16 with its update one hidden layer deeper
-    beside the same without, each method on the grid; 12,900 steps (SMT->DMT: 8,900 + 4,000); three
-    seeds: 55 runs, on one thread beside another about 30 minutes a run for SMT->DMT (70 with the whole window)
-    and 2 / 6 / 15 for BPTT at T = 16 / 64 / 256 (2-3 trained at 16)."""
+    beside the same without, and the tanh and MLP cells at T=16 with a memory of 256 beside key-value's
+    settings (the MLP's BPTT also with an embedding of 256), each method on the grid; 12,900 steps
+    (SMT->DMT: 8,900 + 4,000); three seeds: 76 runs, on one thread beside another about 30 minutes a run
+    for SMT->DMT (70 with the whole window, 60 with the MLP cell's memory of 256) and 2 / 6 / 15 for BPTT
+    at T = 16 / 64 / 256 (2-3 trained at 16)."""
     return Study(
         "kv-recipe",
         "cpu",
@@ -116,6 +144,7 @@ def cpu() -> Study:
         # the teacher's decoder naming the answer from the memory before the query (evaluate's rung)
         row_keys=[*ROW_KEYS, "teacher_step_accuracy"],
         task_settings=False,  # the study of what became key-value's settings: measured without them
+        measurements=["after_smt"],  # what DMT started from: SMT's last checkpoint scored at T
     )
 
 
@@ -132,10 +161,15 @@ RUNGS = ("teacher_accuracy", "teacher_step_accuracy", "readout_accuracy", "one_s
 def race_table(rows: list[dict]) -> list[str]:
     """Per length, cell and variant: the RNN alone (mean and per seed), and for SMT->DMT the rungs (the
     teacher's first prediction, its decoder one token ahead, from the memory before the query, the
-    readout on its memories, one cell step from them), with the seconds of a run."""
+    readout on its memories, one cell step from them) and what DMT started from (the RNN alone per seed
+    and one cell step at SMT's last checkpoint), with the seconds of a run."""
 
     def rung(group: list[dict], key: str) -> str:
-        return "–" if all(row["method"] == "bptt" for row in group) else fmt(mean(row[key] for row in group))
+        value = mean(row.get(key) for row in group)
+        return "–" if value is None else fmt(value)
+
+    def after_smt(ordered: list[dict]) -> str:
+        return "–" if all(row.get("smt_accuracy") is None for row in ordered) else per_seed(ordered, "smt_accuracy")
 
     lines = []
     for (length, cell, variant), group in sorted(groups(rows, "length", "cell", "variant").items()):
@@ -148,12 +182,15 @@ def race_table(rows: list[dict]) -> list[str]:
                 fmt(mean(row["accuracy"] for row in group)),
                 per_seed(ordered),
                 *(rung(group, key) for key in RUNGS),
+                after_smt(ordered),
+                rung(group, "smt_one_step_accuracy"),
                 str(ordered[0]["steps"]),
                 fmt(mean(row["seconds"] for row in group), 0),
             ]
         )
     titles = ["T", "cell", "run", "RNN alone", "per seed", "teacher", "teacher, one token ahead", "readout"]
-    return table([*titles, "one cell step", "steps", "s per run"], lines)
+    after = ["after SMT: RNN alone", "after SMT: one cell step"]
+    return table([*titles, "one cell step", *after, "steps", "s per run"], lines)
 
 
 def blocks(result: dict, command: str, link: str | None) -> Blocks:

@@ -10,6 +10,8 @@ files and never need a checkpoint.
   popped symbol's push), accuracy by how long the label was held, the RNN alone and the teacher;
 - ``lookup``: for key-value, readers fitted to name the query's value from the teacher's memory before
   the query (smtrnn.probe.lookup_probe): which kind of step could follow the teacher there;
+- ``after_smt``: for a run of SMT then DMT, the RNN alone and the rungs from SMT's last checkpoint (kept
+  beside DMT's): what DMT started from, so that a page can say what DMT added or took away;
 - ``bytes``: for byte streams, the teacher's bits per byte from its memory alone, the byte frequencies'
   bits per byte, a text sample of the RNN alone, or images it draws (for image tasks).
 
@@ -71,6 +73,23 @@ def lookup(config: RunConfig, folder: Path) -> dict:
     if config.model.memory_size <= 8:  # a tiny smoke model: a handful of sequences and steps
         return {"lookup": lookup_probe(models, task, config.length, train=64, test=16, steps=2)}
     return {"lookup": lookup_probe(models, task, config.length)}
+
+
+AFTER_SMT = ("accuracy", "one_step_accuracy", "readout_accuracy", "teacher_step_accuracy")
+
+
+def after_smt(config: RunConfig, folder: Path) -> dict:
+    """The scores of SMT's last checkpoint at the run's T, as ``smt_<score>`` (``AFTER_SMT``: the RNN
+    alone, one cell step and the readout on the teacher's memories, the teacher one token ahead); {} for
+    other methods and for a run that kept no SMT checkpoint."""
+    from smtrnn.run import evaluate_run, read_run
+
+    kept = sorted(Path(folder).glob("checkpoints/smt-*")) if config.method == "smt+dmt" else []
+    if not kept:
+        return {}
+    loaded = read_run(kept[-1], config.device)
+    scores = evaluate_run(config, loaded.task, loaded.models)
+    return {f"smt_{key}": scores[key] for key in AFTER_SMT if key in scores}
 
 
 @torch.no_grad()
@@ -207,6 +226,7 @@ MEASUREMENTS = {
     "curve": training_curve,
     "unrounded": unrounded,
     "ages": ages,
+    "after_smt": after_smt,
 }
 
 
