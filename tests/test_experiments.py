@@ -774,7 +774,7 @@ def test_smoke_kv_recipe_study_writes_its_race(tmp_path):
     from smtrnn.run import evaluate_run, read_run
 
     row = next(row for row in result["rows"] if row["method"] == "smt+dmt" and row["length"] == 64)
-    folder = tmp_path / row["variant"] / "kv" / row["cell"] / "T64" / "seed0"
+    folder = runner_module.directory(tmp_path, Point(row["variant"], "kv", row["cell"], 64), 0)
     loaded = read_run(sorted(folder.glob("checkpoints/smt-*"))[-1])
     scores = evaluate_run(loaded.config, loaded.task, loaded.models)
     assert row["smt_accuracy"] == scores["accuracy"] and row["smt_one_step_accuracy"] == scores["one_step_accuracy"]
